@@ -1,0 +1,153 @@
+"""A fully-connected network and its matrix-based backpropagation (book ch. 2).
+
+Layout: one row per example. Layer l maps (batch, n_in) -> (batch, n_out) with
+weights (n_in, n_out) and biases (n_out,): z = a W + b (eq. 25, transposed).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from nnexp.engine.activations import ACTIVATIONS
+from nnexp.engine.costs import COSTS
+from nnexp.engine.init import INITS
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Network:
+    weights: list[np.ndarray]  # layer l: (n_in, n_out)
+    biases: list[np.ndarray]  # layer l: (n_out,)
+    hidden: str = "sigmoid"
+    cost: str = "cross_entropy"
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def sizes(self) -> list[int]:
+        return [self.weights[0].shape[0]] + [w.shape[1] for w in self.weights]
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.weights[0].dtype
+
+    def copy_params(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        return [w.copy() for w in self.weights], [b.copy() for b in self.biases]
+
+    def set_params(self, weights: list[np.ndarray], biases: list[np.ndarray]) -> None:
+        for dst, src in zip(self.weights + self.biases, weights + biases):
+            dst[...] = src
+
+    def params_finite(self) -> bool:
+        return all(np.isfinite(p).all() for p in self.weights + self.biases)
+
+
+def init_network(sizes, rng: np.random.Generator, *, init: str = "scaled",
+                 hidden: str = "sigmoid", cost: str = "cross_entropy",
+                 dtype=np.float64) -> Network:
+    """Weights by ``init`` (see engine.init), biases N(0, 1); draws from ``rng`` only."""
+    if len(sizes) < 2:
+        raise ValueError(f"sizes needs at least an input and an output layer, got {list(sizes)}")
+    make = INITS[init]
+    weights, biases = [], []
+    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+        weights.append(make(n_in, n_out, rng).astype(dtype))
+        biases.append(rng.standard_normal(n_out).astype(dtype))
+    return Network(weights, biases, hidden=hidden, cost=cost)
+
+
+def forward(net: Network, x: np.ndarray, masks: list[np.ndarray] | None = None):
+    """Feed ``x`` (batch, n_in) forward; returns (activations, z of the output layer).
+
+    ``activations[0]`` is x, ``activations[l]`` the (dropped-out, if masks) output of layer l.
+    ``masks[l]`` (batch, n_hidden_l) multiplies hidden layer l's output (inverted dropout:
+    masks already carry the 1/(1-p) factor, so evaluation needs no rescaling).
+    """
+    act = ACTIVATIONS[net.hidden].fn
+    out = COSTS[net.cost].output
+    activations = [x]
+    a = x
+    last = len(net.weights) - 1
+    zL = None
+    for l, (w, b) in enumerate(zip(net.weights, net.biases)):
+        z = a @ w  # (batch, n_out)
+        z += b
+        if l < last:
+            a = act(z)
+            if masks is not None:
+                a *= masks[l]
+        else:
+            zL = z.copy()
+            a = out(z)
+        activations.append(a)
+    return activations, zL
+
+
+def backward(net: Network, activations, zL, y: np.ndarray, masks=None):
+    """BP1-BP4 for a mini-batch: gradients of the *summed* data cost, per layer.
+
+    Returns (grad_w, grad_b) with grad_w[l] (n_in, n_out) = a^{l}.T @ delta^{l+1} (BP4)
+    and grad_b[l] (n_out,) = sum of delta over the batch (BP3).
+    """
+    prime = ACTIVATIONS[net.hidden].prime_from_output
+    L = len(net.weights)
+    delta = COSTS[net.cost].delta(zL, activations[-1], y)  # (batch, n_L)  BP1
+    grad_w, grad_b = [None] * L, [None] * L
+    for l in range(L - 1, -1, -1):
+        a_in = activations[l]
+        grad_w[l] = a_in.T @ delta  # (n_in, n_out)  BP4
+        grad_b[l] = delta.sum(axis=0)  # (n_out,)  BP3
+        if l > 0:
+            back = delta @ net.weights[l].T  # (batch, n_in)  BP2
+            if masks is not None:
+                # a_in = sigma(z) * mask, so sigma'(z) * mask = prime(a_in / mask) * mask
+                keep = masks[l - 1]
+                sp = prime(np.divide(a_in, keep, out=np.zeros_like(a_in), where=keep != 0))
+                sp *= keep
+            else:
+                sp = prime(a_in.copy())
+            back *= sp
+            delta = back
+    return grad_w, grad_b
+
+
+def predict(net: Network, x: np.ndarray, chunk: int = 10_000) -> np.ndarray:
+    """Output activations (n, n_out) without dropout, evaluated in chunks of rows."""
+    parts = [forward(net, x[i:i + chunk])[0][-1] for i in range(0, len(x), chunk)]
+    return np.concatenate(parts) if parts else np.zeros((0, net.sizes[-1]), net.dtype)
+
+
+def evaluate(net: Network, x: np.ndarray, labels: np.ndarray, chunk: int = 10_000):
+    """Mean data cost (without penalty) and accuracy of ``net`` on (x, labels)."""
+    cost = COSTS[net.cost]
+    n_out = net.sizes[-1]
+    total, correct = 0.0, 0
+    with np.errstate(all="ignore"):
+        for i in range(0, len(x), chunk):
+            lab = labels[i:i + chunk]
+            acts, zL = forward(net, x[i:i + chunk])
+            y = np.zeros((len(lab), n_out), dtype=zL.dtype)
+            y[np.arange(len(lab)), lab] = 1.0
+            total += cost.fn(zL, acts[-1], y)
+            correct += int(np.count_nonzero(acts[-1].argmax(axis=1) == lab))
+    n = max(len(x), 1)
+    return total / n, correct / n
+
+
+def save_network(net: Network, path: str | os.PathLike) -> None:
+    """Save to ``.npz`` (arrays and short strings only; never pickle)."""
+    arrays = {f"w{l}": w for l, w in enumerate(net.weights)}
+    arrays.update({f"b{l}": b for l, b in enumerate(net.biases)})
+    np.savez(path, format_version=np.array(FORMAT_VERSION), hidden=np.array(net.hidden),
+             cost=np.array(net.cost), n_layers=np.array(len(net.weights)), **arrays)
+
+
+def load_network(path: str | os.PathLike) -> Network:
+    with np.load(path, allow_pickle=False) as f:
+        n = int(f["n_layers"])
+        weights = [f[f"w{l}"].copy() for l in range(n)]
+        biases = [f[f"b{l}"].copy() for l in range(n)]
+        return Network(weights, biases, hidden=str(f["hidden"]), cost=str(f["cost"]))

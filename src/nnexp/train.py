@@ -1,0 +1,316 @@
+"""The SGD training loop: epochs of shuffled mini-batches, monitoring, schedules,
+early stopping, divergence, observers.
+
+Pure Python + NumPy: no tracking, tuning or config framework is imported here.
+Observers (tracking, progress bars, pruning) are called after every evaluation and
+may ask the loop to stop by returning a status string (e.g. "pruned").
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
+
+from nnexp.engine.network import Network, evaluate
+from nnexp.engine.regularizers import PENALTIES
+from nnexp.engine.sgd import Stepper
+
+SPLIT_NAMES = ("training", "validation", "test")
+METRIC_NAMES = tuple(f"{s}_{k}" for s in SPLIT_NAMES for k in ("cost", "accuracy"))
+
+COMPLETED, DIVERGED, EARLY_STOPPED, PRUNED = "completed", "diverged", "early_stopped", "pruned"
+
+
+class DataSplit(Protocol):
+    x: np.ndarray  # (n, n_in)
+    y: np.ndarray  # (n,) int labels
+
+
+@dataclass(frozen=True)
+class Monitor:
+    """What to evaluate and when.
+
+    ``metrics``: names from METRIC_NAMES. ``every_images``: evaluate every k training
+    images instead of once per epoch. ``validation_sample``: evaluate validation on a
+    fixed random sample of m images (the broad strategy: 100 images every 1,000).
+    """
+
+    metrics: tuple[str, ...] = ("training_cost", "training_accuracy",
+                                "validation_cost", "validation_accuracy")
+    every_images: int | None = None
+    validation_sample: int | None = None
+
+    def __post_init__(self):
+        unknown = [m for m in self.metrics if m not in METRIC_NAMES]
+        if unknown:
+            raise ValueError(f"unknown metric(s) {unknown}; valid: {', '.join(METRIC_NAMES)}")
+
+
+@dataclass(frozen=True)
+class Constant:
+    name: str = "constant"
+
+
+@dataclass(frozen=True)
+class HalveOnPlateau:
+    """eta <- eta/2 when validation accuracy has not improved for ``patience``
+    evaluations; training ends when eta reaches eta0 * ``min_factor`` (book: 1/1024)."""
+
+    patience: int = 10
+    min_factor: float = 1 / 1024
+    name: str = "halve_on_plateau"
+
+
+@dataclass(frozen=True)
+class EarlyStopping:
+    """Stop when validation accuracy has not improved for ``patience`` evaluations."""
+
+    patience: int = 10
+    restore_best: bool = True
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    epochs: int
+    mini_batch_size: int
+    eta: float
+    lmbda: float = 0.0
+    penalty: str = "l2"  # "none" | "l2" | "l1"
+    dropout: float = 0.0  # probability of dropping a hidden neuron during training
+    momentum: float = 0.0
+    schedule: Constant | HalveOnPlateau = Constant()
+    early_stopping: EarlyStopping | None = None
+    monitor: Monitor = Monitor()
+    divergence_cost: float = 1e4  # a monitored cost above this (or non-finite) = diverged
+
+
+@dataclass
+class Record:
+    """One evaluation. Costs include the weight penalty, scaled by the training-set size."""
+
+    epoch: float  # epochs completed (fractional with sub-epoch monitoring)
+    images_seen: int
+    eta: float
+    epoch_seconds: float  # training time since the previous evaluation
+    training_cost: float | None = None
+    training_accuracy: float | None = None
+    validation_cost: float | None = None
+    validation_accuracy: float | None = None
+    test_cost: float | None = None
+    test_accuracy: float | None = None
+
+    def metrics(self) -> dict[str, float]:
+        """The monitored values and eta/epoch_seconds, without the missing ones."""
+        out = {k: getattr(self, k) for k in METRIC_NAMES if getattr(self, k) is not None}
+        out["eta"] = self.eta
+        out["epoch_seconds"] = self.epoch_seconds
+        return out
+
+
+@dataclass
+class History:
+    records: list[Record] = field(default_factory=list)
+    outcome: str = COMPLETED
+    reason: str = ""
+    best_validation_accuracy: float | None = None
+    best_epoch: float | None = None
+    train_seconds: float = 0.0
+
+    def to_csv(self) -> str:
+        buf = io.StringIO()
+        names = [f.name for f in fields(Record)]
+        writer = csv.DictWriter(buf, fieldnames=names)
+        writer.writeheader()
+        for r in self.records:
+            writer.writerow({k: ("" if v is None else v) for k, v in asdict(r).items()})
+        return buf.getvalue()
+
+    def column(self, name: str) -> list:
+        return [getattr(r, name) for r in self.records]
+
+
+# An observer sees each record (and the network) and returns None to continue,
+# or a status string to stop training with that outcome.
+Observer = Callable[[Record, Network], "str | None"]
+
+
+@dataclass(frozen=True)
+class Streams:
+    """Independent random streams derived from one seed (SeedSequence.spawn), so that
+    e.g. switching dropout on changes neither the initial weights nor the data order."""
+
+    init: np.random.Generator
+    shuffle: np.random.Generator
+    dropout: np.random.Generator
+    monitor: np.random.Generator
+
+    @classmethod
+    def from_seed(cls, seed: int) -> "Streams":
+        children = np.random.SeedSequence(seed).spawn(4)
+        return cls(*(np.random.default_rng(s) for s in children))
+
+
+def one_hot(labels: np.ndarray, n_classes: int, dtype) -> np.ndarray:
+    y = np.zeros((len(labels), n_classes), dtype=dtype)  # (n, n_classes)
+    y[np.arange(len(labels)), labels] = 1.0
+    return y
+
+
+class _Trainer:
+    """State of one fit: the loop's pieces kept small and separately readable."""
+
+    def __init__(self, net, train, validation, test, spec: TrainSpec, streams: Streams,
+                 observers: Sequence[Observer]):
+        self.net, self.spec, self.streams, self.observers = net, spec, streams, observers
+        dtype = net.dtype
+        self.x = np.ascontiguousarray(train.x, dtype=dtype)  # (n, n_in)
+        self.labels = np.asarray(train.y)
+        self.y = one_hot(self.labels, net.sizes[-1], dtype)  # (n, n_out)
+        self.n = len(self.x)
+        self.sgd = Stepper(net, eta=spec.eta, lmbda=spec.lmbda, n_train=self.n,
+                           penalty=spec.penalty, momentum=spec.momentum)
+        self.sets = {"training": (self.x, self.labels)}
+        if validation is not None:
+            vx, vy = np.asarray(validation.x, dtype=dtype), np.asarray(validation.y)
+            m = spec.monitor.validation_sample
+            if m is not None and m < len(vx):
+                pick = streams.monitor.choice(len(vx), size=m, replace=False)
+                vx, vy = vx[pick], vy[pick]
+            self.sets["validation"] = (vx, vy)
+        if test is not None:
+            self.sets["test"] = (np.asarray(test.x, dtype=dtype), np.asarray(test.y))
+        self.history = History()
+        self.images_seen = 0
+        self.eta0 = spec.eta
+        self.best_params = None
+        self.since_best = 0
+        self.since_best_sched = 0
+        self.clock = 0.0
+
+    # -- evaluation -----------------------------------------------------------------
+    def evaluate(self) -> Record:
+        spec, h = self.spec, self.history
+        rec = Record(epoch=self.images_seen / self.n, images_seen=self.images_seen,
+                     eta=self.sgd.eta, epoch_seconds=self.clock)
+        if spec.monitor.every_images is None:
+            rec.epoch = round(rec.epoch)
+        penalty = PENALTIES[spec.penalty].value(self.net.weights, spec.lmbda, self.n)
+        for split in SPLIT_NAMES:
+            wanted = [k for k in ("cost", "accuracy") if f"{split}_{k}" in spec.monitor.metrics]
+            if not wanted or split not in self.sets:
+                continue
+            cost, acc = evaluate(self.net, *self.sets[split])
+            if "cost" in wanted:
+                setattr(rec, f"{split}_cost", cost + penalty)
+            if "accuracy" in wanted:
+                setattr(rec, f"{split}_accuracy", acc)
+        h.records.append(rec)
+        self.clock = 0.0
+        return rec
+
+    def diverged(self, rec: Record) -> str | None:
+        if not self.net.params_finite():
+            return "parameters became non-finite"
+        for k in ("training_cost", "validation_cost", "test_cost"):
+            v = getattr(rec, k)
+            if v is not None and (not math.isfinite(v) or v > self.spec.divergence_cost):
+                return f"{k} = {v:.4g} exceeds {self.spec.divergence_cost:g}"
+        return None
+
+    def after_evaluation(self, rec: Record) -> tuple[str, str] | None:
+        """Book-keeping after an evaluation; returns (outcome, reason) to stop."""
+        why = self.diverged(rec)
+        if why:
+            return DIVERGED, why
+        h, spec = self.history, self.spec
+        acc = rec.validation_accuracy
+        if acc is not None:
+            if h.best_validation_accuracy is None or acc > h.best_validation_accuracy:
+                h.best_validation_accuracy, h.best_epoch = acc, rec.epoch
+                self.since_best = self.since_best_sched = 0
+                if spec.early_stopping and spec.early_stopping.restore_best:
+                    self.best_params = self.net.copy_params()
+            else:
+                self.since_best += 1
+                self.since_best_sched += 1
+        for observer in self.observers:
+            status = observer(rec, self.net)
+            if status:
+                return status, f"stopped by {getattr(observer, '__name__', type(observer).__name__)}"
+        es = spec.early_stopping
+        if es and acc is not None and self.since_best >= es.patience:
+            return EARLY_STOPPED, f"no improvement in validation accuracy for {es.patience} evaluations"
+        sched = spec.schedule
+        if isinstance(sched, HalveOnPlateau) and acc is not None and self.since_best_sched >= sched.patience:
+            self.sgd.eta /= 2
+            self.since_best_sched = 0
+            if self.sgd.eta <= self.eta0 * sched.min_factor * (1 + 1e-12):
+                return COMPLETED, f"learning rate reached eta0 x {sched.min_factor:g}"
+        return None
+
+    # -- training ---------------------------------------------------------------------
+    def run_epoch(self) -> tuple[str, str] | None:
+        spec, net, sgd = self.spec, self.net, self.sgd
+        m, n, x, y = spec.mini_batch_size, self.n, self.x, self.y
+        every = spec.monitor.every_images
+        perm = self.streams.shuffle.permutation(n)
+        keep = 1.0 - spec.dropout
+        hidden_sizes = net.sizes[1:-1]
+        next_eval = (self.images_seen // every + 1) * every if every else None
+        t0 = time.perf_counter()
+        for k in range(0, n, m):
+            idx = perm[k:k + m]
+            xb, yb = x[idx], y[idx]  # (batch, n_in), (batch, n_out)
+            masks = None
+            if spec.dropout:
+                masks = [(self.streams.dropout.random((len(idx), h)) < keep) / keep
+                         for h in hidden_sizes]
+                masks = [mk.astype(net.dtype, copy=False) for mk in masks]
+            sgd.step(xb, yb, masks)
+            self.images_seen += len(idx)
+            if next_eval is not None and self.images_seen >= next_eval and k + m < n:
+                self.clock += time.perf_counter() - t0
+                stop = self.after_evaluation(self.evaluate())
+                if stop:
+                    return stop
+                next_eval += every
+                t0 = time.perf_counter()
+        self.clock += time.perf_counter() - t0
+        return self.after_evaluation(self.evaluate())
+
+    def fit(self) -> History:
+        h = self.history
+        start = time.perf_counter()
+        with np.errstate(all="ignore"):  # divergence is detected and reported, not warned
+            for _ in range(self.spec.epochs):
+                stop = self.run_epoch()
+                if stop:
+                    h.outcome, h.reason = stop
+                    break
+        if self.best_params is not None and h.outcome != DIVERGED:
+            self.net.set_params(*self.best_params)
+        h.train_seconds = time.perf_counter() - start
+        return h
+
+
+def fit(net: Network, train: DataSplit, spec: TrainSpec, *, validation: DataSplit | None = None,
+        test: DataSplit | None = None, streams: Streams | None = None, seed: int = 0,
+        observers: Sequence[Observer] = ()) -> History:
+    """Train ``net`` in place by mini-batch SGD and return its History.
+
+    ``streams`` (or ``seed``) supplies the shuffling, dropout and monitoring randomness.
+    Never raises on divergence: the History's outcome is "diverged" instead.
+    """
+    if spec.mini_batch_size < 1 or spec.mini_batch_size > len(train.x):
+        raise ValueError(f"mini_batch_size must be in [1, {len(train.x)}], got {spec.mini_batch_size}")
+    needs_val = spec.early_stopping is not None or isinstance(spec.schedule, HalveOnPlateau)
+    if needs_val and (validation is None or "validation_accuracy" not in spec.monitor.metrics):
+        raise ValueError("early stopping and halve_on_plateau need validation_accuracy monitored")
+    streams = streams or Streams.from_seed(seed)
+    return _Trainer(net, train, validation, test, spec, streams, observers).fit()
