@@ -1,0 +1,153 @@
+"""Training-loop tests on small synthetic problems (fast)."""
+
+import warnings
+
+import numpy as np
+import pytest
+
+from nnexp.engine.network import init_network
+from nnexp.train import (DIVERGED, EARLY_STOPPED, EarlyStopping, HalveOnPlateau, Monitor,
+                         Streams, TrainSpec, fit)
+
+
+class Split:
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+
+def blobs(n, seed, n_in=8, k=3, noise=0.9):
+    """k Gaussian blobs in n_in dimensions: learnable, not trivially."""
+    rng = np.random.default_rng(seed)
+    centres = np.random.default_rng(99).normal(size=(k, n_in))
+    y = rng.integers(0, k, n)
+    return Split(centres[y] + noise * rng.normal(size=(n, n_in)), y)
+
+
+TRAIN, VAL, TEST = blobs(300, 1), blobs(200, 2), blobs(200, 3)
+ALL = ("training_cost", "training_accuracy", "validation_cost", "validation_accuracy",
+       "test_cost", "test_accuracy")
+
+
+def run(spec, seed=0, sizes=(8, 10, 3), observers=(), init="scaled", **net_kw):
+    streams = Streams.from_seed(seed)
+    net = init_network(list(sizes), streams.init, init=init, **net_kw)
+    return net, fit(net, TRAIN, spec, validation=VAL, test=TEST, streams=streams, observers=observers)
+
+
+def test_training_learns_and_records_every_epoch():
+    net, h = run(TrainSpec(epochs=8, mini_batch_size=10, eta=0.5, lmbda=0.1, monitor=Monitor(metrics=ALL)))
+    assert h.outcome == "completed" and len(h.records) == 8
+    assert [r.epoch for r in h.records] == list(range(1, 9))
+    assert h.records[-1].training_accuracy > 0.8 > h.records[0].training_accuracy - 0.2
+    assert h.records[-1].training_cost < h.records[0].training_cost
+    assert h.best_validation_accuracy == max(r.validation_accuracy for r in h.records)
+    assert all(r.epoch_seconds > 0 for r in h.records)
+    assert "validation_accuracy" in h.to_csv().splitlines()[0]
+
+
+def test_same_seed_same_history_and_dropout_changes_neither_init_nor_order():
+    spec = TrainSpec(epochs=3, mini_batch_size=7, eta=0.3, lmbda=0.1)
+    _, a = run(spec, seed=4)
+    _, b = run(spec, seed=4)
+    assert a.column("training_cost") == b.column("training_cost")
+    s1, s2 = Streams.from_seed(4), Streams.from_seed(4)
+    s2.dropout.random(1000)  # consuming dropout randomness leaves the other streams alone
+    assert np.array_equal(s1.shuffle.permutation(50), s2.shuffle.permutation(50))
+    assert np.array_equal(init_network([8, 4, 3], s1.init).weights[0],
+                          init_network([8, 4, 3], s2.init).weights[0])
+
+
+def test_larger_lambda_gives_smaller_weights():
+    norms = []
+    for lmbda in (0.0, 5.0, 50.0):
+        net, _ = run(TrainSpec(epochs=5, mini_batch_size=10, eta=0.5, lmbda=lmbda))
+        norms.append(sum(float((w ** 2).sum()) for w in net.weights))
+    assert norms[0] > norms[1] > norms[2]
+
+
+def test_penalty_in_cost_is_scaled_by_training_set_size():
+    # validation cost includes the same penalty term as training cost (n = training size)
+    spec = TrainSpec(epochs=1, mini_batch_size=10, eta=0.0, lmbda=30.0, monitor=Monitor(metrics=ALL))
+    net, h = run(spec)
+    penalty = 0.5 * 30.0 / len(TRAIN.x) * sum(float((w ** 2).sum()) for w in net.weights)
+    _, h0 = run(TrainSpec(epochs=1, mini_batch_size=10, eta=0.0, lmbda=0.0, monitor=Monitor(metrics=ALL)))
+    assert h.records[0].validation_cost - h0.records[0].validation_cost == pytest.approx(penalty)
+    assert h.records[0].training_cost - h0.records[0].training_cost == pytest.approx(penalty)
+
+
+def test_dropout_is_off_at_evaluation_time():
+    spec = TrainSpec(epochs=2, mini_batch_size=10, eta=0.5, dropout=0.5, monitor=Monitor(metrics=ALL))
+    net, h = run(spec)
+    from nnexp.engine.network import evaluate
+    again = evaluate(net, VAL.x, VAL.y)
+    assert again == evaluate(net, VAL.x, VAL.y)  # deterministic
+    assert again[1] == h.records[-1].validation_accuracy
+
+
+def test_dropout_changes_training_but_not_initial_weights():
+    _, plain = run(TrainSpec(epochs=2, mini_batch_size=10, eta=0.5))
+    _, drop = run(TrainSpec(epochs=2, mini_batch_size=10, eta=0.5, dropout=0.5))
+    assert plain.column("training_cost") != drop.column("training_cost")
+
+
+@pytest.mark.parametrize("eta", [100.0, 1e4])
+def test_absurd_learning_rates_diverge_quietly(eta):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        net, h = run(TrainSpec(epochs=5, mini_batch_size=10, eta=eta, lmbda=5.0), init="large")
+    costs = h.column("training_cost")
+    if h.outcome == DIVERGED:
+        assert h.reason and len(h.records) >= 1
+    else:  # no NaN may hide in a run reported as completed
+        assert all(np.isfinite(c) for c in costs) and net.params_finite()
+    if eta == 1e4:  # eta lambda / n = 167 > 2: weights explode by construction
+        assert h.outcome == DIVERGED
+
+
+def test_early_stopping_stops_and_restores_best():
+    spec = TrainSpec(epochs=200, mini_batch_size=10, eta=0.5, early_stopping=EarlyStopping(patience=3))
+    net, h = run(spec)
+    assert h.outcome == EARLY_STOPPED and len(h.records) < 200
+    accs = h.column("validation_accuracy")
+    assert all(a <= h.best_validation_accuracy for a in accs[-3:])
+    from nnexp.engine.network import evaluate
+    assert evaluate(net, VAL.x, VAL.y)[1] == h.best_validation_accuracy
+
+
+def test_halve_on_plateau_halves_eta_and_ends_at_eta0_over_1024():
+    spec = TrainSpec(epochs=500, mini_batch_size=10, eta=0.5, schedule=HalveOnPlateau(patience=2))
+    _, h = run(spec)
+    etas = h.column("eta")
+    assert etas[0] == 0.5 and min(etas) == 0.5 / 512  # the run stops when it reaches 1/1024
+    assert h.outcome == "completed" and h.reason.startswith("learning rate reached eta0")
+    ratios = {round(a / b, 6) for a, b in zip(etas, etas[1:]) if a != b}
+    assert ratios == {2.0}
+
+
+def test_sub_epoch_monitoring_on_a_validation_sample():
+    spec = TrainSpec(epochs=2, mini_batch_size=10, eta=0.5,
+                     monitor=Monitor(metrics=("validation_accuracy",), every_images=100, validation_sample=50))
+    _, h = run(spec)
+    assert [r.images_seen for r in h.records] == [100, 200, 300, 400, 500, 600]
+    assert h.records[0].epoch == pytest.approx(1 / 3)
+    # accuracy on 50 images moves in steps of 1/50
+    assert all(abs(r.validation_accuracy * 50 - round(r.validation_accuracy * 50)) < 1e-9 for r in h.records)
+
+
+def test_an_observer_can_stop_training():
+    seen = []
+
+    def pruner(record, net):
+        seen.append(record.epoch)
+        return "pruned" if record.epoch >= 2 else None
+
+    _, h = run(TrainSpec(epochs=10, mini_batch_size=10, eta=0.5), observers=[pruner])
+    assert h.outcome == "pruned" and seen == [1, 2] and len(h.records) == 2
+
+
+def test_bad_mini_batch_and_missing_validation_are_errors():
+    with pytest.raises(ValueError, match="mini_batch_size"):
+        run(TrainSpec(epochs=1, mini_batch_size=10_000, eta=0.5))
+    with pytest.raises(ValueError, match="validation_accuracy"):
+        run(TrainSpec(epochs=1, mini_batch_size=10, eta=0.5, early_stopping=EarlyStopping(),
+                      monitor=Monitor(metrics=("training_cost",))))
