@@ -376,25 +376,36 @@ def _matches(official: _Official, md5: str, sha256: str) -> bool:
     return md5 == official.md5 or sha256 in official.sha256
 
 
-def _describe(name: str, key: str, path: Path) -> DataFile:
-    """Hash a local file and check it against the official checksums (warn if it does not match)."""
-    md5, sha256 = _hash_file(path)
-    verified = _matches(CHECKSUMS[name][key], md5, sha256)
-    if not verified:
+def _describe(name: str, paths: Mapping[str, Path]) -> tuple[DataFile, ...]:
+    """Hash the local files and check them against the official checksums.
+
+    A file that matches another dataset's (or another file's) official checksum is refused;
+    one that matches nothing is accepted with a warning and ``verified=False``.
+    """
+    hashes = {key: _hash_file(paths[key]) for key in IDX_FILES}
+    verified = {key: _matches(CHECKSUMS[name][key], *hashes[key]) for key in IDX_FILES}
+    for key in IDX_FILES:
+        if verified[key]:
+            continue
         for other_name, table in CHECKSUMS.items():
             for other_key, official in table.items():
-                if (other_name, other_key) != (name, key) and _matches(official, md5, sha256):
+                if (other_name, other_key) != (name, key) and _matches(official, *hashes[key]):
                     raise DataError(
-                        f"{path} is the official {_TITLES[other_name]} file {other_key}, not {_TITLES[name]} "
+                        f"{paths[key]} is the official {_TITLES[other_name]} file {other_key}, not {_TITLES[name]} "
                         f"{key}: point data_dir / NNEXP_DATA_DIR at a directory holding the {_TITLES[name]} files"
                     )
-        logger.warning(
-            "%s: %s does not match the official checksum (sha256 %s); using it as an unverified local copy",
-            name,
-            path,
-            sha256,
-        )
-    return DataFile(name=path.name, path=str(path.resolve()), sha256=sha256, verified=verified)
+    for key in IDX_FILES:
+        if not verified[key]:
+            logger.warning(
+                "%s: %s does not match the official checksum (sha256 %s); using it as an unverified local copy",
+                name,
+                paths[key],
+                hashes[key][1],
+            )
+    return tuple(
+        DataFile(name=paths[key].name, path=str(paths[key].resolve()), sha256=hashes[key][1], verified=verified[key])
+        for key in IDX_FILES
+    )
 
 
 # --------------------------------------------------------------------------- download
@@ -494,6 +505,7 @@ def fetch(
         raise DataError(f"dataset {name} is not downloadable")
     mirrors = tuple(MIRRORS[name] if mirrors is None else mirrors)
     dest_dir = Path(dest_dir)
+    fresh_dir = not dest_dir.exists()
     paths = {}
     for key in IDX_FILES:
         dest = dest_dir / key
@@ -516,6 +528,11 @@ def fetch(
                 logger.info("downloaded %s into %s", url, dest_dir)
                 break
         else:
+            if fresh_dir:
+                try:
+                    dest_dir.rmdir()  # only succeeds if nothing was downloaded into it
+                except OSError:
+                    pass
             detail = "; ".join(failures) if failures else "no mirrors configured"
             if mismatch:
                 raise ChecksumError(f"no mirror served a verified {key} ({detail})")
@@ -599,18 +616,23 @@ def _locate(name: str, data_dir, download: bool, progress: bool) -> tuple[dict[s
 
 
 def _load_idx_dataset(name: str, paths: dict[str, Path], source: Path, dtype: np.dtype) -> Splits:
-    files = tuple(_describe(name, key, paths[key]) for key in IDX_FILES)
+    files = _describe(name, paths)
 
     def pair(images_key: str, labels_key: str) -> tuple[np.ndarray, np.ndarray]:
         ip, lp = paths[images_key], paths[labels_key]
         images, labels = read_idx(ip), read_idx(lp)
         if images.ndim != 3 or images.dtype != np.uint8:
-            raise IdxFormatError(f"{ip}: expected unsigned-byte images of shape (n, rows, cols), got {images.dtype} {images.shape}")
+            raise IdxFormatError(
+                f"{ip}: expected unsigned-byte images of shape (n, rows, cols), got {images.dtype} {images.shape}"
+            )
         if labels.ndim != 1 or labels.dtype != np.uint8:
-            raise IdxFormatError(f"{lp}: expected unsigned-byte labels of shape (n,), got {labels.dtype} {labels.shape}")
+            raise IdxFormatError(
+                f"{lp}: expected unsigned-byte labels of shape (n,), got {labels.dtype} {labels.shape}"
+            )
         if images.shape[0] != labels.shape[0]:
             raise IdxFormatError(
-                f"{ip} holds {images.shape[0]} images but {lp} holds {labels.shape[0]} labels: the files do not belong together"
+                f"{ip} holds {images.shape[0]} images but {lp} holds {labels.shape[0]} labels: "
+                "the files do not belong together"
             )
         if labels.size and labels.max() >= 10:
             raise IdxFormatError(f"{lp}: label {int(labels.max())} is outside 0..9")
@@ -633,7 +655,8 @@ def _load_idx_dataset(name: str, paths: dict[str, Path], source: Path, dtype: np
     test = split(*pair("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"))
     if test.x.shape[1] != train.x.shape[1]:
         raise IdxFormatError(
-            f"{paths['t10k-images-idx3-ubyte.gz']}: images of {test.x.shape[1]} pixels, but the training images have {train.x.shape[1]}"
+            f"{paths['t10k-images-idx3-ubyte.gz']}: images of {test.x.shape[1]} pixels, "
+            f"but the training images have {train.x.shape[1]}"
         )
     logger.info(
         "loaded %s from %s: %d train, %d validation, %d test, %s",

@@ -199,7 +199,7 @@ class _Trainer:
         rec = Record(epoch=self.images_seen / self.n, images_seen=self.images_seen,
                      eta=self.sgd.eta, epoch_seconds=self.clock)
         if spec.monitor.every_images is None:
-            rec.epoch = round(rec.epoch)
+            rec.epoch = round(rec.epoch)  # whole epochs: a clean MLflow step
         penalty = PENALTIES[spec.penalty].value(self.net.weights, spec.lmbda, self.n)
         for split in SPLIT_NAMES:
             wanted = [k for k in ("cost", "accuracy") if f"{split}_{k}" in spec.monitor.metrics]
@@ -255,41 +255,44 @@ class _Trainer:
         return None
 
     # -- training ---------------------------------------------------------------------
-    def run_epoch(self) -> tuple[str, str] | None:
+    def run_epoch(self, last: bool) -> tuple[str, str] | None:
         spec, net, sgd = self.spec, self.net, self.sgd
         m, n, x, y = spec.mini_batch_size, self.n, self.x, self.y
         every = spec.monitor.every_images
         perm = self.streams.shuffle.permutation(n)
         keep = 1.0 - spec.dropout
         hidden_sizes = net.sizes[1:-1]
-        next_eval = (self.images_seen // every + 1) * every if every else None
         t0 = time.perf_counter()
         for k in range(0, n, m):
             idx = perm[k:k + m]
             xb, yb = x[idx], y[idx]  # (batch, n_in), (batch, n_out)
             masks = None
-            if spec.dropout:
-                masks = [(self.streams.dropout.random((len(idx), h)) < keep) / keep
+            if spec.dropout:  # inverted dropout: kept neurons scaled by 1/keep
+                masks = [((self.streams.dropout.random((len(idx), h)) < keep) / keep).astype(net.dtype)
                          for h in hidden_sizes]
-                masks = [mk.astype(net.dtype, copy=False) for mk in masks]
             sgd.step(xb, yb, masks)
             self.images_seen += len(idx)
-            if next_eval is not None and self.images_seen >= next_eval and k + m < n:
+            if every and self.images_seen >= self.next_eval:
+                self.next_eval += every
                 self.clock += time.perf_counter() - t0
                 stop = self.after_evaluation(self.evaluate())
                 if stop:
                     return stop
-                next_eval += every
                 t0 = time.perf_counter()
         self.clock += time.perf_counter() - t0
-        return self.after_evaluation(self.evaluate())
+        done = self.history.records and self.history.records[-1].images_seen == self.images_seen
+        if every is None or (last and not done):
+            return self.after_evaluation(self.evaluate())
+        return None
 
     def fit(self) -> History:
         h = self.history
         start = time.perf_counter()
+        every = self.spec.monitor.every_images
+        self.next_eval = every or 0
         with np.errstate(all="ignore"):  # divergence is detected and reported, not warned
-            for _ in range(self.spec.epochs):
-                stop = self.run_epoch()
+            for epoch in range(self.spec.epochs):
+                stop = self.run_epoch(last=epoch == self.spec.epochs - 1)
                 if stop:
                     h.outcome, h.reason = stop
                     break

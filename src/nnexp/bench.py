@@ -1,0 +1,380 @@
+"""Speed of the engine's mini-batch SGD, next to the book's per-example algorithm.
+
+What is measured
+----------------
+Training time only (no evaluation, no data loading) of plain mini-batch SGD with the
+book's chapter-3 settings: sigmoid hidden layer, cross-entropy cost, L2 weight decay
+(lambda = 5.0), eta = 0.5, on the 50,000 MNIST training images (sklearn's 8x8 digits
+when MNIST is not available). For each network ([784,30,10] and [784,100,10]),
+mini-batch size (10 and 100) and float type (float64 and float32):
+
+* engine: ``nnexp.train.fit`` with ``Monitor(metrics=())``, one warm-up epoch, then
+  ``--epochs`` timed epochs; the best ``Record.epoch_seconds`` is reported, as seconds
+  per epoch and microseconds per mini-batch. This is the real training path: shuffled
+  mini-batches gathered with ``x[perm[k:k+m]]`` and one fused-gemm ``Stepper.step`` each.
+* reference: the book's network2-style update written here from scratch (column vectors,
+  backprop one example at a time, gradients summed over the mini-batch, then
+  ``w <- (1 - eta lambda/n) w - (eta/m) nabla_w``), float64 only. It is timed on a subset
+  of the training images (2,000 by default) and extrapolated linearly to a full epoch.
+
+The ratio column is reference time / engine time for the rows where both exist.
+BLAS is pinned to one thread for the whole run (numpy and scipy each bundle an OpenBLAS;
+letting both use several threads was measured to be 25x slower).
+
+Targets ([784,30,10], mini-batch 10, 50,000 images): at most 0.30 s/epoch in float64,
+at most 0.22 s/epoch in float32, and at least 10x faster than the per-example reference.
+
+The report is a list of sections (:data:`SECTIONS`), each a function from the shared
+:class:`Bench` context to a :class:`Table`; further sections (e.g. a population of
+networks trained side by side) are added by appending to that list.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+from threadpoolctl import threadpool_info, threadpool_limits
+
+import nnexp.engine.sgd  # noqa: F401  (loads scipy's BLAS before the thread limit is applied)
+from nnexp import data
+from nnexp.engine.network import init_network
+from nnexp.errors import DataError, NnexpError
+from nnexp.train import Monitor, Streams, TrainSpec, fit
+
+ETA = 0.5
+LMBDA = 5.0
+HIDDEN_SIZES = (30, 100)
+MINI_BATCHES = (10, 100)
+DTYPES = (np.float64, np.float32)
+#: (hidden size, mini-batch size) pairs also timed with the per-example reference (float64).
+REFERENCE_CASES = ((30, 10), (100, 10), (100, 100))
+REFERENCE_IMAGES = 2_000
+QUICK_IMAGES = 5_000
+QUICK_REFERENCE_IMAGES = 500
+#: Targets for [n_in, 30, 10], mini-batch 10, 50,000 images.
+TARGET_SECONDS = {"float64": 0.30, "float32": 0.22}
+TARGET_SPEEDUP = 10.0
+
+
+# --------------------------------------------------------------------------- reference
+
+
+def _ref_sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+class ReferenceNetwork:
+    """The book's per-example network: weights[l] (n_out, n_in), biases[l] (n_out, 1).
+
+    Independent of :mod:`nnexp.engine`: sigmoid neurons, cross-entropy output error,
+    L2 weight decay, one example (a column vector) at a time.
+    """
+
+    def __init__(self, weights: Sequence[np.ndarray], biases: Sequence[np.ndarray]):
+        self.weights = [np.array(w, dtype=np.float64) for w in weights]
+        self.biases = [np.array(b, dtype=np.float64).reshape(-1, 1) for b in biases]
+
+    @classmethod
+    def random(cls, sizes: Sequence[int], rng: np.random.Generator) -> "ReferenceNetwork":
+        """Weights N(0, 1/n_in), biases N(0, 1): the book's default initialisation."""
+        pairs = list(zip(sizes[:-1], sizes[1:]))
+        weights = [rng.standard_normal((n_out, n_in)) / np.sqrt(n_in) for n_in, n_out in pairs]
+        biases = [rng.standard_normal((n_out, 1)) for _, n_out in pairs]
+        return cls(weights, biases)
+
+    def backprop(self, x: np.ndarray, y: np.ndarray):
+        """Gradients of one example's cost: x (n_in, 1), y (n_out, 1)."""
+        outputs = [x]
+        for w, b in zip(self.weights, self.biases):
+            outputs.append(_ref_sigmoid(w @ outputs[-1] + b))
+        grads_w = [np.zeros_like(w) for w in self.weights]
+        grads_b = [np.zeros_like(b) for b in self.biases]
+        err = outputs[-1] - y  # cross-entropy: delta^L = a^L - y
+        for l in range(len(self.weights) - 1, -1, -1):
+            grads_b[l] = err
+            grads_w[l] = err @ outputs[l].T
+            if l > 0:
+                a = outputs[l]
+                err = (self.weights[l].T @ err) * (a * (1.0 - a))
+        return grads_w, grads_b
+
+    def update_mini_batch(self, batch, eta: float, lmbda: float, n: int) -> None:
+        """One SGD step on ``batch``, a list of (x, y) column-vector pairs."""
+        sum_w = [np.zeros_like(w) for w in self.weights]
+        sum_b = [np.zeros_like(b) for b in self.biases]
+        for x, y in batch:
+            grads_w, grads_b = self.backprop(x, y)
+            sum_w = [s + g for s, g in zip(sum_w, grads_w)]
+            sum_b = [s + g for s, g in zip(sum_b, grads_b)]
+        m = len(batch)
+        decay = 1.0 - eta * lmbda / n
+        self.weights = [decay * w - (eta / m) * g for w, g in zip(self.weights, sum_w)]
+        self.biases = [b - (eta / m) * g for b, g in zip(self.biases, sum_b)]
+
+
+def column_pairs(x: np.ndarray, labels: np.ndarray, n_classes: int) -> list:
+    """The book's data layout: a list of (x (n_in, 1), one-hot y (n_classes, 1)) pairs."""
+    pairs = []
+    for row, label in zip(np.asarray(x, dtype=np.float64), labels):
+        y = np.zeros((n_classes, 1))
+        y[int(label)] = 1.0
+        pairs.append((row.reshape(-1, 1), y))
+    return pairs
+
+
+# --------------------------------------------------------------------------- timing
+
+
+@dataclass(frozen=True)
+class Timing:
+    seconds_per_epoch: float
+    us_per_batch: float
+
+
+def time_engine(train: data.Split, sizes: list[int], mini_batch: int, dtype,
+                epochs: int, seed: int = 0) -> Timing:
+    """Best epoch of ``fit`` (after one warm-up epoch) on ``train``, training time only."""
+    streams = Streams.from_seed(seed)
+    net = init_network(sizes, streams.init, dtype=dtype)
+    spec = TrainSpec(epochs=1 + epochs, mini_batch_size=mini_batch, eta=ETA, lmbda=LMBDA,
+                     penalty="l2", monitor=Monitor(metrics=()))
+    history = fit(net, train, spec, streams=streams)
+    if history.outcome != "completed":
+        raise NnexpError(f"benchmark training {sizes} mb {mini_batch} ended {history.outcome}: "
+                         f"{history.reason}")
+    best = min(r.epoch_seconds for r in history.records[1:])
+    return Timing(best, 1e6 * best / math.ceil(len(train.x) / mini_batch))
+
+
+def time_reference(pairs: list, sizes: list[int], mini_batch: int, n_train: int,
+                   epochs: int, seed: int = 0) -> Timing:
+    """Best of ``epochs`` passes of the reference over ``pairs``, extrapolated to ``n_train``."""
+    rng = np.random.default_rng(seed)
+    net = ReferenceNetwork.random(sizes, rng)
+    net.update_mini_batch(pairs[:mini_batch], ETA, LMBDA, n_train)  # warm-up
+    best = math.inf
+    for _ in range(epochs):
+        shuffled = [pairs[i] for i in rng.permutation(len(pairs))]
+        t0 = time.perf_counter()
+        for k in range(0, len(shuffled), mini_batch):
+            net.update_mini_batch(shuffled[k:k + mini_batch], ETA, LMBDA, n_train)
+        best = min(best, time.perf_counter() - t0)
+    n_batches = math.ceil(len(pairs) / mini_batch)
+    return Timing(best * n_train / len(pairs), 1e6 * best / n_batches)
+
+
+# --------------------------------------------------------------------------- report
+
+
+@dataclass
+class Bench:
+    """What every section shares: the training data (float64) and the run's settings."""
+
+    dataset: str  # "MNIST" or "digits"
+    train: data.Split
+    n_classes: int
+    epochs: int
+    reference_images: int
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def n_train(self) -> int:
+        return len(self.train.x)
+
+    @property
+    def n_in(self) -> int:
+        return int(self.train.x.shape[1])
+
+
+@dataclass
+class Table:
+    title: str
+    columns: tuple[str, ...]
+    rows: list[tuple[str, ...]]
+    footnotes: list[str] = field(default_factory=list)
+
+    def render(self) -> str:
+        cells = [self.columns] + self.rows
+        widths = [max(len(r[i]) for r in cells) for i in range(len(self.columns))]
+
+        def line(row):
+            first = row[0].ljust(widths[0])
+            rest = (c.rjust(w) for c, w in zip(row[1:], widths[1:]))
+            return "  ".join([first, *rest]).rstrip()
+
+        out = [self.title, line(self.columns), line(tuple("-" * w for w in widths))]
+        out += [line(r) for r in self.rows]
+        return "\n".join(out + self.footnotes)
+
+
+def _num(value: float | None, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def _label(sizes: Sequence[int]) -> str:
+    return "[" + ",".join(str(s) for s in sizes) + "]"
+
+
+SGD_COLUMNS = ("network", "mb", "dtype", "engine s/epoch", "engine us/batch",
+               "reference s/epoch*", "reference us/batch", "reference/engine")
+
+
+def sgd_results(bench: Bench) -> list[dict]:
+    """Time every engine case and the reference cases; one dict per table row."""
+    pairs = column_pairs(bench.train.x[:bench.reference_images],
+                         bench.train.y[:bench.reference_images], bench.n_classes)
+    by_dtype = {np.dtype(dt).name: data.Split(x=bench.train.x.astype(dt), y=bench.train.y)
+                for dt in DTYPES}
+    results = []
+    for hidden in HIDDEN_SIZES:
+        sizes = [bench.n_in, hidden, bench.n_classes]
+        for mb in MINI_BATCHES:
+            for dtype_name, train in by_dtype.items():
+                engine = time_engine(train, sizes, mb, train.x.dtype, bench.epochs)
+                ref = None
+                if dtype_name == "float64" and (hidden, mb) in REFERENCE_CASES:
+                    ref = time_reference(pairs, sizes, mb, bench.n_train, bench.epochs)
+                results.append({"sizes": sizes, "mb": mb, "dtype": dtype_name,
+                                "engine": engine, "reference": ref})
+    return results
+
+
+def _sgd_row(r: dict) -> tuple[str, ...]:
+    e, ref = r["engine"], r["reference"]
+    ratio = ref.seconds_per_epoch / e.seconds_per_epoch if ref else None
+    return (_label(r["sizes"]), str(r["mb"]), r["dtype"],
+            _num(e.seconds_per_epoch, ".4f"), _num(e.us_per_batch, ".1f"),
+            _num(ref and ref.seconds_per_epoch, ".4f"), _num(ref and ref.us_per_batch, ".1f"),
+            _num(ratio, ".1f"))
+
+
+def target_lines(bench: Bench, results: list[dict]) -> list[str]:
+    """Pass/fail against the targets; only meaningful on the full 50,000 MNIST images."""
+    if bench.dataset != "MNIST" or bench.n_train != 50_000:
+        return ["targets: not checked (they are for the 50,000 MNIST training images)"]
+    lines = []
+    for r in results:
+        if r["sizes"][1] != 30 or r["mb"] != 10:
+            continue
+        s, limit = r["engine"].seconds_per_epoch, TARGET_SECONDS[r["dtype"]]
+        lines.append(f"target {_label(r['sizes'])} mb 10 {r['dtype']}: {s:.3f} s/epoch "
+                     f"<= {limit:.2f}: {'ok' if s <= limit else 'MISSED'}")
+        if r["reference"]:
+            x = r["reference"].seconds_per_epoch / s
+            lines.append(f"target {_label(r['sizes'])} mb 10 speed-up over reference: {x:.1f}x "
+                         f">= {TARGET_SPEEDUP:.0f}x: {'ok' if x >= TARGET_SPEEDUP else 'MISSED'}")
+    return lines
+
+
+def sgd_section(bench: Bench) -> Table:
+    results = sgd_results(bench)
+    foot = [f"* reference: per-example backprop (book's algorithm), float64, timed on the first "
+            f"{min(bench.reference_images, bench.n_train):,} training images and extrapolated "
+            f"to {bench.n_train:,} images per epoch"]
+    return Table(f"SGD training speed ({bench.dataset}, {bench.n_train:,} images per epoch)",
+                 SGD_COLUMNS, [_sgd_row(r) for r in results],
+                 foot + target_lines(bench, results))
+
+
+Section = Callable[[Bench], Table]
+#: The report's sections, in order.
+SECTIONS: list[Section] = [sgd_section]
+
+
+# --------------------------------------------------------------------------- setup
+
+
+def blas_summary() -> str:
+    """One line: each loaded BLAS library, its version, owner package and thread count."""
+    parts = []
+    for lib in threadpool_info():
+        if lib.get("user_api") != "blas":
+            continue
+        owner = Path(lib.get("filepath", "")).parent.name.removesuffix(".libs") or "?"
+        parts.append(f"{lib.get('internal_api')} {lib.get('version')} ({owner}) "
+                     f"num_threads={lib.get('num_threads')}")
+    return "BLAS: " + ("; ".join(parts) if parts else "no BLAS library found by threadpoolctl")
+
+
+def _digits_bench(epochs: int, reference_images: int, notes: list[str]) -> Bench:
+    splits = data.load("digits")
+    return Bench("digits", splits.train, splits.n_classes, epochs, reference_images, notes)
+
+
+def load_bench(dataset: str | None, data_dir: str | None, epochs: int, quick: bool) -> Bench:
+    """The training set to time on. ``dataset=None``: MNIST if available locally, else digits."""
+    ref_images = QUICK_REFERENCE_IMAGES if quick else REFERENCE_IMAGES
+    if dataset == "digits":
+        return _digits_bench(epochs, ref_images, [])
+    try:
+        splits = data.load("mnist", data_dir, download=dataset == "mnist")
+    except DataError as exc:
+        if dataset == "mnist":
+            raise
+        note = f"note: MNIST unavailable ({' '.join(str(exc).split())}); using digits instead"
+        return _digits_bench(epochs, ref_images, [note])
+    train = splits.train
+    notes = []
+    if quick:
+        train = data.Split(x=train.x[:QUICK_IMAGES], y=train.y[:QUICK_IMAGES])
+        notes.append(f"note: --quick: timing on the first {QUICK_IMAGES:,} MNIST training images")
+    return Bench("MNIST", train, splits.n_classes, epochs, ref_images, notes)
+
+
+def header(bench: Bench) -> list[str]:
+    return [
+        "nnexp benchmark: mini-batch SGD, sigmoid hidden layer, cross-entropy cost, "
+        f"L2 lambda={LMBDA}, eta={ETA}",
+        f"data: {bench.dataset} training set, {bench.n_train:,} images x {bench.n_in} inputs",
+        *bench.notes,
+        blas_summary(),
+        f"engine: nnexp.train.fit, Monitor(metrics=()), best of {bench.epochs} timed epoch(s) "
+        "after 1 warm-up epoch (training time only)",
+    ]
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="nnexp-bench",
+        description="Seconds per epoch and microseconds per mini-batch of the engine's SGD, "
+                    "next to the book's per-example algorithm (BLAS pinned to 1 thread).")
+    p.add_argument("--epochs", type=int, default=2, help="timed epochs per case (default 2)")
+    p.add_argument("--quick", action="store_true",
+                   help=f"smoke test: at most {QUICK_IMAGES:,} MNIST images (or digits), "
+                        f"reference on {QUICK_REFERENCE_IMAGES} images")
+    p.add_argument("--dataset", choices=("mnist", "digits"), default=None,
+                   help="default: MNIST if found locally, else digits")
+    p.add_argument("--data-dir", default=None, help="directory holding the MNIST IDX files")
+    args = p.parse_args(argv)
+    if args.epochs < 1:
+        p.error("--epochs must be at least 1")
+    return args
+
+
+def run(args: argparse.Namespace) -> None:
+    bench = load_bench(args.dataset, args.data_dir, args.epochs, args.quick)
+    print("\n".join(header(bench)), flush=True)
+    for section in SECTIONS:
+        print()
+        print(section(bench).render(), flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    try:
+        with threadpool_limits(limits=1):
+            run(args)
+    except NnexpError as exc:
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""Hydra callback: one MLflow parent run per multirun, created before any job starts.
+
+The parent's id and the sweep id reach the jobs through environment variables, which
+every launcher's workers inherit (basic: same process; joblib: spawned afterwards).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from nnexp import tracking
+from nnexp.errors import NnexpError
+
+log = logging.getLogger(__name__)
+
+
+def new_sweep_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+
+
+class SweepTracking(Callback):
+    def __init__(self) -> None:
+        self.uri: str | None = None
+        self.parent: str | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_id = new_sweep_id()
+        os.environ[tracking.SWEEP_ENV] = sweep_id
+        os.environ.pop(tracking.PARENT_ENV, None)
+        if not config.get("tracking", {}).get("enabled", False):
+            return
+        experiment = config.hydra.runtime.choices.get("experiment") or "sweep"
+        self.uri = tracking.resolve_uri(config.tracking.uri)
+        try:
+            self.parent = tracking.start_parent_run(
+                self.uri, config.tracking.experiment, name=f"{experiment} {sweep_id}",
+                tags={"nnexp.sweep": sweep_id, "nnexp.experiment": str(experiment),
+                      "nnexp.sweep_overrides": " ".join(config.hydra.overrides.task)[:4000]})
+        except NnexpError as exc:
+            raise SystemExit(f"nnexp.run: error: {exc}") from None
+        os.environ[tracking.PARENT_ENV] = self.parent
+        log.info("sweep %s: parent run %s in %s", sweep_id, self.parent, tracking.redact(self.uri))
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.parent:
+            tracking.end_parent_run(self.uri, self.parent)
+        os.environ.pop(tracking.PARENT_ENV, None)
+        os.environ.pop(tracking.SWEEP_ENV, None)

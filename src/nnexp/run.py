@@ -1,0 +1,318 @@
+"""``python -m nnexp.run``: one Hydra-composed, MLflow-tracked training run (or a multirun).
+
+    python -m nnexp.run dataset=digits             # offline, seconds
+    python -m nnexp.run -m eta=0.025,0.25,2.5      # a sweep: one parent run, three children
+    python -m nnexp.run +experiment=overfitting    # a book experiment
+    python -m nnexp.run tracking=off               # no MLflow
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import signal
+import sys
+import threading
+import traceback
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Callable, Sequence
+
+import hydra
+import numpy as np
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from nnexp import data as datasets
+from nnexp import tracking
+from nnexp.config import GROUPS, RunConfig, field_names, nested_fields, suggest, to_run_config
+from nnexp.engine import init_network, save_network
+from nnexp.engine.network import evaluate
+from nnexp.errors import ConfigError, NnexpError
+from nnexp.train import (EarlyStopping, HalveOnPlateau, Constant, History, Monitor, Observer,
+                         Record, Streams, TrainSpec, fit)
+
+log = logging.getLogger("nnexp.run")
+
+STATUS_TO_MLFLOW = {"completed": "FINISHED", "diverged": "FINISHED", "early_stopped": "FINISHED",
+                    "pruned": "FINISHED"}
+
+
+class Terminated(BaseException):
+    """SIGTERM received: ends the run like Ctrl-C, recorded as KILLED."""
+
+
+@dataclass
+class RunResult:
+    status: str  # completed | diverged | early_stopped | pruned | failed | killed
+    history: History | None = None
+    run_id: str | None = None
+    test_accuracy: float | None = None
+    summary: str = ""
+    tracking_seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+# -- building the pieces ------------------------------------------------------------------
+def load_splits(c: RunConfig, progress: bool = False):
+    """The dataset with the config's subsets applied (first n, classes, expansion)."""
+    dtype = np.float32 if c.dtype == "float32" else np.float64
+    splits = datasets.load(c.dataset.name, c.dataset.data_dir, dtype=dtype,
+                           download=c.dataset.download, progress=progress)
+    train, val, test = splits.train, splits.validation, splits.test
+    if c.dataset.classes:
+        keep = list(c.dataset.classes)
+        train, val, test = (datasets.only_classes(s, keep) for s in (train, val, test))
+    if c.dataset.train_size is not None:
+        train = datasets.first_n(train, c.dataset.train_size)
+    if c.dataset.expanded:
+        train = datasets.expand(train)
+    if c.mini_batch_size > len(train):
+        raise ConfigError(f"mini_batch_size {c.mini_batch_size} is larger than the training set "
+                          f"({len(train)} images)")
+    return splits, train, val, test
+
+
+def train_spec(c: RunConfig) -> TrainSpec:
+    schedule = (HalveOnPlateau(c.schedule.patience, c.schedule.min_factor)
+                if c.schedule.name == "halve_on_plateau" else Constant())
+    stopping = (EarlyStopping(c.early_stopping.patience, c.early_stopping.restore_best)
+                if c.early_stopping.name != "off" else None)
+    monitor = Monitor(tuple(c.monitor.metrics), c.monitor.every_images, c.monitor.validation_sample)
+    return TrainSpec(epochs=c.total_epochs, mini_batch_size=c.mini_batch_size, eta=c.eta,
+                     lmbda=c.lmbda, penalty=c.regularization.penalty,
+                     dropout=c.regularization.dropout, momentum=c.momentum, schedule=schedule,
+                     early_stopping=stopping, monitor=monitor)
+
+
+def test_accuracy_of(history: History, net, test, monitored: bool) -> float | None:
+    """Test accuracy at the best-validation evaluation if tracked, else measured once now."""
+    if monitored and history.records:
+        best = history.best_epoch
+        rec = next((r for r in history.records if r.epoch == best), history.records[-1])
+        return rec.test_accuracy
+    if history.outcome == "diverged":
+        return None
+    return evaluate(net, test.x, test.y)[1]
+
+
+@contextmanager
+def sigterm_as_exception():
+    """Turn SIGTERM into ``Terminated`` in the main thread, so the run ends recorded."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class ProgressBar:
+    """Per-evaluation tqdm bar: epoch, current eta, validation accuracy."""
+
+    def __init__(self, total_epochs: int, enabled: bool):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total_epochs, unit="epoch", disable=not enabled, leave=False,
+                        file=sys.stderr, dynamic_ncols=True)
+
+    def __call__(self, record: Record, net=None):
+        self.bar.n = record.epoch
+        post = {"eta": f"{record.eta:.4g}"}
+        if record.validation_accuracy is not None:
+            post["val_acc"] = f"{record.validation_accuracy:.4f}"
+        self.bar.set_postfix(post, refresh=True)
+        return None
+
+    def close(self):
+        self.bar.close()
+
+
+def _summary_line(c: RunConfig, result: RunResult, where: str) -> str:
+    h = result.history
+    parts = [result.status]
+    if h and h.best_validation_accuracy is not None:
+        parts.append(f"best validation accuracy {h.best_validation_accuracy:.4f} at epoch {h.best_epoch:g}")
+    if result.test_accuracy is not None:
+        parts.append(f"test accuracy {result.test_accuracy:.4f}")
+    if h and h.reason and result.status != "completed":
+        parts.append(h.reason)
+    parts.append(where)
+    return " | ".join(parts)
+
+
+# -- one run ----------------------------------------------------------------------------------
+def execute(c: RunConfig, *, resolved_yaml: str = "", experiment: str | None = None,
+            sweep_id: str | None = None, parent_run_id: str | None = None,
+            tags: dict[str, str] | None = None, observers: Sequence[Observer] = (),
+            progress: bool = False, run_name: str | None = None) -> RunResult:
+    """Load data, build the network, train, and track everything. Raises NnexpError for
+    bad data or config (before any run is created); KeyboardInterrupt / Terminated after
+    recording the run as KILLED; other exceptions after recording it as FAILED."""
+    splits, train, val, test = load_splits(c, progress=progress)
+    streams = Streams.from_seed(c.seed)
+    dtype = np.float32 if c.dtype == "float32" else np.float64
+    net = init_network(c.sizes, streams.init, init=c.init.name, hidden=c.hidden,
+                       cost=c.cost.name, dtype=dtype)
+    spec = train_spec(c)
+    tracker = None
+    if c.tracking.enabled:
+        from nnexp.config import flat_params
+
+        all_tags = {"nnexp.experiment": experiment or "none", "nnexp.status": "running", **(tags or {})}
+        if sweep_id:
+            all_tags["nnexp.sweep"] = sweep_id
+        tracker = tracking.RunTracker(
+            uri=tracking.resolve_uri(c.tracking.uri), experiment=c.tracking.experiment,
+            run_name=run_name or _run_name(c, experiment), params=flat_params(c), tags=all_tags,
+            parent_run_id=parent_run_id, step_by_images=c.monitor.every_images is not None)
+        tracker.start()
+        tracker.log_dataset(splits)
+    bar = ProgressBar(spec.epochs, progress)
+    obs: list[Observer] = ([tracker.observe] if tracker else []) + [bar, *observers]
+    artifacts = {"config.yaml": resolved_yaml} if resolved_yaml else {}
+    try:
+        with sigterm_as_exception():
+            history = fit(net, train, spec, validation=val, test=test, streams=streams, observers=obs)
+    except (KeyboardInterrupt, Terminated):
+        bar.close()
+        if tracker:
+            tracker.fail("killed", "KILLED", error="interrupted (Ctrl-C or SIGTERM)", artifacts=artifacts)
+        raise
+    except Exception as exc:
+        bar.close()
+        if tracker:
+            artifacts["traceback.txt"] = traceback.format_exc()
+            tracker.fail("failed", "FAILED", error=f"{type(exc).__name__}: {exc}", artifacts=artifacts)
+        raise
+    bar.close()
+    result = RunResult(history.outcome, history, tracker.run_id if tracker else None)
+    result.test_accuracy = test_accuracy_of(history, net, test, "test_accuracy" in spec.monitor.metrics)
+    if tracker:
+        summary = {"best_validation_accuracy": history.best_validation_accuracy,
+                   "best_epoch": history.best_epoch, "final_test_accuracy": result.test_accuracy,
+                   "train_seconds": history.train_seconds}
+        artifacts["history.csv"] = history.to_csv()
+        if c.tracking.log_model and history.outcome != "diverged":
+            buf = io.BytesIO()
+            save_network(net, buf)
+            artifacts["model.npz"] = buf.getvalue()
+        tracker.finish(history.outcome, summary=summary, artifacts=artifacts,
+                       mlflow_status=STATUS_TO_MLFLOW[history.outcome],
+                       error=history.reason if history.outcome == "diverged" else None)
+        result.tracking_seconds = tracker.seconds_in_tracking
+    where = tracker.location if tracker else "not tracked (tracking=off)"
+    result.summary = _summary_line(c, result, where)
+    return result
+
+
+def _run_name(c: RunConfig, experiment: str | None) -> str:
+    head = experiment or "run"
+    return f"{head} eta={c.eta:g} lmbda={c.lmbda:g} mb={c.mini_batch_size} seed={c.seed}"
+
+
+# -- the Hydra entry point -----------------------------------------------------------------------
+def _group_options(group: str) -> list[str]:
+    folder = resources.files("nnexp.conf") / group
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def check_overrides(args: Sequence[str]) -> None:
+    """Reject misspelt keys and unknown group options in one line, before Hydra composes."""
+    groups = {g: _group_options(g) for g in (*GROUPS, "experiment")}
+    for arg in args:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        key, value = arg.split("=", 1)
+        plain = key.lstrip("+~")
+        if plain.startswith("hydra"):
+            continue
+        root = plain.split(".")[0].split("/")[0]
+        if root == "experiment" and not key.startswith("+"):
+            raise ConfigError(f"use +experiment={value} (with a '+') to add a preset")
+        if root not in field_names() and root != "experiment":
+            raise ConfigError(f"unknown config key '{plain}'{suggest(root, field_names())}; valid keys: "
+                              f"{', '.join(field_names())}; presets: +experiment=NAME")
+        if "." in plain:
+            sub = plain.split(".", 1)[1].split(".")[0]
+            valid = nested_fields(root) or []
+            if sub not in valid:
+                raise ConfigError(f"unknown key '{plain}'{suggest(sub, valid)}; valid keys of {root}: "
+                                  f"{', '.join(valid)}")
+            continue
+        if root in groups and "(" not in value and "*" not in value and not key.startswith("~"):
+            for option in value.split(","):
+                if option not in groups[root]:
+                    raise ConfigError(f"unknown {root} '{option}'{suggest(option, groups[root])}; "
+                                      f"choose one of: {', '.join(groups[root])}")
+
+
+def _fail(message: str, multirun: bool) -> None:
+    log.error(message)
+    if not multirun:
+        print(f"nnexp.run: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def run_job(cfg: DictConfig) -> float | None:
+    """The body of one Hydra job; returns best validation accuracy (for sweepers)."""
+    from threadpoolctl import threadpool_limits
+
+    hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
+    launcher = hc.runtime.choices.get("hydra/launcher", "basic")
+    experiment = hc.runtime.choices.get("experiment")
+    try:
+        c = to_run_config(cfg)
+    except ConfigError as exc:
+        return _fail(str(exc), multirun)
+    progress = {"true": True, "false": False}.get(c.monitor.progress,
+                                                  sys.stderr.isatty() and launcher == "basic")
+    resolved = OmegaConf.to_yaml(OmegaConf.create(
+        {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k != "hydra"}))
+    import os
+
+    try:
+        with threadpool_limits(1):  # one BLAS thread per process: parallelism from processes
+            result = execute(c, resolved_yaml=tracking.redact(resolved), experiment=experiment,
+                             sweep_id=os.environ.get(tracking.SWEEP_ENV),
+                             parent_run_id=os.environ.get(tracking.PARENT_ENV), progress=progress)
+    except NnexpError as exc:
+        return _fail(str(exc), multirun)
+    except (KeyboardInterrupt, Terminated):
+        log.error("interrupted: run recorded as KILLED with the metrics logged so far")
+        raise SystemExit(130)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0]
+        return _fail(f"run failed: {type(exc).__name__}: {first} (traceback saved with the run)", multirun)
+    log.info(result.summary)
+    h = result.history
+    return h.best_validation_accuracy if h else None
+
+
+@hydra.main(version_base="1.3", config_path="pkg://nnexp.conf", config_name="config")
+def _hydra_main(cfg: DictConfig) -> float | None:
+    return run_job(cfg)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        check_overrides(args)
+    except ConfigError as exc:
+        print(f"nnexp.run: error: {exc}", file=sys.stderr)
+        raise SystemExit(2)
+    sys.argv = [sys.argv[0]] + args
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()
