@@ -49,7 +49,8 @@ class SweepTracking(Callback):
         log.info("sweep %s: parent run %s in %s", sweep_id, self.parent, tracking.redact(self.uri))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_id = os.environ.get(tracking.SWEEP_ENV)
         if self.parent:
-            tracking.end_parent_run(self.uri, self.parent)
+            log.info("sweep %s: %s", sweep_id, tracking.end_parent_run(self.uri, self.parent))
         os.environ.pop(tracking.PARENT_ENV, None)
         os.environ.pop(tracking.SWEEP_ENV, None)

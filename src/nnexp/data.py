@@ -533,7 +533,9 @@ def fetch(
                     dest_dir.rmdir()  # only succeeds if nothing was downloaded into it
                 except OSError:
                     pass
-            detail = "; ".join(failures) if failures else "no mirrors configured"
+            # the distinct reasons only (e.g. one DNS failure for all mirrors), to keep one short line
+            reasons = dict.fromkeys(f.rsplit(": ", 1)[-1] for f in failures)
+            detail = "; ".join(reasons) if reasons else "no mirrors configured"
             if mismatch:
                 raise ChecksumError(f"no mirror served a verified {key} ({detail})")
             raise DataNotFoundError(f"no mirror served {key} ({detail})")
@@ -565,10 +567,10 @@ def _not_found(name: str, target: Path, reason: str) -> str:
     env = os.environ.get("NNEXP_DATA_DIR", "").strip() or "unset"
     extra = " or `apt-get install dataset-fashion-mnist`," if name == "fashion_mnist" else ""
     return (
-        f"{title} is not in NNEXP_DATA_DIR ({env}) or the cache and could not be downloaded ({reason}); "
-        f"set NNEXP_DATA_DIR (or the config key dataset.data_dir=) to a directory holding the four IDX files "
-        f"({', '.join(IDX_FILES)}),{extra} or connect to the internet so they download into {target}; "
-        f"for an offline run use dataset=digits"
+        f"{title} is not in NNEXP_DATA_DIR ({env}) or the cache, and the download failed ({reason}): "
+        f"set NNEXP_DATA_DIR (or dataset.data_dir=) to a directory with the four IDX files "
+        f"({IDX_FILES[0]}, ...),{extra} or connect to the internet to download them into {target}; "
+        f"offline, try dataset=digits"
     )
 
 

@@ -89,12 +89,12 @@ def train_spec(c: RunConfig) -> TrainSpec:
 
 def test_accuracy_of(history: History, net, test, monitored: bool) -> float | None:
     """Test accuracy at the best-validation evaluation if tracked, else measured once now."""
+    if history.outcome == "diverged":
+        return None
     if monitored and history.records:
         best = history.best_epoch
         rec = next((r for r in history.records if r.epoch == best), history.records[-1])
         return rec.test_accuracy
-    if history.outcome == "diverged":
-        return None
     return evaluate(net, test.x, test.y)[1]
 
 
@@ -256,10 +256,12 @@ def check_overrides(args: Sequence[str]) -> None:
 
 
 def _fail(message: str, multirun: bool) -> None:
-    log.error(message)
-    if not multirun:
-        print(f"nnexp.run: error: {message}", file=sys.stderr)
-        raise SystemExit(2)
+    """A one-line error: ends a single run (exit 2); in a sweep, the other jobs go on."""
+    if multirun:
+        log.error(message)
+        return None
+    print(f"nnexp.run: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def run_job(cfg: DictConfig) -> float | None:

@@ -47,6 +47,8 @@ def resolve_uri(configured: str | None = None) -> str:
 
 
 def _client(uri: str):
+    for noisy in ("mlflow", "alembic"):  # schema-migration chatter at INFO level
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=uri)
@@ -109,8 +111,29 @@ def start_parent_run(uri: str, experiment: str, *, name: str, tags: dict[str, st
     return run.info.run_id
 
 
-def end_parent_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
-    _client(uri).set_terminated(run_id, status)
+def end_parent_run(uri: str, run_id: str, status: str = "FINISHED") -> str:
+    """End a sweep's parent run; return a one-line summary of its children."""
+    client = _client(uri)
+    parent = client.get_run(run_id)
+    children = client.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{run_id}'",
+                                  max_results=10_000)
+    counts: dict[str, int] = {}
+    for r in children:
+        st = r.data.tags.get("nnexp.status", r.info.status.lower())
+        counts[st] = counts.get(st, 0) + 1
+    scored = [r for r in children if "best_validation_accuracy" in r.data.metrics]
+    best = max(scored, key=lambda r: r.data.metrics["best_validation_accuracy"], default=None)
+    if best is not None:
+        client.log_metric(run_id, "best_validation_accuracy", best.data.metrics["best_validation_accuracy"])
+        client.set_tag(run_id, "nnexp.best_child", best.info.run_id)
+    client.set_terminated(run_id, status)
+    text = ", ".join(f"{n} {st}" for st, n in sorted(counts.items()))
+    line = f"{len(children)} runs ({text})"
+    if best is not None:
+        line += (f"; best validation accuracy {best.data.metrics['best_validation_accuracy']:.4f} "
+                 f"in run {best.info.run_id} ({best.info.run_name})")
+    return line + f"; parent run {run_id} ({redact(uri)})"
 
 
 @dataclass
