@@ -26,5 +26,10 @@ def shared_data_dir() -> Path:
     env = os.environ.get("NNEXP_DATA_DIR", "").strip()
     directory = Path(env).expanduser() if env else Path(__file__).resolve().parents[2] / "shared" / "data"
     if not _has_mnist(directory):
+        if os.environ.get("CI"):  # in CI the data must be there: a skip would hide a broken setup
+            pytest.fail(f"real MNIST files not found under {directory} (CI must provide ../shared/data)")
         pytest.skip(f"real MNIST files not found under {directory} (set NNEXP_DATA_DIR)")
     return directory
+
+
+REPO = Path(__file__).resolve().parents[1]

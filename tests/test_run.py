@@ -1,0 +1,181 @@
+"""``python -m nnexp.run`` end to end: real subprocesses, a real MLflow SQLite store."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_module
+from mlflow.tracking import MlflowClient
+
+from nnexp.config import to_run_config
+from nnexp.errors import ConfigError
+from nnexp.run import check_overrides
+
+REPO = Path(__file__).resolve().parents[1]
+PRESETS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
+PER_EPOCH = ["training_cost", "training_accuracy", "validation_cost", "validation_accuracy",
+             "test_cost", "test_accuracy", "eta", "epoch_seconds"]
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+    return uri
+
+
+def nnexp_run(*args, timeout=180, **kw):
+    return subprocess.run([sys.executable, "-m", "nnexp.run", *args], capture_output=True,
+                          text=True, timeout=timeout, **kw)
+
+
+def all_runs(uri):
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("nnexp")
+    return client, client.search_runs([exp.experiment_id], max_results=1000)
+
+
+def test_single_run_on_digits_is_fully_tracked(store):
+    out = nnexp_run("dataset=digits", "epochs=3", "seed=7")
+    assert out.returncode == 0, out.stderr
+    client, runs = all_runs(store)
+    assert len(runs) == 1
+    run = runs[0]
+    rid = run.info.run_id
+    assert run.info.status == "FINISHED" and run.data.tags["nnexp.status"] == "completed"
+    assert rid in out.stdout and "best validation accuracy" in out.stdout  # the summary line
+    p = run.data.params
+    for key in ("eta", "lmbda", "mini_batch_size", "cost", "regularization", "init", "schedule",
+                "early_stopping", "sizes", "dataset", "seed", "epochs"):
+        assert key in p, key
+    assert (p["eta"], p["seed"], p["sizes"], p["cost"], p["dataset"]) == ("0.5", "7", "[64, 30, 10]", "cross_entropy", "digits")
+    for key in PER_EPOCH:
+        hist = client.get_metric_history(rid, key)
+        assert sorted(m.step for m in hist) == [1, 2, 3], key
+    val = [m.value for m in client.get_metric_history(rid, "validation_accuracy")]
+    assert run.data.metrics["best_validation_accuracy"] == max(val)
+    assert run.data.metrics["best_epoch"] in (1, 2, 3)
+    assert {a.path for a in client.list_artifacts(rid)} >= {"config.yaml", "history.csv", "model.npz"}
+    local = client.download_artifacts(rid, "", str(Path(store[len("sqlite:///"):]).parent / "dl"))
+    assert len(Path(local, "history.csv").read_text().strip().splitlines()) == 4
+    with np.load(Path(local, "model.npz"), allow_pickle=False) as f:
+        assert f["w0"].shape == (64, 30)
+    assert "eta: 0.5" in Path(local, "config.yaml").read_text()
+    (ds,) = run.inputs.dataset_inputs
+    assert ds.dataset.name == "digits" and len(ds.dataset.digest) == 32
+    assert run.data.tags["nnexp.dataset_sha256"].startswith(ds.dataset.digest)
+    assert "mlflow.source.git.commit" in run.data.tags or not (REPO / ".git").exists()
+
+
+def test_multirun_gives_a_parent_and_nested_children_and_divergence_is_contained(store):
+    out = nnexp_run("-m", "dataset=digits", "epochs=2", "eta=0.1,0.5,1000")
+    assert out.returncode == 0, out.stderr
+    client, runs = all_runs(store)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and len(children) == 3
+    parent = parents[0]
+    assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children)
+    assert {c.data.tags["nnexp.sweep"] for c in children} == {parent.data.tags["nnexp.sweep"]}
+    by_eta = {c.data.params["eta"]: c for c in children}
+    assert set(by_eta) == {"0.1", "0.5", "1000.0"}
+    assert by_eta["1000.0"].data.tags["nnexp.status"] == "diverged"
+    assert by_eta["1000.0"].info.status == "FINISHED"
+    for eta in ("0.1", "0.5"):
+        assert by_eta[eta].data.tags["nnexp.status"] == "completed"
+        assert len(client.get_metric_history(by_eta[eta].info.run_id, "validation_accuracy")) == 2
+    assert parent.info.status == "FINISHED"
+    assert "3 runs (2 completed, 1 diverged)" in out.stdout + out.stderr
+
+
+def test_joblib_parallel_multirun_on_a_fresh_store_loses_no_run(store):
+    out = nnexp_run("-m", "hydra/launcher=joblib", "dataset=digits", "epochs=2", "seed=1,2")
+    assert out.returncode == 0, out.stderr
+    _, runs = all_runs(store)
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(runs) == 3 and len(children) == 2
+    assert {r.data.params["seed"] for r in children} == {"1", "2"}
+    assert all(r.info.status == "FINISHED" for r in runs)
+
+
+def test_sigterm_leaves_the_run_killed_with_its_metrics(store):
+    proc = subprocess.Popen([sys.executable, "-m", "nnexp.run", "dataset=digits", "epochs=100000"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    runs = []
+    while time.time() < deadline and not runs:
+        time.sleep(0.5)
+        if Path(store[len("sqlite:///"):]).exists():
+            try:
+                _, runs = all_runs(store)
+            except Exception:  # store still being created
+                runs = []
+    assert runs, "the run never appeared in the store"
+    time.sleep(1.5)  # let it train a few dozen epochs
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    client, (run,) = all_runs(store)
+    assert run.info.status == "KILLED" and run.data.tags["nnexp.status"] == "killed"
+    assert len(client.get_metric_history(run.info.run_id, "validation_accuracy")) >= 3
+    assert "Traceback" not in err
+
+
+def test_tracking_off_creates_no_store(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    out = nnexp_run("dataset=digits", "epochs=1", "tracking=off")
+    assert out.returncode == 0, out.stderr
+    assert "not tracked" in out.stdout and not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["etta=0.1"], "did you mean 'eta'"),
+    (["cost=quadratc"], "choose one of: cross_entropy, log_likelihood, quadratic"),
+    (["dataset=digits", "eta=-1"], "eta must be a positive number"),
+    (["dataset=digits", "mini_batch_size=5000"], "larger than the training set"),
+])
+def test_bad_input_is_one_line(store, args, fragment):
+    out = nnexp_run(*args)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0] and lines[0].startswith("nnexp.run: error:")
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_preset_composes_and_validates(preset):
+    with initialize_config_module(version_base="1.3", config_module="nnexp.conf"):
+        cfg = compose("config", overrides=[f"+experiment={preset}"], return_hydra_config=False)
+        c = to_run_config(cfg)
+    assert c.sizes[0] == 784 and c.dataset.name == "mnist"
+
+
+def test_book_presets_hold_the_books_settings():
+    with initialize_config_module(version_base="1.3", config_module="nnexp.conf"):
+        reg = to_run_config(compose("config", overrides=["+experiment=regularized"]))
+        more = to_run_config(compose("config", overrides=["+experiment=more_data", "dataset.train_size=200"]))
+    assert (reg.dataset.train_size, reg.total_epochs, reg.lmbda, reg.init.name) == (1000, 400, 0.1, "large")
+    assert more.lmbda == pytest.approx(0.02) and more.total_epochs == 7500
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["eta=0.1", "dataset.nme=x"], "unknown key 'dataset.nme'"),
+    (["init=huge"], "choose one of: large, scaled"),
+    (["-m", "schedule=constant,halve"], "unknown schedule 'halve'"),
+    (["experiment=overfitting"], "+experiment=overfitting"),
+])
+def test_override_check_catches_typos_before_hydra(args, fragment):
+    with pytest.raises(ConfigError, match=None) as err:
+        check_overrides(args)
+    assert fragment in str(err.value) and "\n" not in str(err.value)
+
+
+def test_valid_overrides_pass_the_check():
+    check_overrides(["-m", "eta=0.025,0.25,2.5", "+experiment=multiple_eta", "hydra/launcher=joblib",
+                     "dataset.train_size=100", "regularization=dropout", "schedule=halve_on_plateau"])
