@@ -179,3 +179,61 @@ def test_override_check_catches_typos_before_hydra(args, fragment):
 def test_valid_overrides_pass_the_check():
     check_overrides(["-m", "eta=0.025,0.25,2.5", "+experiment=multiple_eta", "hydra/launcher=joblib",
                      "dataset.train_size=100", "regularization=dropout", "schedule=halve_on_plateau"])
+
+
+def test_figure_sweeps_reference_real_presets_and_valid_commands():
+    import shlex
+
+    import yaml
+
+    figures = yaml.safe_load((REPO / "sweeps" / "figures.yaml").read_text())
+    assert {"overfitting", "regularized", "full_data", "weight_init", "multiple_eta", "more_data"} <= set(figures)
+    for name, fig in figures.items():
+        assert set(fig["presets"]) <= set(PRESETS), name
+        for command in fig["commands"]:
+            args = shlex.split(command)
+            assert args[:3] == ["python", "-m", "nnexp.run"]
+            check_overrides(args[3:])
+            assert any(a.startswith("+experiment=") and a.split("=")[1] in fig["presets"] for a in args)
+
+
+def test_sweep_presets_declare_their_sweeps():
+    import yaml
+
+    def swept(preset):
+        text = (REPO / "conf" / "experiment" / f"{preset}.yaml").read_text()
+        return yaml.safe_load(text)["hydra"]["sweeper"]["params"]
+
+    assert swept("multiple_eta") == {"eta": "0.025,0.25,2.5"}
+    assert set(swept("weight_init")) == {"init", "sizes"}
+    assert len(swept("more_data")["dataset.train_size"].split(",")) == 9
+
+
+def test_secrets_in_urls_are_redacted():
+    from nnexp.config import RunConfig, flat_params
+    from nnexp.tracking import redact
+
+    assert redact("postgresql://alice:s3cret@db:5432/mlflow") == "postgresql://***@db:5432/mlflow"
+    assert redact("uri: https://bob@host/x and http://h/y") == "uri: https://***@host/x and http://h/y"
+    c = RunConfig()
+    c.tracking.uri = "postgresql://alice:s3cret@db/mlflow"
+    assert not any("s3cret" in str(v) for v in flat_params(c).values())
+
+
+def test_an_exception_during_training_leaves_a_failed_run_with_the_error(store):
+    from nnexp.run import execute
+
+    with initialize_config_module(version_base="1.3", config_module="nnexp.conf"):
+        c = to_run_config(compose("config", overrides=["dataset=digits", "epochs=5"]))
+
+    def broken(record, net):
+        if record.epoch == 2:
+            raise RuntimeError("observer exploded")
+
+    with pytest.raises(RuntimeError):
+        execute(c, observers=[broken])
+    client, (run,) = all_runs(store)
+    assert run.info.status == "FAILED" and run.data.tags["nnexp.status"] == "failed"
+    assert "observer exploded" in run.data.tags["nnexp.error"]
+    assert len(client.get_metric_history(run.info.run_id, "validation_accuracy")) == 2
+    assert "traceback.txt" in {a.path for a in client.list_artifacts(run.info.run_id)}

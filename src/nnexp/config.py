@@ -84,7 +84,7 @@ class MonitorConfig:
     metrics: list[str] = field(default_factory=lambda: list(METRIC_NAMES))
     every_images: int | None = None
     validation_sample: int | None = None
-    progress: str = "auto"
+    progress: bool | None = None  # None: auto (on a terminal, sequential jobs)
 
 
 @dataclass
@@ -224,7 +224,6 @@ def validate(c: RunConfig) -> None:
     _check(c.sizes[-1] == 10, f"sizes[-1] must be 10 (ten digit classes), got {c.sizes[-1]}")
     for m in c.monitor.metrics:
         _choice(m, METRIC_NAMES, "monitor metric")
-    _choice(c.monitor.progress, ("auto", "true", "false"), "monitor.progress")
     _check(c.monitor.every_images is None or c.monitor.every_images >= 1,
            "monitor.every_images must be >= 1 or null")
     _check(c.monitor.validation_sample is None or c.monitor.validation_sample >= 1,

@@ -122,7 +122,7 @@ class ProgressBar:
         from tqdm import tqdm
 
         self.bar = tqdm(total=total_epochs, unit="epoch", disable=not enabled, leave=False,
-                        file=sys.stderr, dynamic_ncols=True)
+                        file=sys.stderr)
 
     def __call__(self, record: Record, net=None):
         self.bar.n = record.epoch
@@ -131,6 +131,14 @@ class ProgressBar:
             post["val_acc"] = f"{record.validation_accuracy:.4f}"
         self.bar.set_postfix(post, refresh=True)
         return None
+
+    def logging(self):
+        """Route log lines through tqdm while the bar is shown, so they don't break it."""
+        from contextlib import nullcontext
+
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        return nullcontext() if self.bar.disable else logging_redirect_tqdm()
 
     def close(self):
         self.bar.close()
@@ -180,7 +188,7 @@ def execute(c: RunConfig, *, resolved_yaml: str = "", experiment: str | None = N
     obs: list[Observer] = ([tracker.observe] if tracker else []) + [bar, *observers]
     artifacts = {"config.yaml": resolved_yaml} if resolved_yaml else {}
     try:
-        with sigterm_as_exception():
+        with sigterm_as_exception(), bar.logging():
             history = fit(net, train, spec, validation=val, test=test, streams=streams, observers=obs)
     except (KeyboardInterrupt, Terminated):
         bar.close()
@@ -276,8 +284,9 @@ def run_job(cfg: DictConfig) -> float | None:
         c = to_run_config(cfg)
     except ConfigError as exc:
         return _fail(str(exc), multirun)
-    progress = {"true": True, "false": False}.get(c.monitor.progress,
-                                                  sys.stderr.isatty() and launcher == "basic")
+    progress = c.monitor.progress
+    if progress is None:
+        progress = sys.stderr.isatty() and launcher == "basic"
     resolved = OmegaConf.to_yaml(OmegaConf.create(
         {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k != "hydra"}))
     import os
