@@ -151,3 +151,12 @@ def test_bad_mini_batch_and_missing_validation_are_errors():
     with pytest.raises(ValueError, match="validation_accuracy"):
         run(TrainSpec(epochs=1, mini_batch_size=10, eta=0.5, early_stopping=EarlyStopping(),
                       monitor=Monitor(metrics=("training_cost",))))
+
+
+def test_evaluation_every_k_images_spanning_epochs_ends_with_a_final_evaluation():
+    # 300 training images, evaluate every 700 images: after 700, 1400, then at the end (1500)
+    spec = TrainSpec(epochs=5, mini_batch_size=10, eta=0.5,
+                     monitor=Monitor(metrics=("validation_accuracy",), every_images=700))
+    _, h = run(spec)
+    assert [r.images_seen for r in h.records] == [700, 1400, 1500]
+    assert sum(r.epoch_seconds for r in h.records) == pytest.approx(h.train_seconds, rel=0.5)
