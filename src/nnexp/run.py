@@ -8,7 +8,9 @@
 
 from __future__ import annotations
 
+import functools
 import io
+import os
 import logging
 import signal
 import sys
@@ -17,6 +19,7 @@ import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import resources
+from pathlib import Path
 from typing import Callable, Sequence
 
 import hydra
@@ -56,11 +59,17 @@ class RunResult:
 
 
 # -- building the pieces ------------------------------------------------------------------
+@functools.lru_cache(maxsize=2)
+def _load_cached(name: str, data_dir: str | None, dtype: str, download: bool, progress: bool,
+                 env_dir: str | None):
+    """Datasets are read once per process (a study's trials reuse them); never mutated."""
+    return datasets.load(name, data_dir, dtype=np.dtype(dtype), download=download, progress=progress)
+
+
 def load_splits(c: RunConfig, progress: bool = False):
     """The dataset with the config's subsets applied (first n, classes, expansion)."""
-    dtype = np.float32 if c.dtype == "float32" else np.float64
-    splits = datasets.load(c.dataset.name, c.dataset.data_dir, dtype=dtype,
-                           download=c.dataset.download, progress=progress)
+    splits = _load_cached(c.dataset.name, c.dataset.data_dir, c.dtype, c.dataset.download, progress,
+                          os.environ.get("NNEXP_DATA_DIR"))
     train, val, test = splits.train, splits.validation, splits.test
     if c.dataset.classes:
         keep = list(c.dataset.classes)
@@ -161,7 +170,8 @@ def _summary_line(c: RunConfig, result: RunResult, where: str) -> str:
 def execute(c: RunConfig, *, resolved_yaml: str = "", experiment: str | None = None,
             sweep_id: str | None = None, parent_run_id: str | None = None,
             tags: dict[str, str] | None = None, observers: Sequence[Observer] = (),
-            progress: bool = False, run_name: str | None = None) -> RunResult:
+            progress: bool = False, run_name: str | None = None,
+            on_start: Callable[[str], None] | None = None) -> RunResult:
     """Load data, build the network, train, and track everything. Raises NnexpError for
     bad data or config (before any run is created); KeyboardInterrupt / Terminated after
     recording the run as KILLED; other exceptions after recording it as FAILED."""
@@ -184,6 +194,8 @@ def execute(c: RunConfig, *, resolved_yaml: str = "", experiment: str | None = N
             parent_run_id=parent_run_id, step_by_images=c.monitor.every_images is not None)
         tracker.start()
         tracker.log_dataset(splits)
+        if on_start:
+            on_start(tracker.run_id)
     bar = ProgressBar(spec.epochs, progress)
     obs: list[Observer] = ([tracker.observe] if tracker else []) + [bar, *observers]
     artifacts = {"config.yaml": resolved_yaml} if resolved_yaml else {}
@@ -228,16 +240,31 @@ def _run_name(c: RunConfig, experiment: str | None) -> str:
 
 
 # -- the Hydra entry point -----------------------------------------------------------------------
-def _group_options(group: str) -> list[str]:
-    folder = resources.files("nnexp.conf") / group
-    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+def _group_options(group: str, extra_dirs: Sequence[str] = ()) -> list[str]:
+    folders = [resources.files("nnexp.conf") / group] + [Path(d) / group for d in extra_dirs]
+    return sorted({p.name[:-5] for f in folders if f.is_dir() for p in f.iterdir()
+                   if p.name.endswith(".yaml")})
+
+
+def _config_dirs(args: Sequence[str]) -> list[str]:
+    """Directories added with --config-dir / -cd (Hydra's extra search path)."""
+    dirs = []
+    for i, arg in enumerate(args):
+        if arg in ("--config-dir", "-cd") and i + 1 < len(args):
+            dirs.append(args[i + 1])
+        elif arg.startswith("--config-dir="):
+            dirs.append(arg.split("=", 1)[1])
+    return dirs
 
 
 def check_overrides(args: Sequence[str]) -> None:
     """Reject misspelt keys and unknown group options in one line, before Hydra composes."""
-    groups = {g: _group_options(g) for g in (*GROUPS, "experiment")}
+    extra = _config_dirs(args)
+    groups = {g: _group_options(g, extra) for g in (*GROUPS, "experiment")}
+    skip_next = False
     for arg in args:
-        if arg.startswith("-") or "=" not in arg:
+        if skip_next or arg.startswith("-") or "=" not in arg:
+            skip_next = arg in ("--config-dir", "-cd", "--config-name", "-cn", "--config-path", "-cp")
             continue
         key, value = arg.split("=", 1)
         plain = key.lstrip("+~")
@@ -289,8 +316,6 @@ def run_job(cfg: DictConfig) -> float | None:
         progress = sys.stderr.isatty() and launcher == "basic"
     resolved = OmegaConf.to_yaml(OmegaConf.create(
         {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k != "hydra"}))
-    import os
-
     try:
         with threadpool_limits(1):  # one BLAS thread per process: parallelism from processes
             result = execute(c, resolved_yaml=tracking.redact(resolved), experiment=experiment,

@@ -242,3 +242,33 @@ class RunTracker:
     @property
     def location(self) -> str:
         return f"run {self.run_id} in experiment '{self.experiment}' ({redact(self.uri)})"
+
+
+def reopen_run(uri: str, run_id: str) -> None:
+    """Mark a resumed study's parent run as running again."""
+    _client(uri).update_run(run_id, status="RUNNING")
+
+
+def log_stage_decision(uri: str, run_id: str, stage: str, decision: dict) -> None:
+    """A study stage's decision on the parent run: scalar values as params, the summary as a tag."""
+    from mlflow.entities import Param, RunTag
+
+    client = _client(uri)
+    params = [Param(f"{stage}.{k}", _param_value(v)[:6000]) for k, v in decision.items()
+              if isinstance(v, (int, float, str)) and k != "summary"]
+    existing = client.get_run(run_id).data.params
+    params = [p for p in params if p.key not in existing]  # params are immutable: resumed stages skip
+    tags = [RunTag(f"nnexp.decision.{stage}", redact(str(decision.get("summary", "")))[:5000])]
+    client.log_batch(run_id, params=params, tags=tags)
+
+
+def finish_study_run(uri: str, run_id: str, out_dir: Path, metrics: dict[str, float | None]) -> None:
+    """Log a study's outputs (decision log, plots, preset) on its parent run and end it."""
+    from mlflow.entities import Metric
+
+    client = _client(uri)
+    ts = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items() if v is not None])
+    client.log_artifacts(run_id, str(out_dir))
+    client.set_tag(run_id, "nnexp.status", "completed")
+    client.set_terminated(run_id, "FINISHED")
