@@ -802,7 +802,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from nnexp.run import check_overrides
 
     try:
-        check_overrides([a for a in args if not a.lstrip("+").startswith("study")])
+        check_overrides([a for a in args if not a.lstrip("+~").startswith("study")])
     except ConfigError as exc:
         print(f"nnexp.study: error: {exc}", file=sys.stderr)
         raise SystemExit(2)

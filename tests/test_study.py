@@ -1,0 +1,187 @@
+"""``python -m nnexp.study``: real Optuna storages (SQLite, PostgreSQL), real MLflow, digits."""
+
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+FAST = ["dataset=digits", "study.eta.epochs=2", "study.lmbda.epochs=8", "study.lmbda.refine_trials=2",
+        "study.eta.refine_trials=3", "study.eta.refine_epochs=10", "study.mini_batch.epochs=1",
+        "study.final.epochs=15", "study.patience=4"]
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    return tmp_path
+
+
+def nnexp(module, *args, timeout=600):
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def stage(storage, name):
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def counts(study):
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    return {s: states.count(s) for s in set(states)}
+
+
+def children(parent_name="study"):
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    exp = client.get_experiment_by_name("nnexp")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    return client, [r for r in runs if "mlflow.parentRunId" in r.data.tags], \
+        [r for r in runs if r.data.tags.get("nnexp.stage") == "study"]
+
+
+def test_broad_strategy_resumes_runs_every_stage_and_its_preset_reproduces(workdir):
+    storage = f"sqlite:///{workdir / 'optuna.db'}"
+    first = nnexp("nnexp.study", *FAST, "study.stop_after=lmbda_walk")
+    assert first.returncode == 0, first.stderr
+    assert "stopping after stage lmbda_walk" in first.stdout
+    early = {s: len(stage(storage, f"broad_strategy/{s}").trials) for s in ("eta_threshold", "lmbda_walk")}
+    second = nnexp("nnexp.study", *FAST)
+    assert second.returncode == 0, second.stderr
+    for s in ("eta_threshold", "lmbda_walk"):  # resumed: nothing repeated
+        assert f"stage {s}: done earlier" in second.stdout
+        assert len(stage(storage, f"broad_strategy/{s}").trials) == early[s]
+    decisions = {s: stage(storage, f"broad_strategy/{s}").user_attrs["decision"]
+                 for s in ("eta_threshold", "lmbda_walk", "lmbda_refine", "eta_refine", "mini_batch", "final")}
+    eta_stage = decisions["eta_threshold"]
+    assert eta_stage["eta"] < eta_stage["threshold"]
+    assert eta_stage["decreasing"][f"{eta_stage['threshold']:.6g}"] is False
+    final = decisions["final"]
+    assert final["validation_accuracy"] > 0.85 and final["test_accuracy"] > 0.8
+    out = workdir / "studies" / "broad_strategy"
+    assert {"decisions.md", "eta_threshold.png", "mini_batch.png"} <= {p.name for p in out.iterdir()}
+    assert "## eta_threshold" in (out / "decisions.md").read_text()
+    # one parent run, one child per trial, the decision log on the parent
+    client, kids, parents = children()
+    (parent,) = parents
+    assert parent.info.status == "FINISHED" and "nnexp.decision.final" in parent.data.tags
+    n_trials = sum(len(stage(storage, f"broad_strategy/{s}").trials) for s in decisions)
+    assert len(kids) == n_trials and all(k.data.tags["mlflow.parentRunId"] == parent.info.run_id for k in kids)
+    assert {k.data.tags["nnexp.stage"] for k in kids} == set(decisions)
+    assert "decisions.md" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    # the preset reproduces the reported validation accuracy
+    rerun = nnexp("nnexp.run", "--config-dir", str(out), "+experiment=broad_strategy", "tracking=off")
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"best validation accuracy {final['validation_accuracy']:.4f}" in rerun.stdout
+
+
+def tpe(*extra):
+    return ["study=tpe", "dataset=digits", "study.epochs=5", "study.stop_after=search", *extra]
+
+
+def test_two_workers_on_a_fresh_sqlite_storage_lose_nothing(workdir):
+    out = nnexp("nnexp.study", *tpe("study.n_trials=6"), "--workers", "2")
+    assert out.returncode == 0, out.stderr
+    study = stage(f"sqlite:///{workdir / 'optuna.db'}", "tpe/search")
+    c = counts(study)
+    assert c.get(TrialState.COMPLETE, 0) + c.get(TrialState.PRUNED, 0) == 6 and len(study.trials) == 6
+    assert len({t.user_attrs["worker_pid"] for t in study.trials}) == 2  # really two processes
+    _, kids, _ = children()
+    assert len(kids) == 6 and {k.data.tags["nnexp.trial"] for k in kids} == {str(i) for i in range(6)}
+
+
+def test_divergent_trials_are_recorded_not_fatal(workdir):
+    out = nnexp("nnexp.study", *tpe("study.n_trials=4", "study.pruner=none", "~study.space",
+                                     "+study.space={eta:{choices:[0.5,100.0]},lmbda:{choices:[50.0]}}"))
+    assert out.returncode == 0, out.stderr
+    trials = stage(f"sqlite:///{workdir / 'optuna.db'}", "tpe/search").trials
+    status = {t.number: (t.params["eta"], t.user_attrs["nnexp.status"]) for t in trials}
+    assert any(eta == 100.0 for eta, _ in status.values())
+    assert all((st == "diverged") == (eta == 100.0) for eta, st in status.values())
+    _, kids, _ = children()
+    assert {k.data.tags["nnexp.status"] for k in kids if k.data.params["eta"] == "100.0"} == {"diverged"}
+
+
+def test_a_worker_killed_mid_trial_is_failed_by_heartbeat_and_retried(workdir):
+    storage = f"sqlite:///{workdir / 'optuna.db'}"
+    proc = subprocess.Popen([sys.executable, "-m", "nnexp.study", *tpe(
+        "study.n_trials=4", "study.epochs=400", "study.patience=1000", "study.pruner=none",
+        "study.heartbeat_seconds=1", "study.grace_seconds=3"), "--workers", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    victim, deadline = None, time.time() + 120
+    while victim is None and time.time() < deadline:
+        time.sleep(0.5)
+        try:
+            running = [t for t in stage(storage, "tpe/search").trials
+                       if t.state == TrialState.RUNNING and "mlflow_run_id" in t.user_attrs]
+        except Exception:  # storage or study not there yet
+            continue
+        if running:
+            time.sleep(1.0)
+            victim = running[0]
+            os.kill(victim.user_attrs["worker_pid"], signal.SIGKILL)
+    assert victim is not None, "no trial started"
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    trials = stage(storage, "tpe/search").trials
+    assert trials[victim.number].state == TrialState.FAIL
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == 4
+    assert any(t.system_attrs.get("failed_trial") == victim.number for t in trials)  # the retry
+
+
+# -- PostgreSQL: a real server, started here ----------------------------------------------------
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not bins:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is not installed (.ci/run installs Debian's postgresql)")
+        pytest.skip("PostgreSQL server binaries not installed")
+    bindir = Path(bins[-1]).parent
+    root = Path(tempfile.mkdtemp(prefix="nnexp-pg-", dir="/tmp"))
+    os.chmod(root, 0o755)
+    as_user = []
+    if os.geteuid() == 0:  # initdb refuses root: run the server as the postgres user
+        shutil.chown(root, "postgres", "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    data, port = root / "data", _free_port()
+    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"],
+                   check=True, capture_output=True)
+    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w", "-o",
+                    f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True)
+    try:
+        subprocess.run(["psql", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-c", "CREATE DATABASE nnexp"],
+                       check=True, capture_output=True)
+        yield f"postgresql://postgres@127.0.0.1:{port}/nnexp"
+    finally:
+        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+                       capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_two_workers_on_postgresql_lose_nothing(workdir, postgres_url):
+    out = nnexp("nnexp.study", *tpe("study.n_trials=6", f"study.storage={postgres_url}"), "--workers", "2")
+    assert out.returncode == 0, out.stderr
+    study = stage(postgres_url, "tpe/search")
+    c = counts(study)
+    assert c.get(TrialState.COMPLETE, 0) + c.get(TrialState.PRUNED, 0) == 6 and len(study.trials) == 6
+    assert len({t.user_attrs["worker_pid"] for t in study.trials}) == 2
+    _, kids, parents = children()
+    assert len(kids) == 6 and "postgres@" not in out.stdout  # credentials never printed
