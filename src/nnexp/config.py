@@ -251,3 +251,17 @@ def flat_params(c: RunConfig) -> dict[str, Any]:
             out[f.name] = value
     out["epochs"] = c.total_epochs
     return out
+
+
+#: Params that do not change what a run computes: left out of its identity.
+_NOT_IDENTITY = ("dataset.data_dir", "dataset.download", "monitor.progress")
+
+
+def config_hash(c: RunConfig) -> str:
+    """A short identity of what a run computes (same hash = same curves): the report finds
+    runs by it, so that a figure is built from exactly the configurations it declares."""
+    import hashlib
+    import json
+
+    params = {k: v for k, v in flat_params(c).items() if k not in _NOT_IDENTITY}
+    return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -85,3 +85,93 @@ def study_stage_figure(stage: str, trials: list, path: Path) -> Path | None:
             return None
         return accuracy_vs_param(*zip(*pts), path, xlabel="eta", title="search: validation accuracy vs eta")
     return None
+
+
+# -- the book's figures (report) -------------------------------------------------------------------
+from dataclasses import dataclass, field  # noqa: E402
+
+import pandas as pd  # noqa: E402
+
+LABELS = {"training_cost": "training cost", "training_accuracy": "training accuracy",
+          "validation_cost": "validation cost", "validation_accuracy": "validation accuracy",
+          "test_cost": "test cost", "test_accuracy": "test accuracy"}
+
+
+@dataclass
+class Drawn:
+    path: Path
+    curves: dict[str, int] = field(default_factory=dict)  # panel -> number of curves drawn
+
+
+def curves_figure(bands: pd.DataFrame, panels: Sequence[str], path: Path, *, title: str,
+                  arms: Sequence[str] | None = None, log_cost: bool = False) -> Drawn:
+    """One panel per metric; per arm the mean over seeds and, with several seeds, the
+    min-max band. ``bands``: columns arm, metric, step, mean, lo, hi, n."""
+    arms = list(arms or dict.fromkeys(bands["arm"]))
+    cols = 2 if len(panels) > 1 else 1
+    rows = (len(panels) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(6.2 * cols, 3.8 * rows), squeeze=False)
+    drawn = Drawn(Path(path))
+    for ax, metric in zip(axes.flat, panels):
+        n = 0
+        for arm in arms:
+            sub = bands[(bands.arm == arm) & (bands.metric == metric)].sort_values("step")
+            if sub.empty:
+                continue
+            (line,) = ax.plot(sub.step, sub["mean"], label=arm, lw=1.4)
+            if (sub.n > 1).any():
+                ax.fill_between(sub.step, sub.lo, sub.hi, color=line.get_color(), alpha=0.2, lw=0)
+            n += 1
+        drawn.curves[metric] = n
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(LABELS.get(metric, metric))
+        if log_cost and metric.endswith("cost"):
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        if n:
+            ax.legend(fontsize=8)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.suptitle(title + _band_note(bands), fontsize=10)
+    _save(fig, path)
+    return drawn
+
+
+def _band_note(frame: pd.DataFrame) -> str:
+    n = int(frame["n"].max()) if "n" in frame and len(frame) else 1
+    return f"\n(mean of {n} seeds; band: min-max)" if n > 1 else ""
+
+
+def more_data_figure(points: pd.DataFrame, path: Path, *, title: str) -> Drawn:
+    """Accuracy vs training-set size (log axis), one line per arm (network, SVM).
+    ``points``: columns arm, size, mean, lo, hi, n."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    drawn = Drawn(Path(path))
+    for arm in dict.fromkeys(points["arm"]):
+        sub = points[points.arm == arm].sort_values("size")
+        (line,) = ax.plot(sub["size"], sub["mean"], marker="o", label=arm)
+        if (sub.n > 1).any():
+            ax.fill_between(sub["size"], sub.lo, sub.hi, color=line.get_color(), alpha=0.2, lw=0)
+    drawn.curves["accuracy"] = points["arm"].nunique()
+    ax.set_xscale("log")
+    ax.set_xlabel("training images")
+    ax.set_ylabel("test accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(title + _band_note(points), fontsize=10)
+    _save(fig, path)
+    return drawn
+
+
+def bars_figure(values: pd.DataFrame, path: Path, *, title: str) -> Drawn:
+    """One bar per method: ``values`` columns arm, mean (and lo, hi for the error bar)."""
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    err = [values["mean"] - values["lo"], values["hi"] - values["mean"]]
+    ax.bar(values["arm"], values["mean"], yerr=err, capsize=4, color="#4c72b0")
+    for i, v in enumerate(values["mean"]):
+        ax.text(i, v + 0.01, f"{v:.2%}", ha="center", fontsize=9)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("test accuracy")
+    ax.set_title(title, fontsize=10)
+    _save(fig, path)
+    return Drawn(Path(path), {"bars": len(values)})

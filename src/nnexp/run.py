@@ -183,9 +183,10 @@ def execute(c: RunConfig, *, resolved_yaml: str = "", experiment: str | None = N
     spec = train_spec(c)
     tracker = None
     if c.tracking.enabled:
-        from nnexp.config import flat_params
+        from nnexp.config import config_hash, flat_params
 
-        all_tags = {"nnexp.experiment": experiment or "none", "nnexp.status": "running", **(tags or {})}
+        all_tags = {"nnexp.experiment": experiment or "none", "nnexp.status": "running",
+                    "nnexp.config_hash": config_hash(c), **(tags or {})}
         if sweep_id:
             all_tags["nnexp.sweep"] = sweep_id
         tracker = tracking.RunTracker(
