@@ -18,7 +18,7 @@ import math
 import multiprocessing
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence
@@ -442,7 +442,10 @@ def run(args: argparse.Namespace, figures: dict) -> int:
             skipped.append(name)
             continue
         sections.append(build_figure(name, figures[name], fig_jobs, found, uri, out))
-    page = write_page(sections, out, seeds=args.seeds, extra=args.override)
+    for section in sections:  # the page shows the latest build of every figure, not only this call's
+        (out / f"{section.name}.json").write_text(json.dumps(asdict(section), indent=1))
+    kept = [Section(**json.loads((out / f"{n}.json").read_text())) for n in figures if (out / f"{n}.json").exists()]
+    page = write_page(kept, out, seeds=args.seeds, extra=args.override)
     built = ", ".join(s.name for s in sections) or "none"
     note = f"; missing runs for: {', '.join(skipped)}" if skipped else ""
     print(f"report: {len(sections)} figures ({built}) in {page} ({time.perf_counter() - start:.0f} s){note}")

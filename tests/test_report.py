@@ -1,0 +1,157 @@
+"""``python -m nnexp.report``: figures from a real MLflow store built by the test (digits)."""
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from nnexp import figures
+from nnexp.report import band, load_figures, paired_difference, per_seed
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "test-artifacts"
+SMALL = ["-o", "dataset=digits", "-o", "epochs=3"]
+NAMES = ["learning_slowdown", "overfitting", "regularized", "weight_init", "multiple_eta", "baselines"]
+
+
+def report(*args, cwd, timeout=600):
+    return subprocess.run([sys.executable, "-m", "nnexp.report", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A small store: the report launches the missing runs itself (2 seeds, digits, 3 epochs)."""
+    root = tmp_path_factory.mktemp("report")
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
+    out = report(*NAMES, "--seeds", "2", *SMALL, cwd=root)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "launching 28 missing runs" in out.stdout
+    yield root
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
+def test_no_run_builds_every_figure_from_existing_runs(store):
+    for png in store.glob("reports/*.png"):
+        png.unlink()
+    out = report(*NAMES, "--seeds", "2", "--no-run", *SMALL, cwd=store)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "missing" not in out.stdout
+    for name in NAMES:
+        png = store / "reports" / f"{name}.png"
+        assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
+    page = (store / "reports" / "index.html").read_text()
+    assert page.count("<section") == len(NAMES) and "87.10%" in page  # the book's number, with ours
+
+
+def test_no_run_lists_missing_runs(store):
+    out = report("regularized", "--seeds", "3", "--no-run", *SMALL, cwd=store)
+    assert out.returncode == 1
+    assert "2 of 6 runs are missing" in out.stdout
+    assert "+experiment=overfitting dataset=digits epochs=3 seed=2" in out.stdout
+    assert "+experiment=regularized dataset=digits epochs=3 seed=2" in out.stdout
+
+
+def test_a_bad_figure_name_is_one_line(store):
+    out = report("overfiting", "--no-run", cwd=store)
+    assert out.returncode == 2 and "unknown figure 'overfiting'" in out.stderr
+
+
+def test_report_pages_show_the_paired_comparison(store):
+    md = (store / "reports" / "index.md").read_text()
+    assert "paired: lambda = 0.1 minus lambda = 0, max test_accuracy" in md
+    assert "over 2 paired seeds, 95% CI" in md
+    assert md.count("http://127.0.0.1:5000/#/experiments/") >= 28
+
+
+def hand_bands():
+    rows = []
+    for arm, offset in (("a", 0.0), ("b", 0.1)):
+        for seed, s in enumerate((0.0, 0.02, 0.04)):
+            for step in (1, 2, 3):
+                rows.append((arm, seed, "x", "test_accuracy", step, 0.5 + offset + s + 0.1 * step))
+    return pd.DataFrame(rows, columns=["arm", "seed", "run_id", "metric", "step", "value"])
+
+
+def test_band_statistics_on_hand_made_data():
+    b = band(hand_bands())
+    row = b[(b.arm == "a") & (b.step == 2)].iloc[0]
+    assert row["mean"] == pytest.approx(0.72) and row.lo == pytest.approx(0.70) and row.hi == pytest.approx(0.74)
+    assert row.n == 3
+    s = per_seed(hand_bands(), "test_accuracy", "max")
+    assert s[(s.arm == "b") & (s.seed == 2)]["value"].item() == pytest.approx(0.94)
+    assert per_seed(hand_bands(), "test_accuracy", "first")["value"].min() == pytest.approx(0.6)
+
+
+def test_paired_difference_and_its_interval():
+    summary = pd.DataFrame({"arm": ["a"] * 3 + ["b"] * 3, "seed": [0, 1, 2] * 2,
+                            "value": [0.80, 0.82, 0.84, 0.81, 0.84, 0.87]})
+    d = paired_difference(summary, "a", "b")  # differences 0.01, 0.02, 0.03
+    assert d["n"] == 3 and d["mean"] == pytest.approx(0.02) and d["std"] == pytest.approx(0.01)
+    half = 4.302652729911275 * 0.01 / math.sqrt(3)  # t(0.975, 2) s / sqrt(n)
+    assert (d["lo"], d["hi"]) == (pytest.approx(0.02 - half), pytest.approx(0.02 + half))
+
+
+def test_figure_functions_draw_the_expected_curves(tmp_path):
+    drawn = figures.curves_figure(band(hand_bands()), ["test_accuracy"], tmp_path / "c.png", title="t")
+    assert drawn.curves == {"test_accuracy": 2} and (tmp_path / "c.png").stat().st_size > 5_000
+    pts = pd.DataFrame({"arm": ["net", "net", "SVM"], "size": [100, 1000, 100], "mean": [0.7, 0.9, 0.3],
+                        "lo": [0.7, 0.9, 0.3], "hi": [0.7, 0.9, 0.3], "n": [1, 1, 1]})
+    assert figures.more_data_figure(pts, tmp_path / "m.png", title="t").curves == {"accuracy": 2}
+    bars = pd.DataFrame({"arm": ["random", "svm"], "mean": [0.1, 0.9], "lo": [0.09, 0.9], "hi": [0.11, 0.9]})
+    assert figures.bars_figure(bars, tmp_path / "b.png", title="t").curves == {"bars": 2}
+
+
+def test_report_figures_have_one_curve_per_arm(store):
+    from nnexp.report import build_figure, find_runs, plan_jobs
+
+    uri = os.environ["MLFLOW_TRACKING_URI"]
+    figs = load_figures()
+    found = find_runs(uri, "nnexp")
+    expected = {"learning_slowdown": 4, "regularized": 2, "weight_init": 4, "multiple_eta": 3}
+    for name, n in expected.items():
+        jobs = plan_jobs(figs, [name], 2, SMALL[1::2])
+        section = build_figure(name, figs[name], jobs, found, uri, store / "check")
+        assert set(section.curves.values()) == {n}, (name, section.curves)
+
+
+def test_learning_slowdown_runs_show_the_slowdown(store):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    runs = client.search_runs([client.get_experiment_by_name("nnexp").experiment_id],
+                              filter_string="tags.`nnexp.experiment` = 'learning_slowdown'")
+    cost = {(r.data.params["cost"], r.data.params["w"]): [m.value for m in sorted(
+        client.get_metric_history(r.info.run_id, "training_cost"), key=lambda m: m.step)] for r in runs}
+    quad, ce = cost[("quadratic", "2.0")], cost[("cross_entropy", "2.0")]
+    assert quad[150] > 0.8 * quad[0] and ce[150] < 0.5 * ce[0]
+
+
+def test_the_page_renders_in_headless_chromium(store):
+    chromium = "/usr/bin/chromium"
+    if not Path(chromium).exists():
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed (.ci/run installs Debian's chromium)")
+        pytest.skip("chromium not installed")
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run"])
+        page = browser.new_page(viewport={"width": 1100, "height": 900})
+        page.goto((store / "reports" / "index.html").as_uri())
+        page.wait_for_load_state("load")
+        widths = page.evaluate("Array.from(document.images).map(i => i.complete ? i.naturalWidth : 0)")
+        text = page.inner_text("body")
+        page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
+        browser.close()
+    assert len(widths) == len(NAMES) and all(w > 0 for w in widths)
+    assert "nnexp (mean ± std over seeds)" in text and "87.10%" in text
+    assert (ARTIFACTS / "report.png").stat().st_size > 50_000
