@@ -94,6 +94,7 @@ def plan_jobs(figures: dict, names: Sequence[str], seeds: int, extra: Sequence[s
     for name in names:
         fig = figures[name]
         kind = fig["kind"]
+        limit = svm_max_size if svm_max_size is not None else fig.get("svm_max_size", 10_000)
         if kind == "neuron":
             for arm in fig["arms"]:
                 spec = {k: arm[k] for k in ("cost", "w", "b")} | {"eta": fig["eta"], "epochs": fig["epochs"]}
@@ -103,14 +104,15 @@ def plan_jobs(figures: dict, names: Sequence[str], seeds: int, extra: Sequence[s
         if kind == "baselines":
             for method in fig["methods"]:
                 for seed in (range(seeds) if method == "random" else [0]):
-                    spec = {"method": method, "train_size": None, **data_id}
+                    # the SVM is the slow one: capped like more_data's (SVC fits grow ~quadratically)
+                    size = min(limit, base.train_size) if method == "svm" else None
+                    spec = {"method": method, "train_size": size, **data_id}
                     jobs.append(Job(name, method, seed, "baseline", _key({"baseline": spec, "seed": seed}),
                                     spec=spec, experiment="baseline"))
             continue
         variants = [(arm, []) for arm in fig["arms"]]
         if kind == "more_data":
             variants = [(arm, [f"dataset.train_size={n}"]) for n in fig["sizes"] for arm in fig["arms"]]
-            limit = svm_max_size if svm_max_size is not None else fig.get("svm_max_size", 10_000)
             for n in fig["sizes"]:
                 if n <= limit:
                     spec = {"method": "svm", "train_size": n, **data_id}
@@ -337,9 +339,12 @@ def build_figure(name: str, fig: dict, jobs: Sequence[Job], found: dict, uri: st
                              columns=["arm", "seed", "value"])
         vals = frame.groupby("arm", sort=False)["value"].agg(mean="mean", lo="min", hi="max").reset_index()
         drawn = figures.bars_figure(vals, png, title=fig["title"])
+        sizes = {j.arm: j.spec.get("train_size") for j in jobs}
         for spec in fig.get("numbers", []):
             v = frame[frame.arm == spec["arm"]]["value"].tolist()
-            table.append((spec["what"], _fmt(spec["book"]), f"{_fmt(mean_std(v)[0])} ± {_fmt(mean_std(v)[1])}", str(len(v))))
+            on = f" (on {sizes[spec['arm']]:,} images)" if sizes.get(spec["arm"]) else ""
+            table.append((spec["what"], _fmt(spec["book"]), f"{_fmt(mean_std(v)[0])} ± {_fmt(mean_std(v)[1])}{on}",
+                          str(len(v))))
     commands = sorted({j.command for j in jobs if j.kind == "run"}) or [f"python -m nnexp.report {name}"]
     run_list = [(arm, seed, r.info.run_id, r.info.experiment_id) for (arm, seed), r in sorted(runs.items())]
     return Section(name, fig["title"], fig.get("book", ""), png.name, table, comparisons, commands, run_list,

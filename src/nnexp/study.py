@@ -98,9 +98,9 @@ def make_sampler(plan: Plan, worker: int = 0):
     import optuna
 
     seed = plan.seed * 1000 + worker  # workers must not propose identical points
-    if plan.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=4)
+    if plan.sampler == "random":  # its own stream: not TPE's random start-up points
+        return optuna.samplers.RandomSampler(seed=seed + 500)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=3)
 
 
 def make_pruner(plan: Plan):
