@@ -166,15 +166,17 @@ class _Trainer:
     """State of one fit: the loop's pieces kept small and separately readable."""
 
     def __init__(self, net, train, validation, test, spec: TrainSpec, streams: Streams,
-                 observers: Sequence[Observer]):
+                 observers: Sequence[Observer], stepper=None, prepared=None):
         self.net, self.spec, self.streams, self.observers = net, spec, streams, observers
         dtype = net.dtype
-        self.x = np.ascontiguousarray(train.x, dtype=dtype)  # (n, n_in)
-        self.labels = np.asarray(train.y)
-        self.y = one_hot(self.labels, net.sizes[-1], dtype)  # (n, n_out)
+        if prepared is None:
+            x = np.ascontiguousarray(train.x, dtype=dtype)  # (n, n_in)
+            labels = np.asarray(train.y)
+            prepared = (x, labels, one_hot(labels, net.sizes[-1], dtype))  # y: (n, n_out)
+        self.x, self.labels, self.y = prepared
         self.n = len(self.x)
-        self.sgd = Stepper(net, eta=spec.eta, lmbda=spec.lmbda, n_train=self.n,
-                           penalty=spec.penalty, momentum=spec.momentum)
+        self.sgd = stepper or Stepper(net, eta=spec.eta, lmbda=spec.lmbda, n_train=self.n,
+                                      penalty=spec.penalty, momentum=spec.momentum)
         self.sets = {"training": (self.x, self.labels)}
         if validation is not None:
             vx, vy = np.asarray(validation.x, dtype=dtype), np.asarray(validation.y)
@@ -317,3 +319,154 @@ def fit(net: Network, train: DataSplit, spec: TrainSpec, *, validation: DataSpli
         raise ValueError("early stopping and halve_on_plateau need validation_accuracy monitored")
     streams = streams or Streams.from_seed(seed)
     return _Trainer(net, train, validation, test, spec, streams, observers).fit()
+
+
+# -- populations -------------------------------------------------------------------------------
+class _MemberRate:
+    """A population member's learning rate, as the schedule of a single run sees it."""
+
+    def __init__(self, stepper, k: int):
+        self._stepper, self._k = stepper, k
+
+    @property
+    def eta(self) -> float:
+        return float(self._stepper.eta[self._k])
+
+    @eta.setter
+    def eta(self, value: float) -> None:
+        self._stepper.eta[self._k] = value
+
+
+SHARED = ("mini_batch_size", "penalty", "monitor", "divergence_cost")
+
+
+def population_key(net: Network, spec: TrainSpec) -> tuple:
+    """Runs with equal keys can be trained as one population."""
+    return (tuple(net.sizes), net.hidden, net.cost, net.dtype.str, spec.dropout > 0,
+            *(getattr(spec, f) for f in SHARED))
+
+
+def fit_population(nets: Sequence[Network], train: DataSplit, specs: Sequence[TrainSpec], *,
+                   validation: DataSplit | None = None, test: DataSplit | None = None,
+                   streams: Sequence[Streams], observers: Sequence[Sequence[Observer]] | None = None
+                   ) -> list[History]:
+    """Train K compatible networks as one batched computation; one History per member.
+
+    Each member keeps its own random streams (initial weights are the caller's, data order
+    and dropout masks are drawn from its streams exactly as ``fit`` draws them), so a
+    member's history equals the single run with the same seed and hyper-parameters, up to
+    floating-point summation order. The networks are trained in place.
+    """
+    from nnexp.engine.population import PopulationStepper
+
+    k = len(nets)
+    keys = {population_key(n, s) for n, s in zip(nets, specs)}
+    if len(keys) != 1:
+        raise ValueError("population members must share architecture, cost, dtype, mini-batch size, "
+                         "penalty type, dropout on/off and monitoring")
+    observers = observers or [() for _ in range(k)]
+    for spec in specs:
+        if spec.mini_batch_size < 1 or spec.mini_batch_size > len(train.x):
+            raise ValueError(f"mini_batch_size must be in [1, {len(train.x)}], got {spec.mini_batch_size}")
+    n_layers = len(nets[0].weights)
+    weights = [np.stack([net.weights[l] for net in nets]) for l in range(n_layers)]  # (K, n_in, n_out)
+    biases = [np.stack([net.biases[l] for net in nets]) for l in range(n_layers)]  # (K, n_out)
+    for i, net in enumerate(nets):  # members become views into the stack
+        net.weights = [w[i] for w in weights]
+        net.biases = [b[i] for b in biases]
+    dtype = nets[0].dtype
+    x = np.ascontiguousarray(train.x, dtype=dtype)
+    labels = np.asarray(train.y)
+    prepared = (x, labels, one_hot(labels, nets[0].sizes[-1], dtype))
+    stepper = PopulationStepper(weights, biases, hidden=nets[0].hidden, cost=nets[0].cost,
+                                eta=[s.eta for s in specs], lmbda=[s.lmbda for s in specs],
+                                momentum=[s.momentum for s in specs], n_train=len(x), penalty=specs[0].penalty)
+    members = [_Trainer(nets[i], train, validation, test, specs[i], streams[i], observers[i],
+                        stepper=_MemberRate(stepper, i), prepared=prepared) for i in range(k)]
+    return _PopulationLoop(members, stepper, prepared).run()
+
+
+class _PopulationLoop:
+    def __init__(self, members: list[_Trainer], stepper, prepared):
+        self.members, self.stepper = members, stepper
+        self.x, _, self.y = prepared
+        self.n = len(self.x)
+        self.spec = members[0].spec  # the shared settings
+        self.images_seen = 0
+
+    def freeze(self, i: int, stop: tuple[str, str] | None) -> None:
+        m = self.members[i]
+        if stop:
+            m.history.outcome, m.history.reason = stop
+        if m.best_params is not None and m.history.outcome != DIVERGED:
+            m.net.set_params(*m.best_params)
+        self.stepper.active[i] = False
+
+    def evaluate_all(self, elapsed: float, final_for: set[int] | None = None) -> None:
+        for i in np.flatnonzero(self.stepper.active):
+            m = self.members[i]
+            if final_for is not None and i not in final_for:
+                continue
+            m.images_seen = self.images_seen
+            m.clock += elapsed
+            stop = m.after_evaluation(m.evaluate())
+            if stop:
+                self.freeze(i, stop)
+
+    def masks(self, mb: int) -> list[np.ndarray] | None:
+        if not self.spec.dropout and not any(m.spec.dropout for m in self.members):
+            return None
+        out = []
+        for h in self.members[0].net.sizes[1:-1]:
+            layer = []
+            for i, m in enumerate(self.members):
+                keep = 1.0 - m.spec.dropout
+                if self.stepper.active[i]:
+                    layer.append(((m.streams.dropout.random((mb, h)) < keep) / keep).astype(self.x.dtype))
+                else:
+                    layer.append(np.ones((mb, h), dtype=self.x.dtype))
+            out.append(np.stack(layer))  # (K, mb, h)
+        return out
+
+    def run(self) -> list[History]:
+        start = time.perf_counter()
+        spec, every = self.spec, self.spec.monitor.every_images
+        next_eval = every or 0
+        epochs = max(m.spec.epochs for m in self.members)
+        mb = spec.mini_batch_size
+        with np.errstate(all="ignore"):
+            for epoch in range(epochs):
+                for i in np.flatnonzero(self.stepper.active):
+                    if epoch >= self.members[i].spec.epochs:
+                        self.freeze(i, None)
+                if not self.stepper.active.any():
+                    break
+                perms = np.stack([m.streams.shuffle.permutation(self.n) if self.stepper.active[i]
+                                  else np.arange(self.n) for i, m in enumerate(self.members)])  # (K, n)
+                t0 = time.perf_counter()
+                for s in range(0, self.n, mb):
+                    idx = perms[:, s:s + mb]  # (K, batch)
+                    self.stepper.step(self.x[idx], self.y[idx], self.masks(idx.shape[1]))
+                    self.images_seen += idx.shape[1]
+                    if every and self.images_seen >= next_eval:
+                        next_eval += every
+                        self.evaluate_all(time.perf_counter() - t0)
+                        t0 = time.perf_counter()
+                        if not self.stepper.active.any():
+                            break
+                elapsed = time.perf_counter() - t0
+                last = {i for i, m in enumerate(self.members) if epoch == m.spec.epochs - 1}
+                if every is None:
+                    self.evaluate_all(elapsed)
+                else:
+                    pending = {i for i in last if not self.members[i].history.records
+                               or self.members[i].history.records[-1].images_seen != self.images_seen}
+                    for i in np.flatnonzero(self.stepper.active):
+                        self.members[i].clock += elapsed
+                    self.evaluate_all(0.0, final_for=pending)
+            for i in np.flatnonzero(self.stepper.active):
+                self.freeze(i, None)
+        total = time.perf_counter() - start
+        for m in self.members:
+            m.history.train_seconds = total
+        return [m.history for m in self.members]

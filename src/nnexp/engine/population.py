@@ -1,0 +1,102 @@
+"""A population: K networks of one architecture trained together as one batched computation.
+
+Weights are stacked on a leading axis, W[l] (K, n_in, n_out), and every member takes its
+mini-batch step in the same NumPy calls (np.matmul over the stack). Members share the
+architecture, cost, mini-batch size and penalty type; they differ in every scalar: eta,
+lambda, momentum (and, outside this class, seed, initial weights and data order).
+A member that is no longer ``active`` (diverged, early-stopped, finished) is frozen: its
+learning rate and momentum are masked to zero while the others go on.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from nnexp.engine.activations import ACTIVATIONS
+from nnexp.engine.costs import COSTS
+
+
+class PopulationStepper:
+    """One SGD step for all members at once; the same update as ``Stepper`` per member."""
+
+    def __init__(self, weights: list[np.ndarray], biases: list[np.ndarray], *, hidden: str, cost: str,
+                 eta, lmbda, momentum, n_train: int, penalty: str):
+        self.weights, self.biases = weights, biases  # (K, n_in, n_out), (K, n_out)
+        k = weights[0].shape[0]
+        dtype = weights[0].dtype
+        self.eta = np.asarray(eta, dtype=np.float64).reshape(k).copy()
+        self.lmbda = np.asarray(lmbda, dtype=np.float64).reshape(k).copy()
+        self.momentum = np.asarray(momentum, dtype=np.float64).reshape(k).copy()
+        self.active = np.ones(k, dtype=bool)
+        self.n_train, self.penalty, self.dtype = n_train, penalty, dtype
+        self.act, self.cost = ACTIVATIONS[hidden], COSTS[cost]
+        self.vel_w = [np.zeros_like(w) for w in weights] if self.momentum.any() else None
+        self.vel_b = [np.zeros_like(b) for b in biases] if self.momentum.any() else None
+
+    def _scalars(self, m: int):
+        eta = np.where(self.active, self.eta, 0.0)
+        alpha = (-eta / m).astype(self.dtype)[:, None, None]  # (K, 1, 1)
+        reg = (eta * self.lmbda / self.n_train if self.penalty != "none" else np.zeros_like(eta))
+        return alpha, reg.astype(self.dtype)[:, None, None]
+
+    def step(self, xb: np.ndarray, yb: np.ndarray, masks: list[np.ndarray] | None = None) -> None:
+        """xb (K, m, n_in), one-hot yb (K, m, n_out); masks[l] (K, m, n_hidden_l) or None."""
+        weights, biases = self.weights, self.biases
+        last = len(weights) - 1
+        inputs, hiddens = [xb], []
+        a = xb
+        for l in range(last + 1):
+            z = np.matmul(a, weights[l])  # (K, m, n_out)
+            z += biases[l][:, None, :]
+            if l < last:
+                h = self.act.fn(z)
+                hiddens.append(h)
+                a = h * masks[l] if masks is not None else h
+                inputs.append(a)
+            else:
+                a = _output(self.cost, z)
+        delta = self.cost.delta(None, a, yb)  # (K, m, n_L)  BP1
+        alpha, reg = self._scalars(xb.shape[1])
+        for l in range(last, -1, -1):
+            back = np.matmul(delta, weights[l].transpose(0, 2, 1)) if l > 0 else None  # BP2, old W
+            self._update(l, inputs[l], delta, alpha, reg)
+            if l > 0:
+                back *= self.act.prime_from_output(hiddens[l - 1])
+                if masks is not None:
+                    back *= masks[l - 1]
+                delta = back
+
+    def _update(self, l, a_in, delta, alpha, reg) -> None:
+        w, b = self.weights[l], self.biases[l]
+        grad = np.matmul(a_in.transpose(0, 2, 1), delta * alpha)  # (K, n_in, n_out) = -eta/m sum dC/dw
+        gb = (delta * alpha).sum(axis=1)  # (K, n_out)
+        if self.vel_w is not None:
+            mu = np.where(self.active, self.momentum, 0.0).astype(self.dtype)
+            v, vb = self.vel_w[l], self.vel_b[l]
+            v *= mu[:, None, None]
+            v += grad
+            if self.penalty == "l2":
+                v -= reg * w
+            elif self.penalty == "l1":
+                v -= reg * np.sign(w)
+            w += v
+            vb *= mu[:, None]
+            vb += gb
+            b += vb
+            return
+        if self.penalty == "l2":
+            w *= 1.0 - reg  # weight decay (eq. 93), per member
+        elif self.penalty == "l1":
+            w -= reg * np.sign(w)
+        w += grad
+        b += gb
+
+
+def _output(cost, z: np.ndarray) -> np.ndarray:
+    """The output layer's activation on a (K, m, n) stack (softmax over the last axis)."""
+    if cost.name == "log_likelihood":
+        z -= z.max(axis=-1, keepdims=True)
+        np.exp(z, out=z)
+        z /= z.sum(axis=-1, keepdims=True)
+        return z
+    return cost.output(z)  # sigmoid: elementwise

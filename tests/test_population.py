@@ -1,0 +1,97 @@
+"""Population training: K runs as one batched computation, equal to K single runs."""
+
+import numpy as np
+import pytest
+
+from nnexp.engine.network import init_network
+from nnexp.train import (DIVERGED, EARLY_STOPPED, EarlyStopping, HalveOnPlateau, Monitor, Streams,
+                         TrainSpec, fit, fit_population)
+
+from test_train import TEST, TRAIN, VAL
+
+ALL = ("training_cost", "training_accuracy", "validation_cost", "validation_accuracy",
+       "test_cost", "test_accuracy")
+MEMBERS = [  # seed, eta, lmbda, init
+    (0, 0.5, 0.1, "scaled"), (1, 0.2, 1.0, "large"), (2, 1.0, 0.0, "scaled"), (0, 0.5, 3.0, "large")]
+
+
+def single(seed, init, spec, sizes=(8, 10, 3)):
+    s = Streams.from_seed(seed)
+    net = init_network(list(sizes), s.init, init=init)
+    return net, fit(net, TRAIN, spec, validation=VAL, test=TEST, streams=s)
+
+
+def population(members, specs, sizes=(8, 10, 3)):
+    streams = [Streams.from_seed(seed) for seed, *_ in members]
+    nets = [init_network(list(sizes), s.init, init=m[3]) for s, m in zip(streams, members)]
+    return nets, fit_population(nets, TRAIN, specs, validation=VAL, test=TEST, streams=streams)
+
+
+def assert_same_history(a, b):
+    assert (a.outcome, len(a.records), a.best_epoch) == (b.outcome, len(b.records), b.best_epoch)
+    for ra, rb in zip(a.records, b.records):
+        assert (ra.epoch, ra.images_seen) == (rb.epoch, rb.images_seen)
+        for key in (*ALL, "eta"):
+            va, vb = getattr(ra, key), getattr(rb, key)
+            assert (va is None) == (vb is None), key
+            if va is not None:
+                assert va == pytest.approx(vb, rel=1e-9, abs=1e-12), (key, ra.epoch)
+
+
+@pytest.mark.parametrize("penalty,dropout,momentum", [
+    ("l2", 0.0, 0.0), ("l1", 0.0, 0.0), ("l2", 0.3, 0.0), ("l2", 0.0, 0.7), ("l1", 0.2, 0.5)])
+def test_each_member_equals_its_single_run(penalty, dropout, momentum):
+    def spec(eta, lmbda, mu):
+        return TrainSpec(epochs=4, mini_batch_size=7, eta=eta, lmbda=lmbda, penalty=penalty, dropout=dropout,
+                         momentum=mu, monitor=Monitor(metrics=ALL))
+
+    specs = [spec(eta, lmbda, momentum * (i % 2)) for i, (_, eta, lmbda, _) in enumerate(MEMBERS)]
+    nets, histories = population(MEMBERS, specs)
+    for (seed, eta, lmbda, init), s, net, h in zip(MEMBERS, specs, nets, histories):
+        ref_net, ref = single(seed, init, s)
+        assert_same_history(h, ref)
+        for w, rw in zip(net.weights, ref_net.weights):
+            np.testing.assert_allclose(w, rw, rtol=1e-9, atol=1e-12)
+
+
+def test_sub_epoch_monitoring_and_schedules_per_member():
+    mon = Monitor(metrics=("training_cost", "validation_accuracy"), every_images=130, validation_sample=50)
+    specs = [TrainSpec(epochs=e, mini_batch_size=10, eta=eta, schedule=HalveOnPlateau(patience=2), monitor=mon)
+             for e, eta in ((6, 0.5), (3, 2.0), (6, 4.0))]
+    members = [(5, 0.5, 0.0, "scaled"), (6, 2.0, 0.0, "scaled"), (7, 4.0, 0.0, "large")]
+    _, histories = population(members, specs)
+    for (seed, _, _, init), s, h in zip(members, specs, histories):
+        assert_same_history(h, single(seed, init, s)[1])
+
+
+def test_a_diverging_and_an_early_stopping_member_leave_the_others_unchanged():
+    es = EarlyStopping(patience=2)
+    specs = [TrainSpec(epochs=12, mini_batch_size=10, eta=eta, lmbda=lmbda, early_stopping=es,
+                       monitor=Monitor(metrics=ALL))
+             for eta, lmbda in ((0.5, 0.1), (100.0, 200.0), (3.0, 0.0), (0.3, 1.0))]
+    members = [(1, 0.5, 0.1, "scaled"), (2, 100.0, 200.0, "large"), (3, 3.0, 0.0, "large"), (4, 0.3, 1.0, "scaled")]
+    nets, histories = population(members, specs)
+    outcomes = [h.outcome for h in histories]
+    assert outcomes[1] == DIVERGED and EARLY_STOPPED in outcomes
+    for (seed, _, _, init), s, h, net in zip(members, specs, histories, nets):
+        ref_net, ref = single(seed, init, s)
+        assert_same_history(h, ref)
+        if h.outcome != DIVERGED:  # the early-stopped member got its best parameters back
+            np.testing.assert_allclose(net.weights[0], ref_net.weights[0], rtol=1e-9, atol=1e-12)
+
+
+def test_incompatible_members_are_refused():
+    streams = [Streams.from_seed(0), Streams.from_seed(1)]
+    nets = [init_network([8, 10, 3], streams[0].init), init_network([8, 5, 3], streams[1].init)]
+    specs = [TrainSpec(epochs=1, mini_batch_size=10, eta=0.5)] * 2
+    with pytest.raises(ValueError, match="share architecture"):
+        fit_population(nets, TRAIN, specs, streams=streams)
+
+
+def test_float32_population():
+    streams = [Streams.from_seed(i) for i in range(3)]
+    nets = [init_network([8, 10, 3], s.init, dtype=np.float32) for s in streams]
+    specs = [TrainSpec(epochs=3, mini_batch_size=10, eta=eta) for eta in (0.1, 0.5, 1.0)]
+    histories = fit_population(nets, TRAIN, specs, validation=VAL, streams=streams)
+    assert all(net.weights[0].dtype == np.float32 for net in nets)
+    assert histories[2].records[-1].training_accuracy > 0.6
