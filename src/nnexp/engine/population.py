@@ -11,6 +11,7 @@ learning rate and momentum are masked to zero while the others go on.
 from __future__ import annotations
 
 import numpy as np
+from scipy.linalg.blas import get_blas_funcs
 
 from nnexp.engine.activations import ACTIVATIONS
 from nnexp.engine.costs import COSTS
@@ -30,6 +31,7 @@ class PopulationStepper:
         self.active = np.ones(k, dtype=bool)
         self.n_train, self.penalty, self.dtype = n_train, penalty, dtype
         self.act, self.cost = ACTIVATIONS[hidden], COSTS[cost]
+        self.gemm = get_blas_funcs("gemm", (weights[0],))
         self.vel_w = [np.zeros_like(w) for w in weights] if self.momentum.any() else None
         self.vel_b = [np.zeros_like(b) for b in biases] if self.momentum.any() else None
 
@@ -68,9 +70,10 @@ class PopulationStepper:
 
     def _update(self, l, a_in, delta, alpha, reg) -> None:
         w, b = self.weights[l], self.biases[l]
-        grad = np.matmul(a_in.transpose(0, 2, 1), delta * alpha)  # (K, n_in, n_out) = -eta/m sum dC/dw
-        gb = (delta * alpha).sum(axis=1)  # (K, n_out)
+        scaled = delta * alpha  # (K, m, n_out): -eta/m delta, per member
+        gb = scaled.sum(axis=1)  # (K, n_out)
         if self.vel_w is not None:
+            grad = np.matmul(a_in.transpose(0, 2, 1), scaled)  # (K, n_in, n_out)
             mu = np.where(self.active, self.momentum, 0.0).astype(self.dtype)
             v, vb = self.vel_w[l], self.vel_b[l]
             v *= mu[:, None, None]
@@ -84,11 +87,13 @@ class PopulationStepper:
             vb += gb
             b += vb
             return
-        if self.penalty == "l2":
-            w *= 1.0 - reg  # weight decay (eq. 93), per member
-        elif self.penalty == "l1":
+        if self.penalty == "l1":
             w -= reg * np.sign(w)
-        w += grad
+        decay = 1.0 - reg[:, 0, 0] if self.penalty == "l2" else np.ones(len(w))
+        # per member, one in-place gemm: W^T <- decay W^T + scaled^T a_in (weight decay and
+        # gradient together, as Stepper does; faster than a batched matmul plus two passes)
+        for k in range(len(w)):
+            self.gemm(1.0, scaled[k].T, a_in[k].T, beta=float(decay[k]), c=w[k].T, trans_b=1, overwrite_c=1)
         b += gb
 
 
