@@ -482,4 +482,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # run the importable module's main, not this __main__ copy: worker processes (joblib,
+    # spawn) must be able to unpickle the functions they are handed by reference
+    from nnexp.bench import main as _main
+
+    _main()

@@ -167,61 +167,47 @@ def _summary_line(c: RunConfig, result: RunResult, where: str) -> str:
 
 
 # -- one run ----------------------------------------------------------------------------------
-def execute(c: RunConfig, *, resolved_yaml: str = "", experiment: str | None = None,
-            sweep_id: str | None = None, parent_run_id: str | None = None,
-            tags: dict[str, str] | None = None, observers: Sequence[Observer] = (),
-            progress: bool = False, run_name: str | None = None,
-            on_start: Callable[[str], None] | None = None) -> RunResult:
-    """Load data, build the network, train, and track everything. Raises NnexpError for
-    bad data or config (before any run is created); KeyboardInterrupt / Terminated after
-    recording the run as KILLED; other exceptions after recording it as FAILED."""
-    splits, train, val, test = load_splits(c, progress=progress)
-    streams = Streams.from_seed(c.seed)
-    dtype = np.float32 if c.dtype == "float32" else np.float64
-    net = init_network(c.sizes, streams.init, init=c.init.name, hidden=c.hidden,
-                       cost=c.cost.name, dtype=dtype)
-    spec = train_spec(c)
-    tracker = None
-    if c.tracking.enabled:
-        from nnexp.config import config_hash, flat_params
+def start_tracking(c: RunConfig, splits, *, experiment: str | None = None, sweep_id: str | None = None,
+                   parent_run_id: str | None = None, tags: dict[str, str] | None = None,
+                   run_name: str | None = None):
+    """The run's MLflow record, before training: params, tags, dataset input (None if off)."""
+    if not c.tracking.enabled:
+        return None
+    from nnexp.config import config_hash, flat_params
 
-        all_tags = {"nnexp.experiment": experiment or "none", "nnexp.status": "running",
-                    "nnexp.config_hash": config_hash(c), **(tags or {})}
-        if sweep_id:
-            all_tags["nnexp.sweep"] = sweep_id
-        tracker = tracking.RunTracker(
-            uri=tracking.resolve_uri(c.tracking.uri), experiment=c.tracking.experiment,
-            run_name=run_name or _run_name(c, experiment), params=flat_params(c), tags=all_tags,
-            parent_run_id=parent_run_id, step_by_images=c.monitor.every_images is not None)
-        tracker.start()
-        tracker.log_dataset(splits)
-        if on_start:
-            on_start(tracker.run_id)
-    bar = ProgressBar(spec.epochs, progress)
-    obs: list[Observer] = ([tracker.observe] if tracker else []) + [bar, *observers]
-    artifacts = {"config.yaml": resolved_yaml} if resolved_yaml else {}
-    try:
-        with sigterm_as_exception(), bar.logging():
-            history = fit(net, train, spec, validation=val, test=test, streams=streams, observers=obs)
-    except (KeyboardInterrupt, Terminated):
-        bar.close()
-        if tracker:
-            tracker.fail("killed", "KILLED", error="interrupted (Ctrl-C or SIGTERM)", artifacts=artifacts)
-        raise
-    except Exception as exc:
-        bar.close()
-        if tracker:
-            artifacts["traceback.txt"] = traceback.format_exc()
-            tracker.fail("failed", "FAILED", error=f"{type(exc).__name__}: {exc}", artifacts=artifacts)
-        raise
-    bar.close()
+    all_tags = {"nnexp.experiment": experiment or "none", "nnexp.status": "running",
+                "nnexp.config_hash": config_hash(c), **(tags or {})}
+    if sweep_id:
+        all_tags["nnexp.sweep"] = sweep_id
+    tracker = tracking.RunTracker(
+        uri=tracking.resolve_uri(c.tracking.uri), experiment=c.tracking.experiment,
+        run_name=run_name or _run_name(c, experiment), params=flat_params(c), tags=all_tags,
+        parent_run_id=parent_run_id, step_by_images=c.monitor.every_images is not None)
+    tracker.start()
+    tracker.log_dataset(splits)
+    return tracker
+
+
+def record_interruption(tracker, exc: BaseException, artifacts: dict) -> None:
+    """Ctrl-C / SIGTERM -> KILLED, anything else -> FAILED; the metrics so far are kept."""
+    if tracker is None:
+        return
+    if isinstance(exc, (KeyboardInterrupt, Terminated)):
+        tracker.fail("killed", "KILLED", error="interrupted (Ctrl-C or SIGTERM)", artifacts=dict(artifacts))
+    else:
+        tracker.fail("failed", "FAILED", error=f"{type(exc).__name__}: {exc}",
+                     artifacts={**artifacts, "traceback.txt": traceback.format_exc()})
+
+
+def finish_run(c: RunConfig, tracker, history: History, net, test, artifacts: dict) -> RunResult:
+    """After training: test accuracy, summary metrics, artifacts, status, the summary line."""
     result = RunResult(history.outcome, history, tracker.run_id if tracker else None)
-    result.test_accuracy = test_accuracy_of(history, net, test, "test_accuracy" in spec.monitor.metrics)
+    result.test_accuracy = test_accuracy_of(history, net, test, "test_accuracy" in c.monitor.metrics)
     if tracker:
         summary = {"best_validation_accuracy": history.best_validation_accuracy,
                    "best_epoch": history.best_epoch, "final_test_accuracy": result.test_accuracy,
                    "train_seconds": history.train_seconds}
-        artifacts["history.csv"] = history.to_csv()
+        artifacts = {**artifacts, "history.csv": history.to_csv()}
         if c.tracking.log_model and history.outcome != "diverged":
             buf = io.BytesIO()
             save_network(net, buf)
@@ -233,6 +219,80 @@ def execute(c: RunConfig, *, resolved_yaml: str = "", experiment: str | None = N
     where = tracker.location if tracker else "not tracked (tracking=off)"
     result.summary = _summary_line(c, result, where)
     return result
+
+
+def build_network(c: RunConfig, streams: Streams):
+    dtype = np.float32 if c.dtype == "float32" else np.float64
+    return init_network(c.sizes, streams.init, init=c.init.name, hidden=c.hidden, cost=c.cost.name, dtype=dtype)
+
+
+def execute(c: RunConfig, *, resolved_yaml: str = "", experiment: str | None = None,
+            sweep_id: str | None = None, parent_run_id: str | None = None,
+            tags: dict[str, str] | None = None, observers: Sequence[Observer] = (),
+            progress: bool = False, run_name: str | None = None,
+            on_start: Callable[[str], None] | None = None) -> RunResult:
+    """Load data, build the network, train, and track everything. Raises NnexpError for
+    bad data or config (before any run is created); KeyboardInterrupt / Terminated after
+    recording the run as KILLED; other exceptions after recording it as FAILED."""
+    splits, train, val, test = load_splits(c, progress=progress)
+    streams = Streams.from_seed(c.seed)
+    net = build_network(c, streams)
+    spec = train_spec(c)
+    tracker = start_tracking(c, splits, experiment=experiment, sweep_id=sweep_id,
+                             parent_run_id=parent_run_id, tags=tags, run_name=run_name)
+    if tracker and on_start:
+        on_start(tracker.run_id)
+    bar = ProgressBar(spec.epochs, progress)
+    obs: list[Observer] = ([tracker.observe] if tracker else []) + [bar, *observers]
+    artifacts = {"config.yaml": resolved_yaml} if resolved_yaml else {}
+    try:
+        with sigterm_as_exception(), bar.logging():
+            history = fit(net, train, spec, validation=val, test=test, streams=streams, observers=obs)
+    except BaseException as exc:
+        bar.close()
+        record_interruption(tracker, exc, artifacts)
+        raise
+    bar.close()
+    return finish_run(c, tracker, history, net, test, artifacts)
+
+
+@dataclass
+class JobSpec:
+    """One job of a population: its config and what its MLflow record needs."""
+
+    config: RunConfig
+    resolved_yaml: str = ""
+    experiment: str | None = None
+    sweep_id: str | None = None
+    parent_run_id: str | None = None
+
+
+def execute_population(jobs: Sequence[JobSpec]) -> list[RunResult]:
+    """Compatible jobs trained as one batched population; each gets the same MLflow record as
+    ``execute`` would give it (params, per-epoch metrics, tags, artifacts)."""
+    from nnexp.train import fit_population
+
+    first = jobs[0].config
+    splits, train, val, test = load_splits(first)
+    streams = [Streams.from_seed(j.config.seed) for j in jobs]
+    nets = [build_network(j.config, s) for j, s in zip(jobs, streams)]
+    specs = [train_spec(j.config) for j in jobs]
+    trackers = []
+    artifacts = [{"config.yaml": j.resolved_yaml} if j.resolved_yaml else {} for j in jobs]
+    try:
+        for j in jobs:
+            trackers.append(start_tracking(j.config, splits, experiment=j.experiment, sweep_id=j.sweep_id,
+                                           parent_run_id=j.parent_run_id))
+        observers = [[t.observe] if t else [] for t in trackers]
+        with sigterm_as_exception():
+            histories = fit_population(nets, train, specs, validation=val, test=test, streams=streams,
+                                       observers=observers)
+    except BaseException as exc:
+        for t, a in zip(trackers, artifacts):
+            record_interruption(t, exc, a)
+        raise
+    return [finish_run(j.config, t, h, net, test, a)
+            for j, t, h, net, a in zip(jobs, trackers, histories, nets, artifacts)]
 
 
 def _run_name(c: RunConfig, experiment: str | None) -> str:
@@ -352,4 +412,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # run the importable module's main, not this __main__ copy: worker processes (joblib,
+    # spawn) must be able to unpickle the functions they are handed by reference
+    from nnexp.run import main as _main
+
+    _main()
