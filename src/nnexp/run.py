@@ -401,6 +401,11 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    # registers hydra/launcher=population even where Hydra's plugin scan misses it (editable installs)
+    from hydra_plugins.nnexp_population.population_launcher import register
+
+    register()
+
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         check_overrides(args)

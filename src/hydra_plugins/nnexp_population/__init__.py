@@ -1,0 +1,1 @@
+"""nnexp's population launcher for Hydra: ``hydra/launcher=population``."""
