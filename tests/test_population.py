@@ -139,3 +139,24 @@ def test_population_launcher_gives_the_same_mlflow_records_as_the_basic_launcher
             assert pm[name] == pytest.approx(bm[name], rel=1e-7), (key, name)
     assert basic[("1000.0", "0")][2]["nnexp.status"] == "diverged"
     assert basic[("0.5", "0")][1]["validation_accuracy"] != basic[("0.5", "1")][1]["validation_accuracy"]
+
+
+def test_jobs_are_grouped_by_compatibility_and_spread_over_workers():
+    from nnexp.config import RunConfig
+    from nnexp.population_jobs import plan_groups
+
+    configs = []
+    for eta in (0.1, 0.2, 0.3):
+        for seed in range(5):
+            c = RunConfig()
+            c.eta, c.seed = eta, seed
+            configs.append(c)
+    odd = RunConfig()
+    odd.sizes = [784, 100, 10]
+    configs.append(odd)
+    groups = plan_groups(configs, max_members=16, max_memory_mb=4096, workers=2)
+    assert sorted(len(g) for g in groups) == [1, 15]  # two groups already keep two workers busy
+    groups = plan_groups(configs[:15], max_members=16, max_memory_mb=4096, workers=2)
+    assert sorted(len(g) for g in groups) == [7, 8]
+    groups = plan_groups(configs[:15], max_members=4, max_memory_mb=4096, workers=2)
+    assert sorted(len(g) for g in groups) == [3, 4, 4, 4] and sorted(sum(groups, [])) == list(range(15))

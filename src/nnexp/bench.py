@@ -382,10 +382,91 @@ def study_section(bench: Bench) -> Table:
                   "test accuracy measured once"])
 
 
+POP_IMAGES = 10_000  # images timed per population epoch (scaled to the full set per epoch)
+
+
+def _time_population(x, y, k: int, mb: int, dtype, seed: int = 0) -> float:
+    """Seconds for one epoch of ``len(x)`` images, for all K members together (after warm-up)."""
+    from nnexp.train import fit_population
+
+    train = data.Split(x=x.astype(dtype), y=y)
+    streams = [Streams.from_seed(seed + i) for i in range(k)]
+    nets = [init_network([x.shape[1], 30, 10], s.init, dtype=dtype) for s in streams]
+    specs = [TrainSpec(epochs=2, mini_batch_size=mb, eta=ETA, lmbda=LMBDA, monitor=Monitor(metrics=()))
+             for _ in range(k)]
+    histories = fit_population(nets, train, specs, streams=streams)
+    return min(r.epoch_seconds for r in histories[0].records[1:])
+
+
+def _pop_worker(args) -> float:
+    x, y, k, mb, dtype, seed = args
+    with threadpool_limits(limits=1):
+        return _time_population(x, y, k, mb, dtype, seed)
+
+
+def population_section(bench: Bench) -> Table:
+    """Per-configuration seconds per epoch of a population of K members, one and two processes."""
+    import concurrent.futures
+    import multiprocessing
+
+    n = min(bench.n_train, 2_000 if bench.quick else POP_IMAGES)
+    x, y = bench.train.x[:n], bench.train.y[:n]
+    scale = bench.n_train / n
+    ks = (1, 3) if bench.quick else (1, 3, 8, 16)
+    rows, base = [], {}
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=2, mp_context=ctx) as pool:
+        for mb in (10, 100):
+            for dtype in (np.float32, np.float64):
+                for k in ks:
+                    one = _time_population(x, y, k, mb, dtype) * scale / k
+                    both = max(pool.map(_pop_worker, [(x, y, k, mb, dtype, s) for s in (0, 100)])) * scale / (2 * k)
+                    base.setdefault((mb, dtype), one)
+                    rows.append((str(mb), np.dtype(dtype).name, str(k), f"{one:.4f}", f"{one / base[(mb, dtype)]:.2f}",
+                                 f"{both:.4f}", f"{both / base[(mb, dtype)]:.2f}"))
+                    print("  " + "  ".join(rows[-1]), flush=True)
+    return Table(f"Population training ({bench.dataset}, [{bench.n_in},30,10]): seconds per epoch per configuration",
+                 ("mb", "dtype", "K", "1 process", "vs K=1", "2 processes", "vs K=1"), rows,
+                 [f"timed on {n:,} images, scaled to {bench.n_train:,} per epoch; 2 processes: two populations "
+                  "of K side by side, per-configuration = wall / 2K",
+                  "target: K = 8 at mini-batch 10 <= 0.55 x K = 1 (one process)"])
+
+
+def _sweep_wall(launcher: str, extra: list[str], store: Path) -> float:
+    import subprocess
+
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "nnexp.run", "-m", "eta=0.025,0.25,2.5", "seed=range(5)",
+                          f"hydra/launcher={launcher}", f"tracking.uri=sqlite:///{store / launcher}.db",
+                          f"hydra.sweep.dir={store / launcher}", *extra], capture_output=True, text=True)
+    if out.returncode != 0:
+        (store.parent / f"nnexp-bench-{launcher}.log").write_text(out.stdout + out.stderr)
+        raise NnexpError(f"the {launcher} sweep failed (log: {store.parent / f'nnexp-bench-{launcher}.log'})")
+    return time.perf_counter() - start
+
+
+def sweep_section(bench: Bench) -> Table:
+    """End to end: a 5-seed x 3-eta sweep of 30 epochs, tracked, basic vs population launcher."""
+    extra = [] if bench.dataset == "MNIST" else ["dataset=digits"]
+    if bench.data_dir:
+        extra.append(f"dataset.data_dir={bench.data_dir}")
+    if bench.quick:
+        extra.append("epochs=3")
+    with tempfile.TemporaryDirectory() as tmp:
+        basic = _sweep_wall("basic", extra, Path(tmp))
+        pop = _sweep_wall("population", extra + [f"hydra.launcher.workers={bench.workers}"], Path(tmp))
+    rows = [("basic (sequential)", f"{basic:.1f}", "1.00"),
+            (f"population, {bench.workers} workers", f"{pop:.1f}", f"{basic / pop:.2f}")]
+    return Table(f"End-to-end sweep: eta=0.025,0.25,2.5 x seed=range(5), {'3' if bench.quick else '30'} epochs, "
+                 f"{bench.dataset}, tracked in MLflow", ("launcher", "wall s", "speed-up"), rows,
+                 ["target: population on 2 workers >= 3x faster than the basic launcher"])
+
+
 Section = Callable[[Bench], Table]
 #: The report's sections, in order.
 SECTIONS: list[Section] = [sgd_section, tracking_section, study_section]
-SECTION_NAMES = {"sgd": sgd_section, "tracking": tracking_section, "study": study_section}
+SECTION_NAMES = {"sgd": sgd_section, "tracking": tracking_section, "study": study_section,
+                 "population": population_section, "sweep": sweep_section}
 
 
 # --------------------------------------------------------------------------- setup
@@ -452,8 +533,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--dataset", choices=("mnist", "digits"), default=None,
                    help="default: MNIST if found locally, else digits")
     p.add_argument("--data-dir", default=None, help="directory holding the MNIST IDX files")
-    p.add_argument("--only", choices=("sgd", "tracking", "study"), action="append",
-                   help="run only these sections (repeatable); default: sgd and tracking")
+    p.add_argument("--only", choices=("sgd", "tracking", "study", "population", "sweep"), action="append",
+                   help="run only these sections (repeatable); default: sgd, tracking and population")
     p.add_argument("--workers", type=int, default=2, help="worker processes for the study section")
     args = p.parse_args(argv)
     if args.epochs < 1:
@@ -465,7 +546,7 @@ def run(args: argparse.Namespace) -> None:
     bench = load_bench(args.dataset, args.data_dir, args.epochs, args.quick)
     bench.data_dir, bench.quick, bench.workers = args.data_dir, args.quick, args.workers
     print("\n".join(header(bench)), flush=True)
-    chosen = args.only or ["sgd", "tracking"]
+    chosen = args.only or ["sgd", "tracking", "population"]
     for section in [SECTION_NAMES[name] for name in chosen]:
         print()
         print(section(bench).render(), flush=True)

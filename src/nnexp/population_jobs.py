@@ -33,17 +33,23 @@ def member_megabytes(c: RunConfig) -> float:
     return (params * (3 if c.momentum else 2) + 10_000 * sum(c.sizes[1:])) * width / 1e6
 
 
-def plan_groups(configs: Sequence[RunConfig], max_members: int, max_memory_mb: float) -> list[list[int]]:
-    """Indices of the jobs, grouped into populations (singletons run as ordinary runs)."""
+def plan_groups(configs: Sequence[RunConfig], max_members: int, max_memory_mb: float,
+                workers: int = 1) -> list[list[int]]:
+    """Indices of the jobs, grouped into populations (singletons run as ordinary runs).
+
+    A group is split into balanced chunks of at most ``max_members`` (and the memory cap),
+    and into at least ``workers`` chunks when there are fewer groups than workers.
+    """
     groups: dict[tuple, list[int]] = {}
     for i, c in enumerate(configs):
         groups.setdefault(group_key(c), []).append(i)
+    spread = max(1, workers // max(1, len(groups)))
     out = []
     for members in groups.values():
-        per = max(1, min(max_members, int(max_memory_mb // max(member_megabytes(configs[members[0]]), 1e-6))))
-        chunks = [members[i:i + per] for i in range(0, len(members), per)]
-        out.extend(chunks)
-    return out
+        cap = max(1, min(max_members, int(max_memory_mb // max(member_megabytes(configs[members[0]]), 1e-6))))
+        n_chunks = max(-(-len(members) // cap), min(spread, len(members)))
+        out.extend(members[j::n_chunks] for j in range(n_chunks))
+    return [sorted(g) for g in out]
 
 
 def _job_spec(cfg: DictConfig):
@@ -89,7 +95,8 @@ def run_jobs(cfgs: Sequence[DictConfig], *, workers: int, max_members: int, max_
             log.error("job %d: %s", i, exc)
             values[i] = exc
     order = sorted(specs)
-    groups = [[order[j] for j in g] for g in plan_groups([specs[i].config for i in order], max_members, max_memory_mb)]
+    groups = [[order[j] for j in g]
+              for g in plan_groups([specs[i].config for i in order], max_members, max_memory_mb, workers)]
     log.info("population launcher: %d jobs in %d group(s) (%s) on %d worker(s)", len(specs), len(groups),
              ", ".join(str(len(g)) for g in groups), min(workers, len(groups)) if groups else 0)
     if workers <= 1 or len(groups) <= 1:

@@ -204,8 +204,15 @@ class RunTracker:
                               "validation": len(splits.validation), "test": len(splits.test)})
         ds = Dataset(name=splits.name, digest=splits.digest()[:32], source_type="local" if local else "code",
                      source=source, profile=profile)
-        self.client.log_inputs(self.run_id, datasets=[
-            DatasetInput(ds, tags=[InputTag("mlflow.data.context", "training")])])
+        inputs = [DatasetInput(ds, tags=[InputTag("mlflow.data.context", "training")])]
+        for attempt in range(3):  # parallel jobs logging one new dataset at once race on its row
+            try:
+                self.client.log_inputs(self.run_id, datasets=inputs)
+                break
+            except Exception:
+                if attempt == 2:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
         self.client.set_tag(self.run_id, "nnexp.dataset_sha256", splits.digest())
 
     def finish(self, status: str, *, summary: dict[str, float], artifacts: dict[str, bytes | str],
