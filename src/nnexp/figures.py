@@ -21,19 +21,33 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def eta_cost_curves(curves: dict[float, list], path: Path) -> Path:
-    """Training cost vs training images, one line per eta (the eta-threshold stage)."""
+def _curves_by_key(curves: dict[Any, list], path: Path, *, x: int, y: int, label: str, xlabel: str,
+                   ylabel: str, title: str, log_y: bool = False) -> Path:
+    """One line per key from rows [images, seconds, training cost, validation accuracy]."""
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    for eta, rows in sorted(curves.items()):
-        pts = [(r[0], r[2]) for r in rows if r[2] is not None]
+    for key, rows in sorted(curves.items()):
+        pts = [(r[x], r[y]) for r in rows if r[y] is not None]
         if pts:
-            ax.plot(*zip(*pts), marker=".", label=f"eta = {eta:g}")
-    ax.set_yscale("log")
-    ax.set_xlabel("training images seen")
-    ax.set_ylabel("training cost")
-    ax.set_title("Training cost over the first epochs, per eta")
+            ax.plot(*zip(*pts), marker=".", label=label.format(key))
+    if log_y:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def eta_cost_curves(curves: dict[float, list], path: Path) -> Path:
+    """Training cost vs training images, one line per eta (the eta-threshold stage)."""
+    return _curves_by_key(curves, path, x=0, y=2, label="eta = {:g}", xlabel="training images seen",
+                          ylabel="training cost", title="Training cost over the first epochs, per eta", log_y=True)
+
+
+def accuracy_vs_time(curves: dict[Any, list], path: Path, *, label: str) -> Path:
+    """Validation accuracy vs training seconds, one line per setting (the mini-batch stage)."""
+    return _curves_by_key(curves, path, x=1, y=3, label=label + " {}", xlabel="training time (s)",
+                          ylabel="validation accuracy", title="Validation accuracy vs real elapsed time")
 
 
 def accuracy_vs_param(xs: Sequence[float], ys: Sequence[float], path: Path, *, xlabel: str,
@@ -45,20 +59,6 @@ def accuracy_vs_param(xs: Sequence[float], ys: Sequence[float], path: Path, *, x
     ax.set_xlabel(xlabel)
     ax.set_ylabel("best validation accuracy")
     ax.set_title(title)
-    return _save(fig, path)
-
-
-def accuracy_vs_time(curves: dict[Any, list], path: Path, *, label: str) -> Path:
-    """Validation accuracy vs training seconds, one line per setting (the mini-batch stage)."""
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    for key, rows in sorted(curves.items()):
-        pts = [(r[1], r[3]) for r in rows if r[3] is not None]
-        if pts:
-            ax.plot(*zip(*pts), marker=".", label=f"{label} {key}")
-    ax.set_xlabel("training time (s)")
-    ax.set_ylabel("validation accuracy")
-    ax.set_title("Validation accuracy vs real elapsed time")
-    ax.legend(fontsize=8)
     return _save(fig, path)
 
 

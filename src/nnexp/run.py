@@ -400,20 +400,25 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     return run_job(cfg)
 
 
+def hydra_cli(prog: str, args: list[str], hydra_main: Callable[[], None], own_group: str | None = None) -> None:
+    """Check the overrides (one-line errors, exit 2), then hand the arguments to Hydra.
+    ``own_group``: a config group of the app itself (e.g. ``study``), left to Hydra."""
+    try:
+        check_overrides([a for a in args if not own_group or not a.lstrip("+~").startswith(own_group)])
+    except ConfigError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        raise SystemExit(2)
+    sys.argv = [sys.argv[0]] + args
+    hydra_main()
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     # registers hydra/launcher=population even where Hydra's plugin scan misses it (editable installs)
     from hydra_plugins.nnexp_population.population_launcher import register
 
     register()
 
-    args = list(sys.argv[1:] if argv is None else argv)
-    try:
-        check_overrides(args)
-    except ConfigError as exc:
-        print(f"nnexp.run: error: {exc}", file=sys.stderr)
-        raise SystemExit(2)
-    sys.argv = [sys.argv[0]] + args
-    _hydra_main()
+    hydra_cli("nnexp.run", list(sys.argv[1:] if argv is None else argv), _hydra_main)
 
 
 if __name__ == "__main__":

@@ -799,15 +799,34 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise SystemExit(2)
         os.environ["NNEXP_STUDY_WORKERS"] = args[i + 1]
         del args[i:i + 2]
-    from nnexp.run import check_overrides
+    from nnexp.run import hydra_cli
 
     try:
-        check_overrides([a for a in args if not a.lstrip("+~").startswith("study")])
+        check_study_overrides(args)
     except ConfigError as exc:
         print(f"nnexp.study: error: {exc}", file=sys.stderr)
         raise SystemExit(2)
-    sys.argv = [sys.argv[0]] + args
-    _hydra_main()
+    hydra_cli("nnexp.study", args, _hydra_main, own_group="study")
+
+
+def check_study_overrides(args: Sequence[str]) -> None:
+    """``study=NAME`` must name a file of sweeps/study/; ``study.KEY`` a key some study has."""
+    import yaml
+    from importlib import resources
+
+    from nnexp.config import suggest
+
+    folder = resources.files("nnexp.sweeps") / "study"
+    studies = {p.name[:-5]: yaml.safe_load(p.read_text()) for p in folder.iterdir() if p.name.endswith(".yaml")}
+    keys = sorted({k for body in studies.values() for k in body})
+    for arg in args:
+        key, _, value = arg.partition("=")
+        key = key.lstrip("+~")
+        if key == "study" and value not in studies:
+            raise ConfigError(f"unknown study '{value}'{suggest(value, studies)}; choose one of: {', '.join(sorted(studies))}")
+        if key.startswith("study.") and key.split(".")[1] not in keys and not arg.startswith("+"):
+            sub = key.split(".")[1]
+            raise ConfigError(f"unknown key '{key}'{suggest(sub, keys)}; study keys: {', '.join(keys)}")
 
 
 if __name__ == "__main__":
