@@ -87,6 +87,7 @@ def test_multirun_gives_a_parent_and_nested_children_and_divergence_is_contained
     assert set(by_eta) == {"0.1", "0.5", "1000.0"}
     assert by_eta["1000.0"].data.tags["nnexp.status"] == "diverged"
     assert by_eta["1000.0"].info.status == "FINISHED"
+    assert len(client.get_metric_history(by_eta["1000.0"].info.run_id, "training_cost")) >= 1  # curves kept
     for eta in ("0.1", "0.5"):
         assert by_eta[eta].data.tags["nnexp.status"] == "completed"
         assert len(client.get_metric_history(by_eta[eta].info.run_id, "validation_accuracy")) == 2

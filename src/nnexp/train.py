@@ -228,7 +228,9 @@ class _Trainer:
     def after_evaluation(self, rec: Record) -> tuple[str, str] | None:
         """Book-keeping after an evaluation; returns (outcome, reason) to stop."""
         why = self.diverged(rec)
-        if why:
+        if why:  # the observers still see the record: a diverged run keeps its curves
+            for observer in self.observers:
+                observer(rec, self.net)
             return DIVERGED, why
         h, spec = self.history, self.spec
         acc = rec.validation_accuracy
