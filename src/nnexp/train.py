@@ -196,7 +196,9 @@ class _Trainer:
         self.clock = 0.0
 
     # -- evaluation -----------------------------------------------------------------
-    def evaluate(self) -> Record:
+    def evaluate(self, precomputed: dict[str, tuple[float, float]] | None = None) -> Record:
+        """Evaluate the monitored splits (``precomputed``: split -> (cost, accuracy) already
+        measured, e.g. for a whole population at once)."""
         spec, h = self.spec, self.history
         rec = Record(epoch=self.images_seen / self.n, images_seen=self.images_seen,
                      eta=self.sgd.eta, epoch_seconds=self.clock)
@@ -207,7 +209,10 @@ class _Trainer:
             wanted = [k for k in ("cost", "accuracy") if f"{split}_{k}" in spec.monitor.metrics]
             if not wanted or split not in self.sets:
                 continue
-            cost, acc = evaluate(self.net, *self.sets[split])
+            if precomputed and split in precomputed:
+                cost, acc = precomputed[split]
+            else:
+                cost, acc = evaluate(self.net, *self.sets[split])
             if "cost" in wanted:
                 setattr(rec, f"{split}_cost", cost + penalty)
             if "accuracy" in wanted:
@@ -404,14 +409,33 @@ class _PopulationLoop:
             m.net.set_params(*m.best_params)
         self.stepper.active[i] = False
 
+    def shared_results(self, chosen: list[int]) -> dict[int, dict[str, tuple[float, float]]]:
+        """Cost and accuracy of the chosen members on every split they all monitor on the same
+        arrays, computed for the whole population at once."""
+        from nnexp.engine.population import evaluate_population
+
+        out: dict[int, dict] = {i: {} for i in chosen}
+        first = self.members[chosen[0]]
+        for split, (x, labels) in first.sets.items():
+            wanted = any(f"{split}_{k}" in first.spec.monitor.metrics for k in ("cost", "accuracy"))
+            if not wanted or any(self.members[i].sets.get(split, (None,))[0] is not x for i in chosen):
+                continue  # e.g. per-member validation samples: evaluated member by member
+            costs, accs = evaluate_population(self.stepper.weights, self.stepper.biases, np.array(chosen),
+                                              hidden=first.net.hidden, cost=first.net.cost, x=x, labels=labels)
+            for j, i in enumerate(chosen):
+                out[i][split] = (float(costs[j]), float(accs[j]))
+        return out
+
     def evaluate_all(self, elapsed: float, final_for: set[int] | None = None) -> None:
-        for i in np.flatnonzero(self.stepper.active):
+        chosen = [int(i) for i in np.flatnonzero(self.stepper.active) if final_for is None or i in final_for]
+        if not chosen:
+            return
+        results = self.shared_results(chosen)
+        for i in chosen:
             m = self.members[i]
-            if final_for is not None and i not in final_for:
-                continue
             m.images_seen = self.images_seen
             m.clock += elapsed
-            stop = m.after_evaluation(m.evaluate())
+            stop = m.after_evaluation(m.evaluate(results[i]))
             if stop:
                 self.freeze(i, stop)
 
