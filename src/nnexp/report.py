@@ -217,23 +217,53 @@ def _baseline_run(job: Job, uri: str, experiment: str) -> str:
     return t.run_id
 
 
+def _run_population(jobs: Sequence[Job], uri: str, experiment: str) -> list[str]:
+    """Worker: compatible runs (e.g. the seeds of one arm) trained as one population."""
+    from threadpoolctl import threadpool_limits
+
+    from nnexp.run import JobSpec, execute_population
+
+    logging.basicConfig(level=logging.WARNING)
+    specs = []
+    for j in jobs:
+        c, resolved = compose_run([*j.overrides, f"tracking.uri={uri}", f"tracking.experiment={experiment}"])
+        specs.append(JobSpec(config=c, resolved_yaml=tracking.redact(resolved), experiment=j.experiment))
+    with threadpool_limits(1):
+        return [r.run_id for r in execute_population(specs)]
+
+
+def _tasks(jobs: Sequence[Job], workers: int) -> list[list[Job]]:
+    """Runs grouped into populations where compatible (seeds of an arm, arms of a sweep);
+    baselines and the single neuron on their own; the slow SVM fits first."""
+    from nnexp.population_jobs import plan_groups
+
+    runs = [j for j in jobs if j.kind == "run"]
+    configs = [compose_run(j.overrides)[0] for j in runs]
+    groups = [[runs[i] for i in g] for g in plan_groups(configs, 16, 4096, workers)]
+    others = sorted((j for j in jobs if j.kind != "run"), key=lambda j: -(j.spec.get("train_size") or 0))
+    return [[j] for j in others] + sorted(groups, key=len, reverse=True)
+
+
 def launch(jobs: Sequence[Job], uri: str, experiment: str, workers: int) -> None:
-    """Make the missing runs, ``workers`` processes at a time, printing progress."""
+    """Make the missing runs on ``workers`` processes (populations where possible), with progress."""
     tracking.prepare_store(uri, experiment)  # created once, before parallel jobs
-    order = sorted(jobs, key=lambda j: (j.spec.get("train_size") or 0) * (j.kind == "baseline"), reverse=True)
-    start = time.perf_counter()
+    tasks = _tasks(jobs, workers)
+    start, done = time.perf_counter(), 0
     ctx = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        futures = {pool.submit(_run_job, j, uri, experiment): j for j in order}
-        for k, fut in enumerate(concurrent.futures.as_completed(futures), 1):
-            j = futures[fut]
+        futures = {(pool.submit(_run_population, t, uri, experiment) if len(t) > 1
+                    else pool.submit(_run_job, t[0], uri, experiment)): t for t in tasks}
+        for fut in concurrent.futures.as_completed(futures):
+            task = futures[fut]
             try:
                 fut.result()
                 status = "done"
-            except Exception as exc:  # recorded in MLflow by the run itself; keep going
+            except Exception as exc:  # recorded in MLflow by the runs themselves; keep going
                 status = f"failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-            print(f"[{k}/{len(order)}] {j.figure}: {j.arm} seed {j.seed} {status} "
-                  f"({time.perf_counter() - start:.0f} s)", flush=True)
+            done += len(task)
+            what = task[0].arm if len(task) == 1 else f"{len(task)} runs as one population ({task[0].arm}, ...)"
+            print(f"[{done}/{len(jobs)}] {task[0].figure}: {what} {status} ({time.perf_counter() - start:.0f} s)",
+                  flush=True)
 
 
 # -- frames and statistics ---------------------------------------------------------------------
