@@ -465,6 +465,10 @@ def run(args: argparse.Namespace, figures: dict) -> int:
         for j in missing:
             print(f"  {j.figure}: {j.arm}, seed {j.seed}: {j.command}")
     elif missing:
+        if any(j.kind != "neuron" for j in missing):  # fail fast, once, if the data is not there
+            from nnexp.run import load_splits
+
+            load_splits(compose_run(list(args.override))[0])
         print(f"launching {len(missing)} missing runs of {len(jobs)} on {args.workers} processes")
         launch(missing, uri, args.experiment, args.workers)
         found = find_runs(uri, args.experiment)
