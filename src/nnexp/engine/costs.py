@@ -15,10 +15,11 @@ from nnexp.engine.activations import sigmoid_
 
 
 def softmax_(z: np.ndarray) -> np.ndarray:
-    """Softmax over each row (eq. 78), in place, shifted by the row maximum for safety."""
-    z -= z.max(axis=1, keepdims=True)
+    """Softmax over the last axis (eq. 78), in place, shifted by the maximum for safety.
+    Works on (m, n) and on a population's (K, m, n)."""
+    z -= z.max(axis=-1, keepdims=True)
     np.exp(z, out=z)
-    z /= z.sum(axis=1, keepdims=True)
+    z /= z.sum(axis=-1, keepdims=True)
     return z
 
 

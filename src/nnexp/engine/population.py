@@ -15,6 +15,7 @@ from scipy.linalg.blas import get_blas_funcs
 
 from nnexp.engine.activations import ACTIVATIONS
 from nnexp.engine.costs import COSTS
+from nnexp.engine.sgd import backward_sweep, forward_keeping
 
 
 class PopulationStepper:
@@ -32,6 +33,7 @@ class PopulationStepper:
         self.n_train, self.penalty, self.dtype = n_train, penalty, dtype
         self.act, self.cost = ACTIVATIONS[hidden], COSTS[cost]
         self.gemm = get_blas_funcs("gemm", (weights[0],))
+        self.bias_views = [b[:, None, :] for b in biases]  # (K, 1, n_out): broadcast over the batch
         self.vel_w = [np.zeros_like(w) for w in weights] if self.momentum.any() else None
         self.vel_b = [np.zeros_like(b) for b in biases] if self.momentum.any() else None
 
@@ -43,30 +45,11 @@ class PopulationStepper:
 
     def step(self, xb: np.ndarray, yb: np.ndarray, masks: list[np.ndarray] | None = None) -> None:
         """xb (K, m, n_in), one-hot yb (K, m, n_out); masks[l] (K, m, n_hidden_l) or None."""
-        weights, biases = self.weights, self.biases
-        last = len(weights) - 1
-        inputs, hiddens = [xb], []
-        a = xb
-        for l in range(last + 1):
-            z = np.matmul(a, weights[l])  # (K, m, n_out)
-            z += biases[l][:, None, :]
-            if l < last:
-                h = self.act.fn(z)
-                hiddens.append(h)
-                a = h * masks[l] if masks is not None else h
-                inputs.append(a)
-            else:
-                a = _output(self.cost, z)
+        a, inputs, hiddens = forward_keeping(self.weights, self.bias_views, self.act, self.cost, xb, masks)
         delta = self.cost.delta(None, a, yb)  # (K, m, n_L)  BP1
         alpha, reg = self._scalars(xb.shape[1])
-        for l in range(last, -1, -1):
-            back = np.matmul(delta, weights[l].transpose(0, 2, 1)) if l > 0 else None  # BP2, old W
-            self._update(l, inputs[l], delta, alpha, reg)
-            if l > 0:
-                back *= self.act.prime_from_output(hiddens[l - 1])
-                if masks is not None:
-                    back *= masks[l - 1]
-                delta = back
+        backward_sweep(self.weights, delta, inputs, hiddens, self.act, masks,
+                       lambda l, a_in, d: self._update(l, a_in, d, alpha, reg))
 
     def _update(self, l, a_in, delta, alpha, reg) -> None:
         w, b = self.weights[l], self.biases[l]
@@ -95,16 +78,6 @@ class PopulationStepper:
         for k in range(len(w)):
             self.gemm(1.0, scaled[k].T, a_in[k].T, beta=float(decay[k]), c=w[k].T, trans_b=1, overwrite_c=1)
         b += gb
-
-
-def _output(cost, z: np.ndarray) -> np.ndarray:
-    """The output layer's activation on a (K, m, n) stack (softmax over the last axis)."""
-    if cost.name == "log_likelihood":
-        z -= z.max(axis=-1, keepdims=True)
-        np.exp(z, out=z)
-        z /= z.sum(axis=-1, keepdims=True)
-        return z
-    return cost.output(z)  # sigmoid: elementwise
 
 
 def evaluate_population(weights: list[np.ndarray], biases: list[np.ndarray], members: np.ndarray, *,
@@ -138,7 +111,7 @@ def evaluate_population(weights: list[np.ndarray], biases: list[np.ndarray], mem
                     if j < len(rest) - 1:
                         a = act.fn(z)
             zl = np.ascontiguousarray(z)
-            out = _output(c, zl.copy())  # (k, rows, n_out)
+            out = c.output(zl.copy())  # (k, rows, n_out)
             y = np.zeros((len(lab), n_out), dtype=zl.dtype)
             y[np.arange(len(lab)), lab] = 1.0
             for m in range(k):

@@ -21,6 +21,39 @@ from nnexp.engine.costs import COSTS
 from nnexp.engine.network import Network
 
 
+def forward_keeping(weights, biases, act, cost, xb, masks):
+    """The forward pass, keeping what backprop needs: each layer's input and each hidden
+    layer's sigma(z) (for sigma'). One network: xb (m, n_in), W (n_in, n_out), b (n_out,);
+    a population: xb (K, m, n_in), W (K, n_in, n_out), b given as (K, 1, n_out) views."""
+    inputs, hiddens = [xb], []
+    a = xb
+    last = len(weights) - 1
+    for l in range(last + 1):
+        z = np.matmul(a, weights[l])  # (..., m, n_out)
+        z += biases[l]
+        if l < last:
+            h = act.fn(z)
+            hiddens.append(h)
+            a = h * masks[l] if masks is not None else h
+            inputs.append(a)
+        else:
+            a = cost.output(z)
+    return a, inputs, hiddens
+
+
+def backward_sweep(weights, delta, inputs, hiddens, act, masks, update) -> None:
+    """BP2 from the output layer down; ``update(l, a_in, delta)`` changes layer l's parameters
+    after its delta has been propagated with the old weights."""
+    for l in range(len(weights) - 1, -1, -1):
+        back = np.matmul(delta, np.swapaxes(weights[l], -1, -2)) if l > 0 else None  # BP2, old W
+        update(l, inputs[l], delta)
+        if l > 0:
+            back *= act.prime_from_output(hiddens[l - 1])  # sigma'(z), in place
+            if masks is not None:
+                back *= masks[l - 1]
+            delta = back
+
+
 class Stepper:
     """Applies SGD steps to ``net`` in place. ``eta`` may be changed between steps."""
 
@@ -47,32 +80,11 @@ class Stepper:
         net, m = self.net, len(xb)
         if len(self.ones) != m:
             self.ones = np.ones(m, dtype=net.dtype)
-        weights, biases = net.weights, net.biases
-        last = len(weights) - 1
-        # forward: keep each hidden layer's sigma(z) (for sigma') and its dropped-out output
-        inputs, hiddens = [xb], []
-        a = xb
-        for l in range(last + 1):
-            z = a @ weights[l]  # (m, n_out)
-            z += biases[l]
-            if l < last:
-                h = self.act.fn(z)
-                hiddens.append(h)
-                a = h * masks[l] if masks is not None else h
-                inputs.append(a)
-            else:
-                a = self.cost.output(z)
+        a, inputs, hiddens = forward_keeping(net.weights, net.biases, self.act, self.cost, xb, masks)
         delta = self.cost.delta(None, a, yb)  # (m, n_L)  BP1 (z unused by every delta)
         alpha = -self.eta / m
-        for l in range(last, -1, -1):
-            back = delta @ weights[l].T if l > 0 else None  # (m, n_in)  BP2, old weights
-            self._update(l, inputs[l], delta, alpha)
-            if l > 0:
-                sp = self.act.prime_from_output(hiddens[l - 1])  # sigma'(z), in place
-                back *= sp
-                if masks is not None:
-                    back *= masks[l - 1]
-                delta = back
+        backward_sweep(net.weights, delta, inputs, hiddens, self.act, masks,
+                       lambda l, a_in, d: self._update(l, a_in, d, alpha))
 
     def _update(self, l: int, a_in: np.ndarray, delta: np.ndarray, alpha: float) -> None:
         net = self.net
