@@ -48,8 +48,7 @@ class PopulationStepper:
         a, inputs, hiddens = forward_keeping(self.weights, self.bias_views, self.act, self.cost, xb, masks)
         delta = self.cost.delta(None, a, yb)  # (K, m, n_L)  BP1
         alpha, reg = self._scalars(xb.shape[1])
-        backward_sweep(self.weights, delta, inputs, hiddens, self.act, masks,
-                       lambda l, a_in, d: self._update(l, a_in, d, alpha, reg))
+        backward_sweep(self.weights, delta, inputs, hiddens, self.act, masks, self._update, alpha, reg)
 
     def _update(self, l, a_in, delta, alpha, reg) -> None:
         w, b = self.weights[l], self.biases[l]

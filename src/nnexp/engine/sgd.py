@@ -41,12 +41,12 @@ def forward_keeping(weights, biases, act, cost, xb, masks):
     return a, inputs, hiddens
 
 
-def backward_sweep(weights, delta, inputs, hiddens, act, masks, update) -> None:
-    """BP2 from the output layer down; ``update(l, a_in, delta)`` changes layer l's parameters
-    after its delta has been propagated with the old weights."""
+def backward_sweep(weights, delta, inputs, hiddens, act, masks, update, *args) -> None:
+    """BP2 from the output layer down; ``update(l, a_in, delta, *args)`` changes layer l's
+    parameters after its delta has been propagated with the old weights."""
     for l in range(len(weights) - 1, -1, -1):
         back = np.matmul(delta, np.swapaxes(weights[l], -1, -2)) if l > 0 else None  # BP2, old W
-        update(l, inputs[l], delta)
+        update(l, inputs[l], delta, *args)
         if l > 0:
             back *= act.prime_from_output(hiddens[l - 1])  # sigma'(z), in place
             if masks is not None:
@@ -83,8 +83,7 @@ class Stepper:
         a, inputs, hiddens = forward_keeping(net.weights, net.biases, self.act, self.cost, xb, masks)
         delta = self.cost.delta(None, a, yb)  # (m, n_L)  BP1 (z unused by every delta)
         alpha = -self.eta / m
-        backward_sweep(net.weights, delta, inputs, hiddens, self.act, masks,
-                       lambda l, a_in, d: self._update(l, a_in, d, alpha))
+        backward_sweep(net.weights, delta, inputs, hiddens, self.act, masks, self._update, alpha)
 
     def _update(self, l: int, a_in: np.ndarray, delta: np.ndarray, alpha: float) -> None:
         net = self.net
