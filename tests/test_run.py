@@ -1,6 +1,5 @@
 """``python -m nnexp.run`` end to end: real subprocesses, a real MLflow SQLite store."""
 
-import os
 import signal
 import subprocess
 import sys

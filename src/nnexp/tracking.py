@@ -153,7 +153,7 @@ class RunTracker:
     seconds_in_tracking: float = 0.0
 
     def start(self) -> str:
-        from mlflow.entities import Param, RunTag
+        from mlflow.entities import Param
         from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
         t0 = time.perf_counter()
