@@ -67,10 +67,10 @@ class PopulationLauncher(Launcher):
         for (overrides, cfg), value in zip(jobs, values):
             ret = JobReturn(overrides=overrides, cfg=cfg, hydra_cfg=cfg, working_dir=str(sweep_dir),
                             task_name=str(cfg.hydra.job.name))
-            if isinstance(value, BaseException):
-                ret.status, ret.return_value = JobStatus.FAILED, value
-            else:
-                ret.status, ret.return_value = JobStatus.COMPLETED, value
+            # like nnexp.run's jobs under the basic launcher: a failed job was logged (one line)
+            # and recorded in MLflow; it never stops the sweep with a traceback
+            ret.status = JobStatus.COMPLETED
+            ret.return_value = None if isinstance(value, BaseException) else value
             returns.append(ret)
         return returns
 
