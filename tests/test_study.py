@@ -100,6 +100,49 @@ def test_two_workers_on_a_fresh_sqlite_storage_lose_nothing(workdir):
     assert len(kids) == 6 and {k.data.tags["nnexp.trial"] for k in kids} == {str(i) for i in range(6)}
 
 
+def test_trials_trained_as_populations_match_trials_trained_one_by_one(workdir):
+    """study.population=3: trials are asked three at a time and trained as one batched
+    population; with the same sampler stream they get the values of one-by-one training."""
+    space = ["study.pruner=none", "~study.space",
+             "+study.space={eta:{low:0.05,high:3.0,log:true},lmbda:{low:0.1,high:10.0,log:true}}"]
+    base = ["study=random", "dataset=digits", "study.epochs=4", "study.stop_after=search", "study.n_trials=6"]
+    results = {}
+    for population in (1, 3):
+        d = workdir / f"p{population}"
+        d.mkdir()
+        out = subprocess.run([sys.executable, "-m", "nnexp.study", *base, *space,
+                              f"study.population={population}", f"study.storage=sqlite:///{d / 'optuna.db'}",
+                              f"tracking.uri=sqlite:///{d / 'mlflow.db'}"],
+                             capture_output=True, text=True, timeout=600, cwd=d)
+        assert out.returncode == 0, out.stderr
+        trials = stage(f"sqlite:///{d / 'optuna.db'}", "random/search").trials
+        assert [t.state for t in trials] == [TrialState.COMPLETE] * 6
+        results[population] = trials
+        client = MlflowClient(f"sqlite:///{d / 'mlflow.db'}")
+        runs = client.search_runs([client.get_experiment_by_name("nnexp").experiment_id])
+        kids = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+        assert sorted(int(k.data.tags["nnexp.trial"]) for k in kids) == list(range(6))
+        assert {t.user_attrs["mlflow_run_id"] for t in trials} == {k.info.run_id for k in kids}
+        if population == 3:
+            assert (out.stdout + out.stderr).count("trained as one population of 3") == 2, out.stdout
+            # a population's members share its training clock
+            assert len({round(t.user_attrs["train_seconds"], 9) for t in trials[:3]}) == 1
+    for one, batched in zip(results[1], results[3]):
+        assert one.params == batched.params
+        assert batched.value == pytest.approx(one.value, abs=1e-12)
+        assert [c[3] for c in batched.user_attrs["curve"]] == pytest.approx(
+            [c[3] for c in one.user_attrs["curve"]], abs=1e-12)
+        assert [c[2] for c in batched.user_attrs["curve"]] == pytest.approx(
+            [c[2] for c in one.user_attrs["curve"]], rel=1e-9)
+
+
+def test_bad_population_setting_is_one_line(workdir):
+    out = nnexp("nnexp.study", *tpe("study.population=0"))
+    assert out.returncode == 2
+    assert "study.population must be a whole number >= 1" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
 def test_divergent_trials_are_recorded_not_fatal(workdir):
     out = nnexp("nnexp.study", *tpe("study.n_trials=4", "study.pruner=none", "~study.space",
                                      "+study.space={eta:{choices:[0.5,100.0]},lmbda:{choices:[50.0]}}"))
@@ -112,11 +155,14 @@ def test_divergent_trials_are_recorded_not_fatal(workdir):
     assert {k.data.tags["nnexp.status"] for k in kids if k.data.params["eta"] == "100.0"} == {"diverged"}
 
 
-def test_a_worker_killed_mid_trial_is_failed_by_heartbeat_and_retried(workdir):
+@pytest.mark.parametrize("population", [1, 2])
+def test_a_worker_killed_mid_trial_is_failed_by_heartbeat_and_retried(workdir, population):
     storage = f"sqlite:///{workdir / 'optuna.db'}"
     proc = subprocess.Popen([sys.executable, "-m", "nnexp.study", *tpe(
         "study.n_trials=4", "study.epochs=400", "study.patience=1000", "study.pruner=none",
-        "study.heartbeat_seconds=1", "study.grace_seconds=3"), "--workers", "2"],
+        "study.heartbeat_seconds=1", "study.grace_seconds=3", f"study.population={population}",
+        "~study.space", "+study.space={eta:{low:0.05,high:1.0,log:true},lmbda:{low:0.1,high:10.0,log:true}}"),
+        "--workers", "2"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     victim, deadline = None, time.time() + 120
     while victim is None and time.time() < deadline:

@@ -440,25 +440,33 @@ def _sweep_wall(launcher: str, extra: list[str], store: Path) -> float:
                           f"hydra/launcher={launcher}", f"tracking.uri=sqlite:///{store / launcher}.db",
                           f"hydra.sweep.dir={store / launcher}", *extra], capture_output=True, text=True)
     if out.returncode != 0:
-        (store.parent / f"nnexp-bench-{launcher}.log").write_text(out.stdout + out.stderr)
-        raise NnexpError(f"the {launcher} sweep failed (log: {store.parent / f'nnexp-bench-{launcher}.log'})")
+        log_file = Path(tempfile.gettempdir()) / f"nnexp-bench-{launcher}.log"  # outlives the store
+        log_file.write_text(out.stdout + out.stderr)
+        raise NnexpError(f"the {launcher} sweep failed (log: {log_file})")
     return time.perf_counter() - start
 
 
 def sweep_section(bench: Bench) -> Table:
-    """End to end: a 5-seed x 3-eta sweep of 30 epochs, tracked, basic vs population launcher."""
+    """End to end: a 5-seed x 3-eta sweep of 30 epochs, tracked, basic vs population launcher,
+    in float64 (the default) and float32."""
     extra = [] if bench.dataset == "MNIST" else ["dataset=digits"]
     if bench.data_dir:
         extra.append(f"dataset.data_dir={bench.data_dir}")
     if bench.quick:
         extra.append("epochs=3")
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        basic = _sweep_wall("basic", extra, Path(tmp))
-        pop = _sweep_wall("population", extra + [f"hydra.launcher.workers={bench.workers}"], Path(tmp))
-    rows = [("basic (sequential)", f"{basic:.1f}", "1.00"),
-            (f"population, {bench.workers} workers", f"{pop:.1f}", f"{basic / pop:.2f}")]
+        for dtype in ("float64", "float32"):
+            store = Path(tmp) / dtype
+            store.mkdir()
+            basic = _sweep_wall("basic", extra + [f"dtype={dtype}"], store)
+            pop = _sweep_wall("population", extra + [f"dtype={dtype}", f"hydra.launcher.workers={bench.workers}"],
+                              store)
+            rows += [(dtype, "basic (sequential)", f"{basic:.1f}", "1.00"),
+                     (dtype, f"population, {bench.workers} workers", f"{pop:.1f}", f"{basic / pop:.2f}")]
+            print("  " + "  ".join(rows[-2]) + "\n  " + "  ".join(rows[-1]), flush=True)
     return Table(f"End-to-end sweep: eta=0.025,0.25,2.5 x seed=range(5), {'3' if bench.quick else '30'} epochs, "
-                 f"{bench.dataset}, tracked in MLflow", ("launcher", "wall s", "speed-up"), rows,
+                 f"{bench.dataset}, tracked in MLflow", ("dtype", "launcher", "wall s", "speed-up"), rows,
                  ["target: population on 2 workers >= 3x faster than the basic launcher"])
 
 

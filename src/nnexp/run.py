@@ -265,6 +265,10 @@ class JobSpec:
     experiment: str | None = None
     sweep_id: str | None = None
     parent_run_id: str | None = None
+    tags: dict[str, str] | None = None
+    run_name: str | None = None
+    observers: Sequence[Observer] = ()
+    on_start: Callable[[str], None] | None = None
 
 
 def execute_population(jobs: Sequence[JobSpec]) -> list[RunResult]:
@@ -282,8 +286,10 @@ def execute_population(jobs: Sequence[JobSpec]) -> list[RunResult]:
     try:
         for j in jobs:
             trackers.append(start_tracking(j.config, splits, experiment=j.experiment, sweep_id=j.sweep_id,
-                                           parent_run_id=j.parent_run_id))
-        observers = [[t.observe] if t else [] for t in trackers]
+                                           parent_run_id=j.parent_run_id, tags=j.tags, run_name=j.run_name))
+            if trackers[-1] and j.on_start:
+                j.on_start(trackers[-1].run_id)
+        observers = [([t.observe] if t else []) + list(j.observers) for t, j in zip(trackers, jobs)]
         with sigterm_as_exception():
             histories = fit_population(nets, train, specs, validation=val, test=test, streams=streams,
                                        observers=observers)

@@ -17,6 +17,7 @@ import math
 import multiprocessing
 import os
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +74,7 @@ class Plan:
     experiment: str | None = None
     heartbeat: int = 10
     grace: int = 30
+    population: int = 1  # trials asked at once and trained as one batched population
 
 
 # -- storage, samplers, pruners ------------------------------------------------------------------
@@ -154,12 +156,9 @@ def _curve(history) -> list[list[float]]:
     return out[::step] if out[-1:] == out[::step][-1:] else out[::step] + out[-1:]
 
 
-def objective(trial, plan: Plan) -> float:
-    """Train one configuration; report validation accuracy at every evaluation for pruning."""
-    import optuna
-
-    from nnexp.run import execute
-
+def _trial_job(trial, plan: Plan) -> tuple[RunConfig, dict]:
+    """The trial's run config and the keyword arguments of its run (tags, MLflow run name,
+    and the pruning observer that reports validation accuracy at every evaluation)."""
     params = {name: _suggest(trial, name, dist) for name, dist in plan.space.items()}
     c = trial_config(plan, params)
     trial.set_user_attr("worker_pid", os.getpid())
@@ -175,16 +174,22 @@ def objective(trial, plan: Plan) -> float:
 
     pruning.__name__ = "the Optuna pruner"
     tags = {"nnexp.study": plan.study, "nnexp.stage": plan.stage, "nnexp.trial": str(trial.number)}
-    try:
-        result = execute(c, experiment=plan.experiment, tags=tags, parent_run_id=plan.parent_run_id,
-                         observers=[pruning], run_name=f"{plan.study}/{plan.stage} #{trial.number}",
-                         on_start=lambda rid: trial.set_user_attr("mlflow_run_id", rid))
-    except NnexpError:
-        raise
-    except Exception as exc:  # a failed trial is data for the study, not the end of it
-        trial.set_user_attr("nnexp.status", "failed")
-        trial.set_user_attr("reason", f"{type(exc).__name__}: {exc}"[:500])
-        return 0.0
+    return c, dict(experiment=plan.experiment, tags=tags, parent_run_id=plan.parent_run_id,
+                   observers=[pruning], run_name=f"{plan.study}/{plan.stage} #{trial.number}",
+                   on_start=lambda rid: trial.set_user_attr("mlflow_run_id", rid))
+
+
+def _trial_failed(trial, exc: BaseException) -> float:
+    """A failed trial is data for the study, not the end of it."""
+    trial.set_user_attr("nnexp.status", "failed")
+    trial.set_user_attr("reason", f"{type(exc).__name__}: {exc}"[:500])
+    return 0.0
+
+
+def _trial_value(trial, c: RunConfig, result) -> float:
+    """Record the run's outcome on the trial; raises ``TrialPruned`` for a pruned run."""
+    import optuna
+
     h = result.history
     trial.set_user_attr("nnexp.status", result.status)
     trial.set_user_attr("reason", h.reason[:500])
@@ -196,6 +201,115 @@ def objective(trial, plan: Plan) -> float:
     if result.status == "pruned":
         raise optuna.TrialPruned(h.reason)
     return h.best_validation_accuracy or 0.0
+
+
+def objective(trial, plan: Plan) -> float:
+    """Train one configuration; report validation accuracy at every evaluation for pruning."""
+    from nnexp.run import execute
+
+    c, kw = _trial_job(trial, plan)
+    try:
+        result = execute(c, **kw)
+    except NnexpError:
+        raise
+    except Exception as exc:
+        return _trial_failed(trial, exc)
+    return _trial_value(trial, c, result)
+
+
+class _Heartbeat:
+    """Keeps the asked trials' heartbeats fresh while a population trains them (``optimize``
+    does this for one trial), so a killed worker's trials are failed and retried."""
+
+    def __init__(self, storage, trial_ids: Sequence[int], interval: int):
+        self.storage, self.ids, self.interval = storage, list(trial_ids), max(1, interval)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._beat, daemon=True)
+
+    def _beat(self) -> None:
+        while True:
+            for i in self.ids:
+                self.storage.record_heartbeat(i)
+            if self.stop.wait(self.interval):
+                return
+
+    def __enter__(self):
+        if self.storage.get_heartbeat_interval():
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        if self.thread.is_alive():
+            self.thread.join()
+
+
+def _population_outcomes(plan: Plan, members: list) -> list:
+    """Train the members [(trial, config, run kwargs)] of one compatible group together;
+    each trial's value, or the ``TrialPruned`` that ended it."""
+    import optuna
+
+    from nnexp.run import JobSpec, execute, execute_population
+
+    if len(members) == 1:
+        trial, c, kw = members[0]
+        try:
+            results = [execute(c, **kw)]
+        except NnexpError:
+            raise
+        except Exception as exc:
+            return [_trial_failed(trial, exc)]
+    else:
+        log.info("%s/%s: trials %s trained as one population of %d", plan.study, plan.stage,
+                 ", ".join(str(t.number) for t, _, _ in members), len(members))
+        try:
+            results = execute_population([JobSpec(config=c, **kw) for _, c, kw in members])
+        except NnexpError:
+            raise
+        except Exception as exc:
+            return [_trial_failed(trial, exc) for trial, _, _ in members]
+    out = []
+    for (trial, c, _), result in zip(members, results):
+        try:
+            out.append(_trial_value(trial, c, result))
+        except optuna.TrialPruned as exc:
+            out.append(exc)
+    return out
+
+
+def optimize_populations(study, plan: Plan, storage, n_trials: int) -> None:
+    """Ask up to ``plan.population`` trials at a time, train the compatible ones as one batched
+    population (the others one by one), and tell every result."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from nnexp.population_jobs import group_key
+
+    left = n_trials
+    while left > 0:
+        batch = [study.ask() for _ in range(min(plan.population, left))]
+        left -= len(batch)
+        with _Heartbeat(storage, [t._trial_id for t in batch], plan.heartbeat):
+            groups: dict[tuple, list] = {}
+            try:
+                for trial in batch:
+                    c, kw = _trial_job(trial, plan)
+                    groups.setdefault(group_key(c), []).append((trial, c, kw))
+                outcomes = {}
+                for members in groups.values():
+                    for (trial, _, _), outcome in zip(members, _population_outcomes(plan, members)):
+                        outcomes[trial.number] = outcome
+            except BaseException:  # nothing was told yet: the whole batch ends FAIL
+                for trial in batch:
+                    study.tell(trial, state=TrialState.FAIL)
+                raise
+        for trial in batch:
+            outcome = outcomes[trial.number]
+            if isinstance(outcome, optuna.TrialPruned):
+                frozen = study.tell(trial, state=TrialState.PRUNED)
+            else:
+                frozen = study.tell(trial, outcome)
+            _progress_line(study, frozen)
 
 
 def _progress_line(study, trial) -> None:
@@ -215,7 +329,10 @@ def _worker(plan: Plan, worker: int, enqueue: list[dict], n_trials: int) -> None
     for params in enqueue:
         study.enqueue_trial(params, skip_if_exists=False)
     with threadpool_limits(1):
-        study.optimize(lambda t: objective(t, plan), n_trials=n_trials, callbacks=[_progress_line])
+        if plan.population > 1:
+            optimize_populations(study, plan, storage, n_trials)
+        else:
+            study.optimize(lambda t: objective(t, plan), n_trials=n_trials, callbacks=[_progress_line])
 
 
 def _worker_entry(plan: Plan, worker: int, enqueue: list[dict], n_trials: int) -> None:
@@ -335,7 +452,7 @@ class Context:
                     pruner=s.get("pruner", "median"), seed=int(s.get("seed", 0)),
                     parent_run_id=self.parent_run_id, experiment=self.experiment,
                     heartbeat=int(s.get("heartbeat_seconds", 10)), grace=int(s.get("grace_seconds", 30)),
-                    **kw)
+                    population=int(s.get("population", 1)), **kw)
 
 
 def stripped_base(ctx: Context, epochs: int, *, early_stopping: bool) -> RunConfig:
@@ -722,6 +839,10 @@ def run_study(cfg: DictConfig, workers: int | None = None) -> Context:
     settings, base = _settings(cfg)
     hc = HydraConfig.get() if HydraConfig.initialized() else None
     experiment = hc.runtime.choices.get("experiment") if hc else None
+    population = settings.get("population", 1)
+    if not isinstance(population, int) or isinstance(population, bool) or population < 1:
+        raise ConfigError(f"study.population must be a whole number >= 1 (trials trained together), "
+                          f"got {population!r}")
     name = settings.get("study_name") or settings.name
     storage_url = settings.get("storage") or DEFAULT_STORAGE
     ctx = Context(name=name, settings=settings, base=base, storage_url=storage_url,
