@@ -376,7 +376,8 @@ def fit_population(nets: Sequence[Network], train: DataSplit, specs: Sequence[Tr
         if spec.mini_batch_size < 1 or spec.mini_batch_size > len(train.x):
             raise ValueError(f"mini_batch_size must be in [1, {len(train.x)}], got {spec.mini_batch_size}")
     n_layers = len(nets[0].weights)
-    weights = [np.stack([net.weights[l] for net in nets]) for l in range(n_layers)]  # (K, n_in, n_out)
+    # (K, n_in, n_out), each member's matrix in Fortran order like a single network's
+    weights = [np.stack([net.weights[l].T for net in nets]).transpose(0, 2, 1) for l in range(n_layers)]
     biases = [np.stack([net.biases[l] for net in nets]) for l in range(n_layers)]  # (K, n_out)
     for i, net in enumerate(nets):  # members become views into the stack
         net.weights = [w[i] for w in weights]

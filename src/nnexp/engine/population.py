@@ -15,7 +15,7 @@ from scipy.linalg.blas import get_blas_funcs
 
 from nnexp.engine.activations import ACTIVATIONS
 from nnexp.engine.costs import COSTS
-from nnexp.engine.sgd import backward_sweep, forward_keeping
+from nnexp.engine.sgd import backward_sweep, forward_keeping, gemm_into
 
 
 class PopulationStepper:
@@ -75,7 +75,7 @@ class PopulationStepper:
         # per member, one in-place gemm: W^T <- decay W^T + scaled^T a_in (weight decay and
         # gradient together, as Stepper does; faster than a batched matmul plus two passes)
         for k in range(len(w)):
-            self.gemm(1.0, scaled[k].T, a_in[k].T, beta=float(decay[k]), c=w[k].T, trans_b=1, overwrite_c=1)
+            gemm_into(self.gemm, w[k], 1.0, a_in[k], scaled[k], float(decay[k]))
         b += gb
 
 

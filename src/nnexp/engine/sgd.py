@@ -21,6 +21,15 @@ from nnexp.engine.costs import COSTS
 from nnexp.engine.network import Network
 
 
+def gemm_into(gemm, c: np.ndarray, alpha: float, a_in: np.ndarray, delta: np.ndarray, beta: float) -> None:
+    """c (n_in, n_out) <- beta c + alpha a_in^T delta, in place, for a C- or F-ordered c;
+    a_in (m, n_in) and delta (m, n_out) row-major, passed to BLAS without copies."""
+    if c.flags.f_contiguous:
+        gemm(alpha, a_in.T, delta.T, beta=beta, c=c, trans_b=1, overwrite_c=1)
+    else:  # c^T is F-ordered: c^T <- beta c^T + alpha delta^T a_in
+        gemm(alpha, delta.T, a_in.T, beta=beta, c=c.T, trans_b=1, overwrite_c=1)
+
+
 def forward_keeping(weights, biases, act, cost, xb, masks):
     """The forward pass, keeping what backprop needs: each layer's input and each hidden
     layer's sigma(z) (for sigma'). One network: xb (m, n_in), W (n_in, n_out), b (n_out,);
@@ -60,8 +69,8 @@ class Stepper:
     def __init__(self, net: Network, *, eta: float, lmbda: float = 0.0, n_train: int = 1,
                  penalty: str = "l2", momentum: float = 0.0):
         for w in net.weights:
-            if not w.flags.c_contiguous:
-                raise ValueError("network weights must be C-contiguous")
+            if not (w.flags.f_contiguous or w.flags.c_contiguous):
+                raise ValueError("network weights must be contiguous (C or Fortran order)")
         self.net = net
         self.eta, self.lmbda, self.n_train = eta, lmbda, n_train
         self.penalty, self.momentum = penalty, momentum
@@ -93,8 +102,7 @@ class Stepper:
         gb *= alpha
         if self.momentum:
             v = self.vel_w[l]
-            # v^T <- mu v^T + alpha delta^T a_in  (in place: v^T is F-contiguous)
-            self.gemm(alpha, delta.T, a_in.T, beta=self.momentum, c=v.T, trans_b=1, overwrite_c=1)
+            gemm_into(self.gemm, v, alpha, a_in, delta, self.momentum)  # v <- mu v + alpha a_in^T delta
             if reg:
                 v -= reg * (w if self.penalty == "l2" else np.sign(w))
             w += v
@@ -108,5 +116,5 @@ class Stepper:
             beta = 1.0 - reg  # weight decay (eq. 93)
         elif reg:
             w -= reg * np.sign(w)  # eq. (97), sgn(0) = 0
-        self.gemm(alpha, delta.T, a_in.T, beta=beta, c=w.T, trans_b=1, overwrite_c=1)
+        gemm_into(self.gemm, w, alpha, a_in, delta, beta)
         b += gb
