@@ -382,6 +382,31 @@ def study_section(bench: Bench) -> Table:
                   "test accuracy measured once"])
 
 
+def study_population_section(bench: Bench) -> Table:
+    """The broad strategy with trials one at a time vs asked 6 at a time and trained as
+    populations (study.population), one worker; same seed, so grid stages see the same points."""
+    import tempfile as _tempfile
+
+    extra = ["dataset=digits", f"sizes=[{bench.n_in},30,10]"] if bench.dataset != "MNIST" else []
+    if bench.data_dir:
+        extra.append(f"dataset.data_dir={bench.data_dir}")
+    rows = []
+    with _tempfile.TemporaryDirectory() as tmp:
+        for population in (1, 6):
+            store = Path(tmp) / f"p{population}"
+            store.mkdir()
+            r = _study_run("broad_strategy", 0, store, 1, extra + [f"study.population={population}"])
+            eta, lmbda, mb = r["params"]
+            rows.append((str(population), str(r["trials"]), f"{r['images'] / 1e6:.2f}", f"{r['val']:.4f}",
+                         _num(r["test"], ".4f"), f"{eta:.3g}/{lmbda:.3g}/{mb}", f"{r['wall']:.0f}"))
+            print("  " + "  ".join(rows[-1]), flush=True)
+    return Table(f"Broad strategy on {bench.dataset}, 1 worker: trials one by one vs batched populations",
+                 ("study.population", "tuning trials", "images (M)", "final val acc", "final test acc",
+                  "eta/lambda/mb", "wall s"), rows,
+                 ["study.population=6: each stage asks up to 6 trials at once and trains those with the "
+                  "same mini-batch size as one population"])
+
+
 POP_IMAGES = 10_000  # images timed per population epoch (scaled to the full set per epoch)
 
 
@@ -474,7 +499,8 @@ Section = Callable[[Bench], Table]
 #: The report's sections, in order.
 SECTIONS: list[Section] = [sgd_section, tracking_section, study_section]
 SECTION_NAMES = {"sgd": sgd_section, "tracking": tracking_section, "study": study_section,
-                 "population": population_section, "sweep": sweep_section}
+                 "population": population_section, "sweep": sweep_section,
+                 "study-population": study_population_section}
 
 
 # --------------------------------------------------------------------------- setup
@@ -541,7 +567,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--dataset", choices=("mnist", "digits"), default=None,
                    help="default: MNIST if found locally, else digits")
     p.add_argument("--data-dir", default=None, help="directory holding the MNIST IDX files")
-    p.add_argument("--only", choices=("sgd", "tracking", "study", "population", "sweep"), action="append",
+    p.add_argument("--only", choices=tuple(SECTION_NAMES), action="append",
                    help="run only these sections (repeatable); default: sgd, tracking and population")
     p.add_argument("--workers", type=int, default=2, help="worker processes for the study section")
     args = p.parse_args(argv)
