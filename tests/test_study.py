@@ -125,6 +125,7 @@ def test_trials_trained_as_populations_match_trials_trained_one_by_one(workdir):
         assert {t.user_attrs["mlflow_run_id"] for t in trials} == {k.info.run_id for k in kids}
         if population == 3:
             assert (out.stdout + out.stderr).count("trained as one population of 3") == 2, out.stdout
+            assert "Warning" not in out.stderr, out.stderr
             # a population's members share its training clock
             assert len({round(t.user_attrs["train_seconds"], 9) for t in trials[:3]}) == 1
     for one, batched in zip(results[1], results[3]):
