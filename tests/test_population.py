@@ -173,3 +173,42 @@ def test_a_bad_job_in_a_population_sweep_is_one_line_and_the_rest_run(tmp_path):
     assert out.returncode == 0 and "Traceback" not in out.stderr + out.stdout
     assert "eta must be a positive number, got -1.0" in out.stdout
     assert "2 runs (2 completed)" in out.stdout
+
+
+def test_seeds_n_expands_to_a_population_multirun():
+    from nnexp.run import expand_seeds
+
+    assert expand_seeds(["+experiment=overfitting", "seeds=5"]) == [
+        "-m", "+experiment=overfitting", "seed=range(0,5)", "hydra/launcher=population"]
+    assert expand_seeds(["seed=3", "seeds=2", "hydra/launcher=joblib", "-m"]) == [
+        "hydra/launcher=joblib", "-m", "seed=range(3,5)"]
+    assert expand_seeds(["seeds=1", "seed=7"]) == ["seed=7"]
+    assert expand_seeds(["eta=0.1"]) == ["eta=0.1"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["seeds=0"], "seeds must be a whole number >= 1"),
+    (["seeds=x"], "seeds must be a whole number >= 1"),
+    (["seeds=3", "seed=1,2"], "give seed= a single whole number"),
+])
+def test_bad_seeds_is_one_line(args, message, capsys):
+    from nnexp.run import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_seeds_trains_the_replicates_as_one_population(tmp_path):
+    import subprocess
+    import sys
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    out = subprocess.run([sys.executable, "-m", "nnexp.run", "dataset=digits", "epochs=2", "seeds=3", "seed=4",
+                          "hydra.launcher.workers=1", f"tracking.uri={uri}"],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "3 jobs in 1 group(s) (3)" in out.stdout + out.stderr
+    assert "3 runs (3 completed)" in out.stdout
+    assert sorted(key[1] for key in _records(uri)) == ["4", "5", "6"]

@@ -418,13 +418,45 @@ def hydra_cli(prog: str, args: list[str], hydra_main: Callable[[], None], own_gr
     hydra_main()
 
 
+def expand_seeds(args: Sequence[str]) -> list[str]:
+    """``seeds=N``: N replicates (seed, seed+1, ...) as one multirun, trained as a batched
+    population unless another launcher is chosen."""
+    found = [a for a in args if a.startswith("seeds=")]
+    if not found:
+        return list(args)
+    if len(found) > 1:
+        raise ConfigError("give seeds= once")
+    value = found[0].split("=", 1)[1]
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError(f"seeds must be a whole number >= 1 (replicates to train), got '{value}'")
+    n = int(value)
+    seed_args = [a for a in args if a.startswith("seed=")]
+    first = seed_args[-1].split("=", 1)[1] if seed_args else "0"
+    if not first.lstrip("-").isdigit():
+        raise ConfigError(f"seeds={n} replicates one seed: give seed= a single whole number, not '{first}'")
+    out = [a for a in args if a not in found and a not in seed_args]
+    if n == 1:
+        return out + [f"seed={first}"]
+    out.append(f"seed=range({int(first)},{int(first) + n})")
+    if "-m" not in out and "--multirun" not in out:
+        out.insert(0, "-m")
+    if not any(a.startswith("hydra/launcher=") for a in out):
+        out.append("hydra/launcher=population")
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     # registers hydra/launcher=population even where Hydra's plugin scan misses it (editable installs)
     from hydra_plugins.nnexp_population.population_launcher import register
 
     register()
-
-    hydra_cli("nnexp.run", list(sys.argv[1:] if argv is None else argv), _hydra_main)
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = expand_seeds(args)
+    except ConfigError as exc:
+        print(f"nnexp.run: error: {exc}", file=sys.stderr)
+        raise SystemExit(2)
+    hydra_cli("nnexp.run", args, _hydra_main)
 
 
 if __name__ == "__main__":
