@@ -64,15 +64,23 @@ def test_sub_epoch_monitoring_and_schedules_per_member():
         assert_same_history(h, single(seed, init, s)[1])
 
 
-def test_a_diverging_and_an_early_stopping_member_leave_the_others_unchanged():
+@pytest.mark.parametrize("every, dropout, momentum", [(None, 0.0, 0.0), (40, 0.2, 0.5)])
+def test_a_diverging_and_an_early_stopping_member_leave_the_others_unchanged(monkeypatch, every, dropout,
+                                                                              momentum):
+    from nnexp.engine.population import PopulationStepper
+
+    sizes = []  # K of every step: frozen members are dropped from the stack
+    step = PopulationStepper.step
+    monkeypatch.setattr(PopulationStepper, "step", lambda self, xb, *a: (sizes.append(len(xb)), step(self, xb, *a)))
     es = EarlyStopping(patience=2)
-    specs = [TrainSpec(epochs=12, mini_batch_size=10, eta=eta, lmbda=lmbda, early_stopping=es,
-                       monitor=Monitor(metrics=ALL))
+    specs = [TrainSpec(epochs=12, mini_batch_size=10, eta=eta, lmbda=lmbda, early_stopping=es, dropout=dropout,
+                       momentum=momentum, monitor=Monitor(metrics=ALL, every_images=every))
              for eta, lmbda in ((0.5, 0.1), (100.0, 200.0), (3.0, 0.0), (0.3, 1.0))]
     members = [(1, 0.5, 0.1, "scaled"), (2, 100.0, 200.0, "large"), (3, 3.0, 0.0, "large"), (4, 0.3, 1.0, "scaled")]
     nets, histories = population(members, specs)
     outcomes = [h.outcome for h in histories]
     assert outcomes[1] == DIVERGED and EARLY_STOPPED in outcomes
+    assert sizes[0] == 4 and sizes == sorted(sizes, reverse=True) and sizes[-1] < 4
     for (seed, _, _, init), s, h, net in zip(members, specs, histories, nets):
         ref_net, ref = single(seed, init, s)
         assert_same_history(h, ref)

@@ -330,18 +330,26 @@ def fit(net: Network, train: DataSplit, spec: TrainSpec, *, validation: DataSpli
 
 # -- populations -------------------------------------------------------------------------------
 class _MemberRate:
-    """A population member's learning rate, as the schedule of a single run sees it."""
+    """A population member's learning rate, as the schedule of a single run sees it.
+    ``rows`` maps members to their current row of the stack (absent once dropped)."""
 
-    def __init__(self, stepper, k: int):
-        self._stepper, self._k = stepper, k
+    def __init__(self, stepper, k: int, rows: dict[int, int]):
+        self._stepper, self._k, self._rows = stepper, k, rows
+        self._last = float(stepper.eta[k])
 
     @property
     def eta(self) -> float:
-        return float(self._stepper.eta[self._k])
+        row = self._rows.get(self._k)
+        if row is not None:
+            self._last = float(self._stepper.eta[row])
+        return self._last
 
     @eta.setter
     def eta(self, value: float) -> None:
-        self._stepper.eta[self._k] = value
+        self._last = value
+        row = self._rows.get(self._k)
+        if row is not None:
+            self._stepper.eta[row] = value
 
 
 SHARED = ("mini_batch_size", "penalty", "monitor", "divergence_cost")
@@ -389,18 +397,25 @@ def fit_population(nets: Sequence[Network], train: DataSplit, specs: Sequence[Tr
     stepper = PopulationStepper(weights, biases, hidden=nets[0].hidden, cost=nets[0].cost,
                                 eta=[s.eta for s in specs], lmbda=[s.lmbda for s in specs],
                                 momentum=[s.momentum for s in specs], n_train=len(x), penalty=specs[0].penalty)
+    row_of = {i: i for i in range(k)}  # member -> its row of the stack
     members = [_Trainer(nets[i], train, validation, test, specs[i], streams[i], observers[i],
-                        stepper=_MemberRate(stepper, i), prepared=prepared) for i in range(k)]
-    return _PopulationLoop(members, stepper, prepared).run()
+                        stepper=_MemberRate(stepper, i, row_of), prepared=prepared) for i in range(k)]
+    return _PopulationLoop(members, stepper, prepared, row_of).run()
 
 
 class _PopulationLoop:
-    def __init__(self, members: list[_Trainer], stepper, prepared):
+    """The epochs of a population. Members are indexed 0..K-1; the stack holds the rows
+    ``self.rows`` (member of each row), shrinking as members freeze (``compact``)."""
+
+    def __init__(self, members: list[_Trainer], stepper, prepared, row_of: dict[int, int]):
         self.members, self.stepper = members, stepper
         self.x, _, self.y = prepared
         self.n = len(self.x)
         self.spec = members[0].spec  # the shared settings
         self.images_seen = 0
+        self.active = np.ones(len(members), dtype=bool)  # per member
+        self.rows = np.arange(len(members))  # per row of the stack: its member
+        self.row_of = row_of
 
     def freeze(self, i: int, stop: tuple[str, str] | None) -> None:
         m = self.members[i]
@@ -408,7 +423,24 @@ class _PopulationLoop:
             m.history.outcome, m.history.reason = stop
         if m.best_params is not None and m.history.outcome != DIVERGED:
             m.net.set_params(*m.best_params)
-        self.stepper.active[i] = False
+        self.active[i] = False
+        self.stepper.active[self.row_of[i]] = False  # masked until the next compact()
+
+    def compact(self) -> np.ndarray | None:
+        """Drop frozen members from the stack (their networks keep their final weights);
+        returns the rows kept, or None if nothing changed."""
+        keep = np.flatnonzero(self.stepper.active)
+        if len(keep) == len(self.rows) or len(keep) == 0:
+            return None
+        self.stepper.keep(keep)
+        self.rows = self.rows[keep]
+        self.row_of.clear()
+        for r, i in enumerate(self.rows):
+            self.row_of[int(i)] = r
+            net = self.members[i].net
+            net.weights = [w[r] for w in self.stepper.weights]
+            net.biases = [b[r] for b in self.stepper.biases]
+        return keep
 
     def shared_results(self, chosen: list[int]) -> dict[int, dict[str, tuple[float, float]]]:
         """Cost and accuracy of the chosen members on every split they all monitor on the same
@@ -421,14 +453,15 @@ class _PopulationLoop:
             wanted = any(f"{split}_{k}" in first.spec.monitor.metrics for k in ("cost", "accuracy"))
             if not wanted or any(self.members[i].sets.get(split, (None,))[0] is not x for i in chosen):
                 continue  # e.g. per-member validation samples: evaluated member by member
-            costs, accs = evaluate_population(self.stepper.weights, self.stepper.biases, np.array(chosen),
+            rows = np.array([self.row_of[i] for i in chosen])
+            costs, accs = evaluate_population(self.stepper.weights, self.stepper.biases, rows,
                                               hidden=first.net.hidden, cost=first.net.cost, x=x, labels=labels)
             for j, i in enumerate(chosen):
                 out[i][split] = (float(costs[j]), float(accs[j]))
         return out
 
     def evaluate_all(self, elapsed: float, final_for: set[int] | None = None) -> None:
-        chosen = [int(i) for i in np.flatnonzero(self.stepper.active) if final_for is None or i in final_for]
+        chosen = [int(i) for i in np.flatnonzero(self.active) if final_for is None or i in final_for]
         if not chosen:
             return
         results = self.shared_results(chosen)
@@ -446,9 +479,10 @@ class _PopulationLoop:
         out = []
         for h in self.members[0].net.sizes[1:-1]:
             layer = []
-            for i, m in enumerate(self.members):
+            for r, i in enumerate(self.rows):
+                m = self.members[i]
                 keep = 1.0 - m.spec.dropout
-                if self.stepper.active[i]:
+                if self.stepper.active[r]:
                     layer.append(((m.streams.dropout.random((mb, h)) < keep) / keep).astype(self.x.dtype))
                 else:
                     layer.append(np.ones((mb, h), dtype=self.x.dtype))
@@ -463,13 +497,14 @@ class _PopulationLoop:
         mb = spec.mini_batch_size
         with np.errstate(all="ignore"):
             for epoch in range(epochs):
-                for i in np.flatnonzero(self.stepper.active):
+                for i in np.flatnonzero(self.active):
                     if epoch >= self.members[i].spec.epochs:
                         self.freeze(i, None)
-                if not self.stepper.active.any():
+                if not self.active.any():
                     break
-                perms = np.stack([m.streams.shuffle.permutation(self.n) if self.stepper.active[i]
-                                  else np.arange(self.n) for i, m in enumerate(self.members)])  # (K, n)
+                self.compact()
+                perms = np.stack([self.members[i].streams.shuffle.permutation(self.n)
+                                  for i in self.rows])  # (K, n): all rows active after compact()
                 t0 = time.perf_counter()
                 for s in range(0, self.n, mb):
                     idx = perms[:, s:s + mb]  # (K, batch)
@@ -479,8 +514,11 @@ class _PopulationLoop:
                         next_eval += every
                         self.evaluate_all(time.perf_counter() - t0)
                         t0 = time.perf_counter()
-                        if not self.stepper.active.any():
+                        if not self.active.any():
                             break
+                        kept = self.compact()
+                        if kept is not None:
+                            perms = perms[kept]
                 elapsed = time.perf_counter() - t0
                 last = {i for i, m in enumerate(self.members) if epoch == m.spec.epochs - 1}
                 if every is None:
@@ -488,10 +526,10 @@ class _PopulationLoop:
                 else:
                     pending = {i for i in last if not self.members[i].history.records
                                or self.members[i].history.records[-1].images_seen != self.images_seen}
-                    for i in np.flatnonzero(self.stepper.active):
+                    for i in np.flatnonzero(self.active):
                         self.members[i].clock += elapsed
                     self.evaluate_all(0.0, final_for=pending)
-            for i in np.flatnonzero(self.stepper.active):
+            for i in np.flatnonzero(self.active):
                 self.freeze(i, None)
         total = time.perf_counter() - start
         for m in self.members:

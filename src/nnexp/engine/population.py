@@ -37,6 +37,18 @@ class PopulationStepper:
         self.vel_w = [np.zeros_like(w) for w in weights] if self.momentum.any() else None
         self.vel_b = [np.zeros_like(b) for b in biases] if self.momentum.any() else None
 
+    def keep(self, rows: np.ndarray) -> None:
+        """Keep only these rows (members) of every stacked array: frozen members are dropped so
+        they stop costing compute. Each kept member's matrices stay in Fortran order."""
+        self.weights = [_take_rows(w, rows) for w in self.weights]
+        self.biases = [b[rows] for b in self.biases]
+        self.bias_views = [b[:, None, :] for b in self.biases]
+        self.eta, self.lmbda = self.eta[rows], self.lmbda[rows]
+        self.momentum, self.active = self.momentum[rows], self.active[rows]
+        if self.vel_w is not None:
+            self.vel_w = [_take_rows(v, rows) for v in self.vel_w]
+            self.vel_b = [v[rows] for v in self.vel_b]
+
     def _scalars(self, m: int):
         eta = np.where(self.active, self.eta, 0.0)
         alpha = (-eta / m).astype(self.dtype)[:, None, None]  # (K, 1, 1)
@@ -77,6 +89,11 @@ class PopulationStepper:
         for k in range(len(w)):
             gemm_into(self.gemm, w[k], 1.0, a_in[k], scaled[k], float(decay[k]))
         b += gb
+
+
+def _take_rows(w: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """w[rows] for a (K, n_in, n_out) stack, each member's matrix in Fortran order."""
+    return np.ascontiguousarray(w.transpose(0, 2, 1)[rows]).transpose(0, 2, 1)
 
 
 def evaluate_population(weights: list[np.ndarray], biases: list[np.ndarray], members: np.ndarray, *,
