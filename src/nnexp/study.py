@@ -253,23 +253,18 @@ def _population_outcomes(plan: Plan, members: list) -> list:
 
     from nnexp.run import JobSpec, execute, execute_population
 
-    if len(members) == 1:
-        trial, c, kw = members[0]
-        try:
-            results = [execute(c, **kw)]
-        except NnexpError:
-            raise
-        except Exception as exc:
-            return [_trial_failed(trial, exc)]
-    else:
+    if len(members) > 1:
         log.info("%s/%s: trials %s trained as one population of %d", plan.study, plan.stage,
                  ", ".join(str(t.number) for t, _, _ in members), len(members))
-        try:
+    try:
+        if len(members) == 1:
+            results = [execute(members[0][1], **members[0][2])]
+        else:
             results = execute_population([JobSpec(config=c, **kw) for _, c, kw in members])
-        except NnexpError:
-            raise
-        except Exception as exc:
-            return [_trial_failed(trial, exc) for trial, _, _ in members]
+    except NnexpError:
+        raise
+    except Exception as exc:  # failed trials are data for the study, not the end of it
+        return [_trial_failed(trial, exc) for trial, _, _ in members]
     out = []
     for (trial, c, _), result in zip(members, results):
         try:

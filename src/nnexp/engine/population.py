@@ -84,7 +84,7 @@ class PopulationStepper:
         if self.penalty == "l1":
             w -= reg * np.sign(w)
         decay = 1.0 - reg[:, 0, 0] if self.penalty == "l2" else np.ones(len(w))
-        # per member, one in-place gemm: W^T <- decay W^T + scaled^T a_in (weight decay and
+        # per member, one in-place gemm: W <- decay W + a_in^T scaled (weight decay and
         # gradient together, as Stepper does; faster than a batched matmul plus two passes)
         for k in range(len(w)):
             gemm_into(self.gemm, w[k], 1.0, a_in[k], scaled[k], float(decay[k]))
