@@ -1,6 +1,8 @@
 """``python -m nnexp.run`` end to end: real subprocesses, a real MLflow SQLite store."""
 
+import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -125,6 +127,43 @@ def test_sigterm_leaves_the_run_killed_with_its_metrics(store):
     assert run.info.status == "KILLED" and run.data.tags["nnexp.status"] == "killed"
     assert len(client.get_metric_history(run.info.run_id, "validation_accuracy")) >= 3
     assert "Traceback" not in err
+
+
+def test_sigterm_while_the_record_is_being_created_still_ends_it_killed(store):
+    """The signal lands while the run's params and dataset are being written (no sleep)."""
+    proc = subprocess.Popen([sys.executable, "-m", "nnexp.run", "dataset=digits", "epochs=100000"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    db = Path(store[len("sqlite:///"):])
+    deadline = time.time() + 60
+    while time.time() < deadline and not db.exists():
+        time.sleep(0.01)
+    while time.time() < deadline:  # the first row of the runs table: the record is being created
+        try:
+            if sqlite3.connect(db).execute("select count(*) from runs").fetchone()[0]:
+                break
+        except sqlite3.Error:
+            pass
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    _, (run,) = all_runs(store)
+    assert run.info.status == "KILLED" and run.data.tags["nnexp.status"] == "killed"
+    assert "Traceback" not in err
+
+
+def test_interrupts_wait_for_a_store_write_to_finish():
+    from nnexp.run import Interrupts, Terminated
+
+    done, before = [], signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Terminated), Interrupts() as interrupts:
+        with interrupts.deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+            done.append("write finished")  # not cut short by the signal
+        done.append("after the write")
+    assert done == ["write finished"]
+    assert signal.getsignal(signal.SIGTERM) is before  # the previous handler is back
 
 
 def test_tracking_off_creates_no_store(tmp_path, monkeypatch):

@@ -107,21 +107,60 @@ def test_accuracy_of(history: History, net, test, monitored: bool) -> float | No
     return evaluate(net, test.x, test.y)[1]
 
 
-@contextmanager
-def sigterm_as_exception():
-    """Turn SIGTERM into ``Terminated`` in the main thread, so the run ends recorded."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+class Interrupts:
+    """SIGTERM -> ``Terminated`` and Ctrl-C -> ``KeyboardInterrupt`` in the main thread, so an
+    interrupted run ends recorded as KILLED.
 
-    def handler(signum, frame):
-        raise Terminated()
+    Inside ``deferred()`` (the store writes) an interruption waits until the write is done,
+    so it never cuts a database transaction in half. Only the first interruption raises: a
+    second one while the run is being recorded is ignored."""
 
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.depth = 0
+        self.pending: int | None = None
+        self.raised = False
+        self.previous: dict = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {s: signal.signal(s, self._handler) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+        return False
+
+    def _raise(self, signum: int):
+        self.raised = True
+        raise KeyboardInterrupt() if signum == signal.SIGINT else Terminated()
+
+    def _handler(self, signum, frame):
+        if self.raised:
+            log.warning("interrupted again: still recording the interrupted run")
+        elif self.depth:
+            self.pending = signum
+        else:
+            self._raise(signum)
+
+    @contextmanager
+    def deferred(self):
+        self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1
+            if not self.depth and self.pending is not None and not self.raised:
+                self._raise(self.pending)
+
+    def guard(self, observer: Observer) -> Observer:
+        """The observer with its store writes deferred-interruptible."""
+        def guarded(record, net=None):
+            with self.deferred():
+                return observer(record, net)
+        return guarded
 
 
 class ProgressBar:
@@ -167,10 +206,10 @@ def _summary_line(c: RunConfig, result: RunResult, where: str) -> str:
 
 
 # -- one run ----------------------------------------------------------------------------------
-def start_tracking(c: RunConfig, splits, *, experiment: str | None = None, sweep_id: str | None = None,
-                   parent_run_id: str | None = None, tags: dict[str, str] | None = None,
-                   run_name: str | None = None):
-    """The run's MLflow record, before training: params, tags, dataset input (None if off)."""
+def new_tracker(c: RunConfig, *, experiment: str | None = None, sweep_id: str | None = None,
+                parent_run_id: str | None = None, tags: dict[str, str] | None = None,
+                run_name: str | None = None):
+    """The run's MLflow tracker, not yet started (None if tracking is off)."""
     if not c.tracking.enabled:
         return None
     from nnexp.config import config_hash, flat_params
@@ -179,18 +218,25 @@ def start_tracking(c: RunConfig, splits, *, experiment: str | None = None, sweep
                 "nnexp.config_hash": config_hash(c), **(tags or {})}
     if sweep_id:
         all_tags["nnexp.sweep"] = sweep_id
-    tracker = tracking.RunTracker(
+    return tracking.RunTracker(
         uri=tracking.resolve_uri(c.tracking.uri), experiment=c.tracking.experiment,
         run_name=run_name or _run_name(c, experiment), params=flat_params(c), tags=all_tags,
         parent_run_id=parent_run_id, step_by_images=c.monitor.every_images is not None)
+
+
+def open_tracking(tracker, splits, on_start: Callable[[str], None] | None = None) -> None:
+    """Create the run's record before training: params, tags, dataset input."""
+    if tracker is None:
+        return
     tracker.start()
     tracker.log_dataset(splits)
-    return tracker
+    if on_start:
+        on_start(tracker.run_id)
 
 
 def record_interruption(tracker, exc: BaseException, artifacts: dict) -> None:
     """Ctrl-C / SIGTERM -> KILLED, anything else -> FAILED; the metrics so far are kept."""
-    if tracker is None:
+    if tracker is None or tracker.run_id is None:  # interrupted before its record existed
         return
     if isinstance(exc, (KeyboardInterrupt, Terminated)):
         tracker.fail("killed", "KILLED", error="interrupted (Ctrl-C or SIGTERM)", artifacts=dict(artifacts))
@@ -238,22 +284,27 @@ def execute(c: RunConfig, *, resolved_yaml: str = "", experiment: str | None = N
     streams = Streams.from_seed(c.seed)
     net = build_network(c, streams)
     spec = train_spec(c)
-    tracker = start_tracking(c, splits, experiment=experiment, sweep_id=sweep_id,
-                             parent_run_id=parent_run_id, tags=tags, run_name=run_name)
-    if tracker and on_start:
-        on_start(tracker.run_id)
+    tracker = new_tracker(c, experiment=experiment, sweep_id=sweep_id, parent_run_id=parent_run_id,
+                          tags=tags, run_name=run_name)
     bar = ProgressBar(spec.epochs, progress)
-    obs: list[Observer] = ([tracker.observe] if tracker else []) + [bar, *observers]
     artifacts = {"config.yaml": resolved_yaml} if resolved_yaml else {}
-    try:
-        with sigterm_as_exception(), bar.logging():
-            history = fit(net, train, spec, validation=val, test=test, streams=streams, observers=obs)
-    except BaseException as exc:
-        bar.close()
-        record_interruption(tracker, exc, artifacts)
-        raise
-    bar.close()
-    return finish_run(c, tracker, history, net, test, artifacts)
+    # interruptions are caught from before the record exists, so they never leave it RUNNING
+    with Interrupts() as interrupts:
+        obs: list[Observer] = ([interrupts.guard(tracker.observe)] if tracker else []) + [bar, *observers]
+        try:
+            with interrupts.deferred():
+                open_tracking(tracker, splits, on_start)
+            with bar.logging():
+                history = fit(net, train, spec, validation=val, test=test, streams=streams, observers=obs)
+            bar.close()
+            with interrupts.deferred():
+                result = finish_run(c, tracker, history, net, test, artifacts)
+                tracker = None  # recorded: an interruption from here on only stops the process
+            return result
+        except BaseException as exc:
+            bar.close()
+            record_interruption(tracker, exc, artifacts)
+            raise
 
 
 @dataclass
@@ -281,24 +332,28 @@ def execute_population(jobs: Sequence[JobSpec]) -> list[RunResult]:
     streams = [Streams.from_seed(j.config.seed) for j in jobs]
     nets = [build_network(j.config, s) for j, s in zip(jobs, streams)]
     specs = [train_spec(j.config) for j in jobs]
-    trackers = []
+    trackers = [new_tracker(j.config, experiment=j.experiment, sweep_id=j.sweep_id,
+                            parent_run_id=j.parent_run_id, tags=j.tags, run_name=j.run_name) for j in jobs]
     artifacts = [{"config.yaml": j.resolved_yaml} if j.resolved_yaml else {} for j in jobs]
-    try:
-        for j in jobs:
-            trackers.append(start_tracking(j.config, splits, experiment=j.experiment, sweep_id=j.sweep_id,
-                                           parent_run_id=j.parent_run_id, tags=j.tags, run_name=j.run_name))
-            if trackers[-1] and j.on_start:
-                j.on_start(trackers[-1].run_id)
-        observers = [([t.observe] if t else []) + list(j.observers) for t, j in zip(trackers, jobs)]
-        with sigterm_as_exception():
+    with Interrupts() as interrupts:
+        observers = [([interrupts.guard(t.observe)] if t else []) + list(j.observers)
+                     for t, j in zip(trackers, jobs)]
+        try:
+            with interrupts.deferred():
+                for t, j in zip(trackers, jobs):
+                    open_tracking(t, splits, j.on_start)
             histories = fit_population(nets, train, specs, validation=val, test=test, streams=streams,
                                        observers=observers)
-    except BaseException as exc:
-        for t, a in zip(trackers, artifacts):
-            record_interruption(t, exc, a)
-        raise
-    return [finish_run(j.config, t, h, net, test, a)
-            for j, t, h, net, a in zip(jobs, trackers, histories, nets, artifacts)]
+            results = []
+            with interrupts.deferred():
+                for i, (j, h, net) in enumerate(zip(jobs, histories, nets)):
+                    results.append(finish_run(j.config, trackers[i], h, net, test, artifacts[i]))
+                    trackers[i] = None  # recorded: an interruption from here on leaves it alone
+            return results
+        except BaseException as exc:
+            for t, a in zip(trackers, artifacts):
+                record_interruption(t, exc, a)
+            raise
 
 
 def _run_name(c: RunConfig, experiment: str | None) -> str:
@@ -391,7 +446,7 @@ def run_job(cfg: DictConfig) -> float | None:
     except NnexpError as exc:
         return _fail(str(exc), multirun)
     except (KeyboardInterrupt, Terminated):
-        log.error("interrupted: run recorded as KILLED with the metrics logged so far")
+        log.error("interrupted: the run is recorded (KILLED, with the metrics logged so far)")
         raise SystemExit(130)
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [""])[0]
