@@ -220,3 +220,18 @@ def test_seeds_trains_the_replicates_as_one_population(tmp_path):
     assert "3 jobs in 1 group(s) (3)" in out.stdout + out.stderr
     assert "3 runs (3 completed)" in out.stdout
     assert sorted(key[1] for key in _records(uri)) == ["4", "5", "6"]
+
+
+def test_more_groups_than_workers_each_run_once(tmp_path):
+    """Singleton groups on 2 workers: this process and one spawned worker share them out."""
+    import subprocess
+    import sys
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    out = subprocess.run([sys.executable, "-m", "nnexp.run", "-m", "dataset=digits", "epochs=1",
+                          "eta=0.1,0.2,0.3,0.4,0.5", "hydra/launcher=population", "hydra.launcher.max_members=1",
+                          f"tracking.uri={uri}"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "5 jobs in 5 group(s)" in out.stdout + out.stderr
+    assert "5 runs (5 completed)" in out.stdout
+    assert sorted(eta for eta, _ in _records(uri)) == ["0.1", "0.2", "0.3", "0.4", "0.5"]

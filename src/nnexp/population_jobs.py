@@ -99,13 +99,24 @@ def run_jobs(cfgs: Sequence[DictConfig], *, workers: int, max_members: int, max_
               for g in plan_groups([specs[i].config for i in order], max_members, max_memory_mb, workers)]
     log.info("population launcher: %d jobs in %d group(s) (%s) on %d worker(s)", len(specs), len(groups),
              ", ".join(str(len(g)) for g in groups), min(workers, len(groups)) if groups else 0)
+    groups.sort(key=len, reverse=True)
     if workers <= 1 or len(groups) <= 1:
         for g in groups:
             _collect(values, g, lambda g=g: _train_group([specs[i] for i in g]))
         return values
+    # This process is a worker too: it has imported MLflow and opened the store already, so it
+    # starts training the largest group at once while the others start up and take the rest.
     ctx = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        futures = {pool.submit(_train_group, [specs[i] for i in g]): g for g in groups}
+    with concurrent.futures.ProcessPoolExecutor(max_workers=workers - 1, mp_context=ctx) as pool:
+        futures = {pool.submit(_train_group, [specs[i] for i in g]): g for g in groups[1:]}
+        mine = [groups[0]]
+        while mine:
+            g = mine.pop()
+            _collect(values, g, lambda g=g: _train_group([specs[i] for i in g]))
+            # the last group no worker has started yet is this process's next one
+            taken = next((f for f in reversed(list(futures)) if f.cancel()), None)
+            if taken is not None:
+                mine.append(futures.pop(taken))
         for fut in concurrent.futures.as_completed(futures):
             _collect(values, futures[fut], fut.result)
     return values

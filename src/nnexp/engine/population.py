@@ -36,6 +36,7 @@ class PopulationStepper:
         self.bias_views = [b[:, None, :] for b in biases]  # (K, 1, n_out): broadcast over the batch
         self.vel_w = [np.zeros_like(w) for w in weights] if self.momentum.any() else None
         self.vel_b = [np.zeros_like(b) for b in biases] if self.momentum.any() else None
+        self._key: tuple | None = None
 
     def keep(self, rows: np.ndarray) -> None:
         """Keep only these rows (members) of every stacked array: frozen members are dropped so
@@ -44,25 +45,33 @@ class PopulationStepper:
         self.biases = [b[rows] for b in self.biases]
         self.bias_views = [b[:, None, :] for b in self.biases]
         self.eta, self.lmbda = self.eta[rows], self.lmbda[rows]
+        self._key = None
         self.momentum, self.active = self.momentum[rows], self.active[rows]
         if self.vel_w is not None:
             self.vel_w = [_take_rows(v, rows) for v in self.vel_w]
             self.vel_b = [v[rows] for v in self.vel_b]
 
     def _scalars(self, m: int):
-        eta = np.where(self.active, self.eta, 0.0)
-        alpha = (-eta / m).astype(self.dtype)[:, None, None]  # (K, 1, 1)
-        reg = (eta * self.lmbda / self.n_train if self.penalty != "none" else np.zeros_like(eta))
-        return alpha, reg.astype(self.dtype)[:, None, None]
+        """Per-member step scalars, recomputed only when eta, lambda, the active set or the
+        batch size changed (schedules and freezing write into those arrays)."""
+        key = (m, self.eta.tobytes(), self.lmbda.tobytes(), self.active.tobytes())
+        if key != self._key:
+            eta = np.where(self.active, self.eta, 0.0)
+            alpha = (-eta / m).astype(self.dtype)[:, None, None]  # (K, 1, 1)
+            reg = (eta * self.lmbda / self.n_train if self.penalty != "none" else np.zeros_like(eta))
+            reg = reg.astype(self.dtype)[:, None, None]
+            decay = [float(d) for d in 1.0 - reg[:, 0, 0]] if self.penalty == "l2" else [1.0] * len(eta)
+            self._key, self._cached = key, (alpha, reg, decay)
+        return self._cached
 
     def step(self, xb: np.ndarray, yb: np.ndarray, masks: list[np.ndarray] | None = None) -> None:
         """xb (K, m, n_in), one-hot yb (K, m, n_out); masks[l] (K, m, n_hidden_l) or None."""
         a, inputs, hiddens = forward_keeping(self.weights, self.bias_views, self.act, self.cost, xb, masks)
         delta = self.cost.delta(None, a, yb)  # (K, m, n_L)  BP1
-        alpha, reg = self._scalars(xb.shape[1])
-        backward_sweep(self.weights, delta, inputs, hiddens, self.act, masks, self._update, alpha, reg)
+        alpha, reg, decay = self._scalars(xb.shape[1])
+        backward_sweep(self.weights, delta, inputs, hiddens, self.act, masks, self._update, alpha, reg, decay)
 
-    def _update(self, l, a_in, delta, alpha, reg) -> None:
+    def _update(self, l, a_in, delta, alpha, reg, decay) -> None:
         w, b = self.weights[l], self.biases[l]
         scaled = delta * alpha  # (K, m, n_out): -eta/m delta, per member
         gb = scaled.sum(axis=1)  # (K, n_out)
@@ -83,11 +92,11 @@ class PopulationStepper:
             return
         if self.penalty == "l1":
             w -= reg * np.sign(w)
-        decay = 1.0 - reg[:, 0, 0] if self.penalty == "l2" else np.ones(len(w))
         # per member, one in-place gemm: W <- decay W + a_in^T scaled (weight decay and
         # gradient together, as Stepper does; faster than a batched matmul plus two passes)
+        gemm = self.gemm
         for k in range(len(w)):
-            gemm_into(self.gemm, w[k], 1.0, a_in[k], scaled[k], float(decay[k]))
+            gemm_into(gemm, w[k], 1.0, a_in[k], scaled[k], decay[k])
         b += gb
 
 
@@ -116,22 +125,23 @@ def evaluate_population(weights: list[np.ndarray], biases: list[np.ndarray], mem
     with np.errstate(all="ignore"):
         for i in range(0, len(x), chunk):
             xs, lab = x[i:i + chunk], labels[i:i + chunk]
+            rows = len(xs)
             z = xs @ wide  # (rows, k*h)
             z += b0
-            z = z.reshape(len(xs), k, h).transpose(1, 0, 2)  # (k, rows, h)
             if rest:
-                a = act.fn(np.ascontiguousarray(z))
+                a = act.fn(z).reshape(rows, k, h).transpose(1, 0, 2)  # (k, rows, h) views, no copy
                 for j, (w, b) in enumerate(rest):
-                    z = np.matmul(a, w)  # (k, rows, n_next)
+                    z = np.matmul(a, w)  # (k, rows, n_next); BLAS reads the strided views directly
                     z += b[:, None, :]
                     if j < len(rest) - 1:
                         a = act.fn(z)
-            zl = np.ascontiguousarray(z)
-            out = c.output(zl.copy())  # (k, rows, n_out)
-            y = np.zeros((len(lab), n_out), dtype=zl.dtype)
-            y[np.arange(len(lab)), lab] = 1.0
+            else:
+                z = np.ascontiguousarray(z.reshape(rows, k, h).transpose(1, 0, 2))
+            out = c.output(z.copy())  # (k, rows, n_out)
+            y = np.zeros((rows, n_out), dtype=z.dtype)
+            y[np.arange(rows), lab] = 1.0
             for m in range(k):
-                totals[m] += c.fn(zl[m], out[m], y)
-                correct[m] += int(np.count_nonzero(out[m].argmax(axis=1) == lab))
+                totals[m] += c.fn(z[m], out[m], y)
+            correct += np.count_nonzero(out.argmax(axis=2) == lab, axis=1)
     n = max(len(x), 1)
     return totals / n, correct / n
