@@ -166,6 +166,8 @@ def test_jobs_are_grouped_by_compatibility_and_spread_over_workers():
     assert sorted(len(g) for g in groups) == [1, 15]  # two groups already keep two workers busy
     groups = plan_groups(configs[:15], max_members=16, max_memory_mb=4096, workers=2)
     assert sorted(len(g) for g in groups) == [7, 8]
+    seeds = [{configs[i].seed for i in g} for g in groups]  # same seed, same data order: kept together
+    assert sorted(len(s) for s in seeds) == [3, 3] and len(seeds[0] & seeds[1]) == 1
     groups = plan_groups(configs[:15], max_members=4, max_memory_mb=4096, workers=2)
     assert sorted(len(g) for g in groups) == [3, 4, 4, 4] and sorted(sum(groups, [])) == list(range(15))
 

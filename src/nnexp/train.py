@@ -416,6 +416,7 @@ class _PopulationLoop:
         self.active = np.ones(len(members), dtype=bool)  # per member
         self.rows = np.arange(len(members))  # per row of the stack: its member
         self.row_of = row_of
+        self.dropout = any(m.spec.dropout for m in members)
 
     def freeze(self, i: int, stop: tuple[str, str] | None) -> None:
         m = self.members[i]
@@ -474,7 +475,7 @@ class _PopulationLoop:
                 self.freeze(i, stop)
 
     def masks(self, mb: int) -> list[np.ndarray] | None:
-        if not self.spec.dropout and not any(m.spec.dropout for m in self.members):
+        if not self.dropout:
             return None
         out = []
         for h in self.members[0].net.sizes[1:-1]:

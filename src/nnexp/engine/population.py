@@ -74,7 +74,7 @@ class PopulationStepper:
     def _update(self, l, a_in, delta, alpha, reg, decay) -> None:
         w, b = self.weights[l], self.biases[l]
         scaled = delta * alpha  # (K, m, n_out): -eta/m delta, per member
-        gb = scaled.sum(axis=1)  # (K, n_out)
+        gb = np.add.reduce(scaled, axis=1)  # (K, n_out)
         if self.vel_w is not None:
             grad = np.matmul(a_in.transpose(0, 2, 1), scaled)  # (K, n_in, n_out)
             mu = np.where(self.active, self.momentum, 0.0).astype(self.dtype)

@@ -54,7 +54,7 @@ def backward_sweep(weights, delta, inputs, hiddens, act, masks, update, *args) -
     """BP2 from the output layer down; ``update(l, a_in, delta, *args)`` changes layer l's
     parameters after its delta has been propagated with the old weights."""
     for l in range(len(weights) - 1, -1, -1):
-        back = np.matmul(delta, np.swapaxes(weights[l], -1, -2)) if l > 0 else None  # BP2, old W
+        back = np.matmul(delta, weights[l].swapaxes(-1, -2)) if l > 0 else None  # BP2, old W
         update(l, inputs[l], delta, *args)
         if l > 0:
             back *= act.prime_from_output(hiddens[l - 1])  # sigma'(z), in place
