@@ -342,6 +342,8 @@ def execute_population(jobs: Sequence[JobSpec]) -> list[RunResult]:
             with interrupts.deferred():
                 for t, j in zip(trackers, jobs):
                     open_tracking(t, splits, j.on_start)
+            log.info("training %d runs as one population (%s)", len(jobs),
+                     ", ".join(f"eta={j.config.eta:g} seed={j.config.seed}" for j in jobs))
             histories = fit_population(nets, train, specs, validation=val, test=test, streams=streams,
                                        observers=observers)
             results = []

@@ -417,6 +417,7 @@ class _PopulationLoop:
         self.rows = np.arange(len(members))  # per row of the stack: its member
         self.row_of = row_of
         self.dropout = any(m.spec.dropout for m in members)
+        self.nonzero: dict = {}  # split -> NonzeroColumns, for the evaluation gemm
 
     def freeze(self, i: int, stop: tuple[str, str] | None) -> None:
         m = self.members[i]
@@ -446,7 +447,7 @@ class _PopulationLoop:
     def shared_results(self, chosen: list[int]) -> dict[int, dict[str, tuple[float, float]]]:
         """Cost and accuracy of the chosen members on every split they all monitor on the same
         arrays, computed for the whole population at once."""
-        from nnexp.engine.population import evaluate_population
+        from nnexp.engine.population import NonzeroColumns, evaluate_population
 
         out: dict[int, dict] = {i: {} for i in chosen}
         first = self.members[chosen[0]]
@@ -455,8 +456,11 @@ class _PopulationLoop:
             if not wanted or any(self.members[i].sets.get(split, (None,))[0] is not x for i in chosen):
                 continue  # e.g. per-member validation samples: evaluated member by member
             rows = np.array([self.row_of[i] for i in chosen])
+            if split not in self.nonzero or self.nonzero[split].source is not x:
+                self.nonzero[split] = NonzeroColumns(x)  # once per set: a copy without zero columns
             costs, accs = evaluate_population(self.stepper.weights, self.stepper.biases, rows,
-                                              hidden=first.net.hidden, cost=first.net.cost, x=x, labels=labels)
+                                              hidden=first.net.hidden, cost=first.net.cost,
+                                              x=self.nonzero[split], labels=labels)
             for j, i in enumerate(chosen):
                 out[i][split] = (float(costs[j]), float(accs[j]))
         return out

@@ -105,17 +105,37 @@ def _take_rows(w: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(w.transpose(0, 2, 1)[rows]).transpose(0, 2, 1)
 
 
+class NonzeroColumns:
+    """A set without its input columns that are zero in every row (MNIST's border pixels: 67
+    of 784 in the training set, 117 in the validation set). Those columns add exact zeros to
+    the first layer, so the evaluation gemm can skip them; kept only if it saves >= 5%."""
+
+    def __init__(self, x: np.ndarray):
+        cols = np.flatnonzero(np.any(x != 0, axis=0))
+        self.source = x
+        if len(cols) <= 0.95 * x.shape[1]:
+            self.cols, self.x = cols, np.ascontiguousarray(x[:, cols])
+        else:
+            self.cols, self.x = None, x
+
+
 def evaluate_population(weights: list[np.ndarray], biases: list[np.ndarray], members: np.ndarray, *,
-                        hidden: str, cost: str, x: np.ndarray, labels: np.ndarray, chunk: int = 10_000):
+                        hidden: str, cost: str, x: np.ndarray | NonzeroColumns, labels: np.ndarray,
+                        chunk: int = 10_000):
     """Mean data cost and accuracy of the chosen members on one shared set, without dropout.
 
     The first layer of all members is one gemm, x (n, n_in) @ [W_1 ... W_K] (n_in, K*h), which
-    BLAS runs far faster than K thin products; later layers are a batched matmul.
+    BLAS runs far faster than K thin products; later layers are a batched matmul. Given a
+    ``NonzeroColumns`` set, the gemm only reads the input columns that are not all zero.
     Returns (costs (k,), accuracies (k,)) for ``members`` in order.
     """
     act, c = ACTIVATIONS[hidden], COSTS[cost]
     k = len(members)
     w0 = weights[0][members]  # (k, n_in, h)
+    if isinstance(x, NonzeroColumns):
+        if x.cols is not None:
+            w0 = w0[:, x.cols, :]
+        x = x.x
     n_in, h = w0.shape[1], w0.shape[2]
     wide = np.ascontiguousarray(w0.transpose(1, 0, 2).reshape(n_in, k * h))  # (n_in, k*h)
     b0 = biases[0][members].reshape(k * h)
