@@ -105,6 +105,27 @@ def test_float32_population():
     assert histories[2].records[-1].training_accuracy > 0.6
 
 
+def test_evaluation_skipping_all_zero_columns_equals_the_dense_one():
+    from nnexp.engine.population import NonzeroColumns, evaluate_population
+
+    rng = np.random.default_rng(3)
+    x = rng.random((500, 40)) * (rng.random((500, 40)) > 0.6)
+    x[:, [0, 1, 7, 39]] = 0.0  # a border that is blank in every image
+    labels = rng.integers(0, 4, 500)
+    nets = [init_network([40, 6, 4], Streams.from_seed(s).init) for s in range(3)]
+    weights = [np.stack([n.weights[l] for n in nets]) for l in range(2)]
+    biases = [np.stack([n.biases[l] for n in nets]) for l in range(2)]
+    nz = NonzeroColumns(x)
+    assert nz.x.shape == (500, 36) and 0 not in nz.cols and 39 not in nz.cols
+    members = np.array([2, 0])
+    kw = dict(hidden="sigmoid", cost="cross_entropy", labels=labels, chunk=128)
+    dense = evaluate_population(weights, biases, members, x=x, **kw)
+    skipped = evaluate_population(weights, biases, members, x=nz, **kw)
+    np.testing.assert_allclose(skipped[0], dense[0], rtol=1e-12)
+    np.testing.assert_array_equal(skipped[1], dense[1])
+    assert NonzeroColumns(x[:, 2:39]).cols is None  # under 5% to gain: the set is used as it is
+
+
 # -- the Hydra launcher -----------------------------------------------------------------------
 def _records(uri):
     from mlflow.tracking import MlflowClient
