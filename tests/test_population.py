@@ -258,3 +258,89 @@ def test_more_groups_than_workers_each_run_once(tmp_path):
     assert "5 jobs in 5 group(s)" in out.stdout + out.stderr
     assert "5 runs (5 completed)" in out.stdout
     assert sorted(eta for eta, _ in _records(uri)) == ["0.1", "0.2", "0.3", "0.4", "0.5"]
+
+
+def _runs_with_metrics(db) -> int:
+    """Runs that have logged a validation accuracy, read with plain sqlite (an MLflow client
+    would race the launcher on creating the store's tables)."""
+    import sqlite3
+
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+            return con.execute("select count(distinct run_uuid) from metrics "
+                               "where key = 'validation_accuracy'").fetchone()[0]
+    except sqlite3.Error:  # not created yet
+        return 0
+
+
+def test_sigterm_to_a_population_sweep_leaves_every_run_killed(tmp_path):
+    """The launching process trains a group and waits on a spawned worker: one SIGTERM to it
+    ends both groups and the parent run, each recorded KILLED with its metrics."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    proc = subprocess.Popen([sys.executable, "-m", "nnexp.run", "-m", "dataset=digits", "epochs=100000",
+                             "eta=0.1,0.2,0.3,0.4", "hydra/launcher=population", f"tracking.uri={uri}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and _runs_with_metrics(tmp_path / "m.db") < 4 and proc.poll() is None:
+            time.sleep(0.5)
+        assert _runs_with_metrics(tmp_path / "m.db") == 4, "the runs never all started"
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            print(proc.communicate())
+    assert proc.returncode == 130
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("nnexp").experiment_id])
+    assert len(runs) == 5 and {r.info.status for r in runs} == {"KILLED"}
+    assert {r.data.tags.get("nnexp.status") for r in runs if "mlflow.parentRunId" in r.data.tags} == {"killed"}
+    assert "Traceback" not in out + err
+    assert "interrupted: sweep ended, 4 runs (4 killed)" in out + err
+
+
+def test_a_killed_launcher_leaves_its_worker_to_record_its_group_and_exit(tmp_path):
+    """SIGKILL cannot be caught: the launching process's own group is lost with it, but the
+    spawned worker still finishes and records its group, then exits instead of hanging."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    proc = subprocess.Popen([sys.executable, "-m", "nnexp.run", "-m", "dataset=digits", "epochs=1500",
+                             "eta=0.1,0.2,0.3,0.4", "hydra/launcher=population", f"tracking.uri={uri}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
+
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and _runs_with_metrics(tmp_path / "m.db") < 4 and proc.poll() is None:
+            time.sleep(0.2)
+        assert _runs_with_metrics(tmp_path / "m.db") == 4 and proc.poll() is None
+        kids = [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+    finally:
+        proc.kill()
+        proc.wait()
+
+    def alive(pid):
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] not in "ZX"
+        except FileNotFoundError:
+            return False
+
+    deadline = time.time() + 120
+    while time.time() < deadline and any(alive(p) for p in kids):
+        time.sleep(0.5)
+    assert not any(alive(p) for p in kids), "a worker outlived the launcher"
+    records = _records(uri)
+    assert {eta: rec[4] for (eta, _), rec in records.items()} == {
+        "0.1": "RUNNING", "0.2": "RUNNING", "0.3": "FINISHED", "0.4": "FINISHED"}

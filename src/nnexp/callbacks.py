@@ -54,3 +54,19 @@ class SweepTracking(Callback):
             log.info("sweep %s: %s", sweep_id, tracking.end_parent_run(self.uri, self.parent))
         os.environ.pop(tracking.PARENT_ENV, None)
         os.environ.pop(tracking.SWEEP_ENV, None)
+
+
+def end_interrupted_sweep(config: DictConfig) -> None:
+    """Ctrl-C or SIGTERM reached the launching process: its jobs are recorded KILLED, so end the
+    sweep's parent run KILLED too (Hydra skips on_multirun_end then), with one line."""
+    parent = os.environ.pop(tracking.PARENT_ENV, None)
+    os.environ.pop(tracking.SWEEP_ENV, None)
+    if parent and config.get("tracking", {}).get("enabled", False):
+        uri = tracking.resolve_uri(config.tracking.uri)
+        try:
+            log.error("interrupted: sweep ended, %s", tracking.end_parent_run(uri, parent, "KILLED"))
+            return
+        except Exception as exc:  # noqa: BLE001 - the store itself failed: say so in one line
+            log.error("interrupted: could not end parent run %s: %s", parent, exc)
+            return
+    log.error("interrupted: sweep ended")

@@ -7,6 +7,8 @@ import concurrent.futures
 import logging
 import multiprocessing
 import os
+import threading
+import time
 from typing import Any, Sequence
 
 from omegaconf import DictConfig, OmegaConf
@@ -72,8 +74,31 @@ def _job_spec(cfg: DictConfig):
                    parent_run_id=os.environ.get(tracking.PARENT_ENV))
 
 
+_busy = threading.Event()
+
+
+def _watch_parent(parent_pid: int) -> None:
+    """Worker initializer: if the launching process dies (SIGKILL, OOM), a worker finishes and
+    records the group it is training, then exits instead of waiting forever for more work."""
+    def watch():
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent_pid and not _busy.is_set():
+                os._exit(0)
+
+    threading.Thread(target=watch, name="nnexp-watch-parent", daemon=True).start()
+
+
 def _train_group(specs) -> list[Any]:
     """Worker: one population (or one ordinary run); returns best validation accuracies."""
+    _busy.set()
+    try:
+        return _train(specs)
+    finally:
+        _busy.clear()
+
+
+def _train(specs) -> list[Any]:
     from threadpoolctl import threadpool_limits
 
     from nnexp.run import execute, execute_population
@@ -115,19 +140,30 @@ def run_jobs(cfgs: Sequence[DictConfig], *, workers: int, max_members: int, max_
         return values
     # This process is a worker too: it has imported MLflow and opened the store already, so it
     # starts training the largest group at once while the others start up and take the rest.
+    from nnexp.run import Interrupts, Terminated
+
     ctx = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(max_workers=workers - 1, mp_context=ctx) as pool:
-        futures = {pool.submit(_train_group, [specs[i] for i in g]): g for g in groups[1:]}
-        mine = [groups[0]]
-        while mine:
-            g = mine.pop()
-            _collect(values, g, lambda g=g: _train_group([specs[i] for i in g]))
-            # the last group no worker has started yet is this process's next one
-            taken = next((f for f in reversed(list(futures)) if f.cancel()), None)
-            if taken is not None:
-                mine.append(futures.pop(taken))
-        for fut in concurrent.futures.as_completed(futures):
-            _collect(values, futures[fut], fut.result)
+    with Interrupts():  # a signal while this process waits on the workers ends them too
+        pool = concurrent.futures.ProcessPoolExecutor(max_workers=workers - 1, mp_context=ctx,
+                                                      initializer=_watch_parent, initargs=(os.getpid(),))
+        try:
+            futures = {pool.submit(_train_group, [specs[i] for i in g]): g for g in groups[1:]}
+            mine = [groups[0]]
+            while mine:
+                g = mine.pop()
+                _collect(values, g, lambda g=g: _train_group([specs[i] for i in g]))
+                # the last group no worker has started yet is this process's next one
+                taken = next((f for f in reversed(list(futures)) if f.cancel()), None)
+                if taken is not None:
+                    mine.append(futures.pop(taken))
+            for fut in concurrent.futures.as_completed(futures):
+                _collect(values, futures[fut], fut.result)
+        except (KeyboardInterrupt, Terminated):
+            for child in multiprocessing.active_children():
+                child.terminate()  # SIGTERM: each worker records its runs as KILLED, then stops
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
     return values
 
 

@@ -449,6 +449,10 @@ def run_job(cfg: DictConfig) -> float | None:
         return _fail(str(exc), multirun)
     except (KeyboardInterrupt, Terminated):
         log.error("interrupted: the run is recorded (KILLED, with the metrics logged so far)")
+        if multirun and launcher == "basic":  # the sweep's parent run lives in this process
+            from nnexp.callbacks import end_interrupted_sweep
+
+            end_interrupted_sweep(cfg)
         raise SystemExit(130)
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [""])[0]

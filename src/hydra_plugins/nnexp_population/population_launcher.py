@@ -46,7 +46,9 @@ class PopulationLauncher(Launcher):
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from nnexp.callbacks import end_interrupted_sweep
         from nnexp.population_jobs import run_jobs
+        from nnexp.run import Terminated
 
         assert self.config is not None and self.hydra_context is not None
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
@@ -61,8 +63,12 @@ class PopulationLauncher(Launcher):
                 cfg.hydra.job.num = idx
             log.info("\t#%d : %s", idx, " ".join(overrides))
             jobs.append((list(overrides), cfg))
-        values = run_jobs([cfg for _, cfg in jobs], workers=self.workers, max_members=self.max_members,
-                          max_memory_mb=self.max_memory_mb)
+        try:
+            values = run_jobs([cfg for _, cfg in jobs], workers=self.workers, max_members=self.max_members,
+                              max_memory_mb=self.max_memory_mb)
+        except (KeyboardInterrupt, Terminated):
+            end_interrupted_sweep(self.config)
+            raise SystemExit(130) from None
         returns = []
         for (overrides, cfg), value in zip(jobs, values):
             ret = JobReturn(overrides=overrides, cfg=cfg, hydra_cfg=cfg, working_dir=str(sweep_dir),
