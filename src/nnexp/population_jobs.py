@@ -148,14 +148,12 @@ def run_jobs(cfgs: Sequence[DictConfig], *, workers: int, max_members: int, max_
                                                       initializer=_watch_parent, initargs=(os.getpid(),))
         try:
             futures = {pool.submit(_train_group, [specs[i] for i in g]): g for g in groups[1:]}
-            mine = [groups[0]]
-            while mine:
-                g = mine.pop()
+            g: list[int] | None = groups[0]
+            while g is not None:
                 _collect(values, g, lambda g=g: _train_group([specs[i] for i in g]))
                 # the last group no worker has started yet is this process's next one
                 taken = next((f for f in reversed(list(futures)) if f.cancel()), None)
-                if taken is not None:
-                    mine.append(futures.pop(taken))
+                g = futures.pop(taken) if taken is not None else None
             for fut in concurrent.futures.as_completed(futures):
                 _collect(values, futures[fut], fut.result)
         except (KeyboardInterrupt, Terminated):

@@ -129,7 +129,7 @@ def end_parent_run(uri: str, run_id: str, status: str = "FINISHED") -> str:
         client.set_tag(run_id, "nnexp.best_child", best.info.run_id)
     client.set_terminated(run_id, status)
     text = ", ".join(f"{n} {st}" for st, n in sorted(counts.items()))
-    line = f"{len(children)} runs ({text})"
+    line = f"{len(children)} runs" + (f" ({text})" if text else "")
     if best is not None:
         line += (f"; best validation accuracy {best.data.metrics['best_validation_accuracy']:.4f} "
                  f"in run {best.info.run_id} ({best.info.run_name})")
