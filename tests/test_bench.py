@@ -5,7 +5,7 @@ import pytest
 
 from nnexp import bench
 from nnexp.engine.network import init_network
-from nnexp.engine.sgd import Stepper
+from nnexp.engine.stepper import Stepper
 from nnexp.train import one_hot
 
 
@@ -52,7 +52,7 @@ def test_reference_update_equals_engine_step(sizes):
     ref = bench.ReferenceNetwork([w.T for w in net.weights], net.biases)
 
     ref.update_mini_batch(bench.column_pairs(x, labels, sizes[-1]), eta, lmbda, n_train)
-    Stepper(net, eta=eta, lmbda=lmbda, n_train=n_train, penalty="l2").step(
+    Stepper.of([net], eta=eta, lmbda=lmbda, n_train=n_train, penalty="l2").step(
         x, one_hot(labels, sizes[-1], np.float64))
 
     for w_ref, w in zip(ref.weights, net.weights):

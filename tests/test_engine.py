@@ -11,7 +11,7 @@ from nnexp.engine.costs import COSTS
 from nnexp.engine.network import (Network, backward, evaluate, forward, init_network,
                                   load_network, predict, save_network)
 from nnexp.engine.regularizers import PENALTIES
-from nnexp.engine.sgd import Stepper
+from nnexp.engine.stepper import Stepper
 
 
 def one_hot(labels, k):
@@ -116,7 +116,7 @@ def test_one_sgd_step_on_a_2_2_2_network_follows_the_update_equations(penalty):
     ys = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
     expected = hand_step_222(w1, b1, w2, b2, xs, ys, eta=0.5, lmbda=2.0, n=20, penalty=penalty)
     net = Network([w1.copy(), w2.copy()], [b1.copy(), b2.copy()], cost="cross_entropy")
-    Stepper(net, eta=0.5, lmbda=2.0, n_train=20, penalty=penalty).step(xs, ys)
+    Stepper.of([net], eta=0.5, lmbda=2.0, n_train=20, penalty=penalty).step(xs, ys)
     got = (net.weights[0], net.biases[0], net.weights[1], net.biases[1])
     for g, e in zip(got, expected):
         np.testing.assert_allclose(g, e, rtol=1e-12, atol=1e-15)
@@ -128,7 +128,7 @@ def test_momentum_steps_follow_velocity_equations():
     net, x, y = tiny_problem("cross_entropy", "sigmoid")
     ref = Network([w.copy() for w in net.weights], [b.copy() for b in net.biases])
     eta, mu, lmbda, n = 0.3, 0.8, 1.5, 40
-    stepper = Stepper(net, eta=eta, lmbda=lmbda, n_train=n, penalty="l2", momentum=mu)
+    stepper = Stepper.of([net], eta=eta, lmbda=lmbda, n_train=n, penalty="l2", momentum=mu)
     vw = [np.zeros_like(w) for w in ref.weights]
     vb = [np.zeros_like(b) for b in ref.biases]
     for _ in range(3):
@@ -152,7 +152,7 @@ def test_fused_step_equals_gradient_descent_on_backprop(cost, hidden, penalty, m
     net, x, y = tiny_problem(cost, hidden, seed=1)
     ref = Network([w.copy() for w in net.weights], [b.copy() for b in net.biases], hidden, cost)
     masks = [(np.random.default_rng(5).random((6, 5)) < 0.6) / 0.6] if dropout else None
-    Stepper(net, eta=0.2, lmbda=0.9, n_train=30, penalty=penalty, momentum=momentum).step(x, y, masks)
+    Stepper.of([net], eta=0.2, lmbda=0.9, n_train=30, penalty=penalty, momentum=momentum).step(x, y, masks)
     gw, gb = analytic_gradient(ref, x, y, penalty, 0.9, 30, masks)
     for p, g, new in zip(ref.weights + ref.biases, gw + gb, net.weights + net.biases):
         np.testing.assert_allclose(new, p - 0.2 * g, rtol=1e-11, atol=1e-14)
@@ -162,7 +162,7 @@ def single_neuron_costs(cost, epochs=150):
     """The book's learning-slowdown neuron: input 1 -> target 0, eta 0.15, w = b = 2."""
     net = Network([np.array([[2.0]])], [np.array([2.0])], cost=cost)
     x, y = np.array([[1.0]]), np.array([[0.0]])
-    stepper = Stepper(net, eta=0.15, penalty="none")
+    stepper = Stepper.of([net], eta=0.15, penalty="none")
     costs = []
     for _ in range(epochs + 1):
         acts, zL = forward(net, x)
@@ -220,5 +220,5 @@ def test_initialisation_scales(init, expected_std):
 def test_float32_network_stays_float32():
     net = init_network([5, 4, 3], np.random.default_rng(0), dtype=np.float32)
     x = np.random.default_rng(1).random((4, 5)).astype(np.float32)
-    Stepper(net, eta=0.1, lmbda=1.0, n_train=10).step(x, one_hot([0, 1, 2, 0], 3).astype(np.float32))
+    Stepper.of([net], eta=0.1, lmbda=1.0, n_train=10).step(x, one_hot([0, 1, 2, 0], 3).astype(np.float32))
     assert all(p.dtype == np.float32 for p in net.weights + net.biases)

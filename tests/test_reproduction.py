@@ -9,22 +9,18 @@ import subprocess
 import sys
 
 import pytest
-from hydra import compose, initialize_config_module
 from mlflow.tracking import MlflowClient
-from threadpoolctl import threadpool_limits
 
-from nnexp.config import to_run_config
-from nnexp.run import execute
+from nnexp import runner
 
 pytestmark = pytest.mark.slow
 SEEDS = (0, 1, 2)
 
 
 def best_test_accuracy(overrides, data_dir):
-    with initialize_config_module(version_base="1.3", config_module="nnexp.conf"):
-        cfg = compose("config", overrides=[*overrides, "tracking=off", f"dataset.data_dir={data_dir}"])
-    with threadpool_limits(1):
-        result = execute(to_run_config(cfg))
+    job = runner.compose([*overrides, "tracking=off", f"dataset.data_dir={data_dir}"])
+    with runner.one_blas_thread():
+        (result,) = runner.execute(job)
     assert result.status == "completed"
     return max(result.history.column("test_accuracy"))
 

@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from nnexp.config import to_run_config
 from nnexp.errors import ConfigError
-from nnexp.run import check_overrides
+from nnexp.runner import check_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 PRESETS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
@@ -153,7 +153,7 @@ def test_sigterm_while_the_record_is_being_created_still_ends_it_killed(store):
 
 
 def test_interrupts_wait_for_a_store_write_to_finish():
-    from nnexp.run import Interrupts, Terminated
+    from nnexp.runner import Interrupts, Terminated
 
     done, before = [], signal.getsignal(signal.SIGTERM)
     with pytest.raises(Terminated), Interrupts() as interrupts:
@@ -259,17 +259,15 @@ def test_secrets_in_urls_are_redacted():
 
 
 def test_an_exception_during_training_leaves_a_failed_run_with_the_error(store):
-    from nnexp.run import execute
-
-    with initialize_config_module(version_base="1.3", config_module="nnexp.conf"):
-        c = to_run_config(compose("config", overrides=["dataset=digits", "epochs=5"]))
+    from nnexp import runner
 
     def broken(record, net):
         if record.epoch == 2:
             raise RuntimeError("observer exploded")
 
+    job = runner.compose(["dataset=digits", "epochs=5"], observers=[broken])
     with pytest.raises(RuntimeError):
-        execute(c, observers=[broken])
+        runner.execute(job)
     client, (run,) = all_runs(store)
     assert run.info.status == "FAILED" and run.data.tags["nnexp.status"] == "failed"
     assert "observer exploded" in run.data.tags["nnexp.error"]

@@ -130,11 +130,8 @@ def test_trials_trained_as_populations_match_trials_trained_one_by_one(workdir):
             assert len({round(t.user_attrs["train_seconds"], 9) for t in trials[:3]}) == 1
     for one, batched in zip(results[1], results[3]):
         assert one.params == batched.params
-        assert batched.value == pytest.approx(one.value, abs=1e-12)
-        assert [c[3] for c in batched.user_attrs["curve"]] == pytest.approx(
-            [c[3] for c in one.user_attrs["curve"]], abs=1e-12)
-        assert [c[2] for c in batched.user_attrs["curve"]] == pytest.approx(
-            [c[2] for c in one.user_attrs["curve"]], rel=1e-9)
+        assert batched.value == one.value  # bit-for-bit: results do not depend on scheduling
+        assert [c[2:] for c in batched.user_attrs["curve"]] == [c[2:] for c in one.user_attrs["curve"]]
 
 
 def test_bad_population_setting_is_one_line(workdir):

@@ -16,6 +16,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from nnexp import tracking
+from nnexp.names import PARENT_ENV, SWEEP_ENV, TAG_EXPERIMENT, TAG_SWEEP, TAG_SWEEP_OVERRIDES
 from nnexp.errors import NnexpError
 
 log = logging.getLogger(__name__)
@@ -32,8 +33,8 @@ class SweepTracking(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_id = new_sweep_id()
-        os.environ[tracking.SWEEP_ENV] = sweep_id
-        os.environ.pop(tracking.PARENT_ENV, None)
+        os.environ[SWEEP_ENV] = sweep_id
+        os.environ.pop(PARENT_ENV, None)
         if not config.get("tracking", {}).get("enabled", False):
             return
         experiment = config.hydra.runtime.choices.get("experiment") or "sweep"
@@ -41,26 +42,26 @@ class SweepTracking(Callback):
         try:
             self.parent = tracking.start_parent_run(
                 self.uri, config.tracking.experiment, name=f"{experiment} {sweep_id}",
-                tags={"nnexp.sweep": sweep_id, "nnexp.experiment": str(experiment),
-                      "nnexp.sweep_overrides": " ".join(config.hydra.overrides.task)[:4000]})
+                tags={TAG_SWEEP: sweep_id, TAG_EXPERIMENT: str(experiment),
+                      TAG_SWEEP_OVERRIDES: " ".join(config.hydra.overrides.task)[:4000]})
         except NnexpError as exc:
             raise SystemExit(f"nnexp.run: error: {exc}") from None
-        os.environ[tracking.PARENT_ENV] = self.parent
+        os.environ[PARENT_ENV] = self.parent
         log.info("sweep %s: parent run %s in %s", sweep_id, self.parent, tracking.redact(self.uri))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep_id = os.environ.get(tracking.SWEEP_ENV)
+        sweep_id = os.environ.get(SWEEP_ENV)
         if self.parent:
             log.info("sweep %s: %s", sweep_id, tracking.end_parent_run(self.uri, self.parent))
-        os.environ.pop(tracking.PARENT_ENV, None)
-        os.environ.pop(tracking.SWEEP_ENV, None)
+        os.environ.pop(PARENT_ENV, None)
+        os.environ.pop(SWEEP_ENV, None)
 
 
 def end_interrupted_sweep(config: DictConfig) -> None:
     """Ctrl-C or SIGTERM reached the launching process: its jobs are recorded KILLED, so end the
     sweep's parent run KILLED too (Hydra skips on_multirun_end then), with one line."""
-    parent = os.environ.pop(tracking.PARENT_ENV, None)
-    os.environ.pop(tracking.SWEEP_ENV, None)
+    parent = os.environ.pop(PARENT_ENV, None)
+    os.environ.pop(SWEEP_ENV, None)
     if parent and config.get("tracking", {}).get("enabled", False):
         uri = tracking.resolve_uri(config.tracking.uri)
         try:

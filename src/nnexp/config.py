@@ -17,7 +17,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from nnexp.engine import ACTIVATIONS, COSTS, INITS, PENALTIES
 from nnexp.errors import ConfigError
-from nnexp.train import METRIC_NAMES
+from nnexp.names import METRIC_NAMES
 
 DATASETS = ("mnist", "fashion_mnist", "digits")
 TRAIN_SIZES = {"mnist": 50_000, "fashion_mnist": 50_000, "digits": 1_197}

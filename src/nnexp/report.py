@@ -9,13 +9,11 @@ MLflow store (through pandas frames); it never trains.
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import hashlib
 import html
 import json
 import logging
 import math
-import multiprocessing
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -62,17 +60,11 @@ class Job:
 
 
 def compose_run(overrides: Sequence[str]):
-    """The RunConfig nnexp.run would build from these overrides."""
-    from hydra import compose, initialize_config_module
-    from omegaconf import OmegaConf
+    """The RunConfig nnexp.run would build from these overrides, and its resolved YAML."""
+    from nnexp import runner
 
-    from nnexp.config import to_run_config
-
-    with initialize_config_module(version_base="1.3", config_module="nnexp.conf"):
-        cfg = compose("config", overrides=list(overrides))
-    resolved = OmegaConf.to_yaml(OmegaConf.create(
-        {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k != "hydra"}))
-    return to_run_config(cfg), resolved
+    job = runner.compose(list(overrides))
+    return job.config, job.resolved_yaml
 
 
 def _preset(overrides: Sequence[str]) -> str | None:
@@ -156,20 +148,20 @@ def find_runs(uri: str, experiment: str) -> dict[str, Any]:
             return found
 
 
-def _run_job(job: Job, uri: str, experiment: str) -> str:
-    """Worker: make one missing run (BLAS at one thread); returns its run id."""
-    from threadpoolctl import threadpool_limits
+def _run_task(task: tuple[str, str, Sequence[Job]]) -> list[str]:
+    """A pool task (store, experiment, jobs): compatible runs trained as one population (e.g.
+    the seeds of an arm), or one baseline or single-neuron run; returns the MLflow run ids."""
+    from nnexp import runner
 
-    logging.basicConfig(level=logging.WARNING)
-    with threadpool_limits(1):
-        if job.kind == "run":
-            from nnexp.run import execute
-
-            c, resolved = compose_run([*job.overrides, f"tracking.uri={uri}", f"tracking.experiment={experiment}"])
-            return execute(c, resolved_yaml=tracking.redact(resolved), experiment=job.experiment).run_id
-        if job.kind == "neuron":
-            return _neuron_run(job, uri, experiment)
-        return _baseline_run(job, uri, experiment)
+    uri, experiment, jobs = task
+    first = jobs[0]
+    if first.kind == "neuron":
+        return [_neuron_run(first, uri, experiment)]
+    if first.kind == "baseline":
+        return [_baseline_run(first, uri, experiment)]
+    where = [f"tracking.uri={uri}", f"tracking.experiment={experiment}"]
+    jobs = [runner.compose([*j.overrides, *where], experiment=j.experiment) for j in jobs]
+    return [r.run_id for r in runner.execute(jobs)]
 
 
 def _tracker(job: Job, uri: str, experiment: str, params: dict):
@@ -184,14 +176,14 @@ def _neuron_run(job: Job, uri: str, experiment: str) -> str:
     """The book's single neuron (input 1, target 0): cost per epoch, tracked like any run."""
     from nnexp.engine.costs import COSTS
     from nnexp.engine.network import Network, forward
-    from nnexp.engine.sgd import Stepper
+    from nnexp.engine.stepper import Stepper
     from nnexp.train import Record
 
     s = job.spec
     t = _tracker(job, uri, experiment, {**s, "sizes": [1, 1], "seed": 0})
     net = Network([np.array([[float(s["w"])]])], [np.array([float(s["b"])])], cost=s["cost"])
     x, y = np.array([[1.0]]), np.array([[0.0]])
-    stepper = Stepper(net, eta=float(s["eta"]), penalty="none")
+    stepper = Stepper.of([net], eta=float(s["eta"]), penalty="none")
     for epoch in range(int(s["epochs"]) + 1):
         acts, z = forward(net, x)
         cost = COSTS[s["cost"]].fn(z, acts[-1], y)
@@ -205,7 +197,7 @@ def _neuron_run(job: Job, uri: str, experiment: str) -> str:
 def _baseline_run(job: Job, uri: str, experiment: str) -> str:
     from nnexp import data
     from nnexp.baselines import BASELINES
-    from nnexp.run import load_splits
+    from nnexp.runner import load_splits
 
     c, _ = compose_run([f"dataset={job.spec['dataset']}", f"dtype={job.spec['dtype']}"])
     splits, train, _val, test = load_splits(c)
@@ -217,53 +209,38 @@ def _baseline_run(job: Job, uri: str, experiment: str) -> str:
     return t.run_id
 
 
-def _run_population(jobs: Sequence[Job], uri: str, experiment: str) -> list[str]:
-    """Worker: compatible runs (e.g. the seeds of one arm) trained as one population."""
-    from threadpoolctl import threadpool_limits
-
-    from nnexp.run import JobSpec, execute_population
-
-    logging.basicConfig(level=logging.WARNING)
-    specs = []
-    for j in jobs:
-        c, resolved = compose_run([*j.overrides, f"tracking.uri={uri}", f"tracking.experiment={experiment}"])
-        specs.append(JobSpec(config=c, resolved_yaml=tracking.redact(resolved), experiment=j.experiment))
-    with threadpool_limits(1):
-        return [r.run_id for r in execute_population(specs)]
-
-
 def _tasks(jobs: Sequence[Job], workers: int) -> list[list[Job]]:
     """Runs grouped into populations where compatible (seeds of an arm, arms of a sweep);
     baselines and the single neuron on their own; the slow SVM fits first."""
-    from nnexp.population_jobs import plan_groups
+    from nnexp import runner
 
     runs = [j for j in jobs if j.kind == "run"]
     configs = [compose_run(j.overrides)[0] for j in runs]
-    groups = [[runs[i] for i in g] for g in plan_groups(configs, 16, 4096, workers)]
+    groups = [[runs[i] for i in g] for g in runner.plan_groups(configs, 16, 4096, workers)]
     others = sorted((j for j in jobs if j.kind != "run"), key=lambda j: -(j.spec.get("train_size") or 0))
-    return [[j] for j in others] + sorted(groups, key=len, reverse=True)
+    return [[j] for j in others] + groups
 
 
 def launch(jobs: Sequence[Job], uri: str, experiment: str, workers: int) -> None:
     """Make the missing runs on ``workers`` processes (populations where possible), with progress."""
+    from nnexp import runner
+
     tracking.prepare_store(uri, experiment)  # created once, before parallel jobs
     tasks = _tasks(jobs, workers)
     start, done = time.perf_counter(), 0
-    ctx = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        futures = {(pool.submit(_run_population, t, uri, experiment) if len(t) > 1
-                    else pool.submit(_run_job, t[0], uri, experiment)): t for t in tasks}
-        for fut in concurrent.futures.as_completed(futures):
-            task = futures[fut]
-            try:
-                fut.result()
-                status = "done"
-            except Exception as exc:  # recorded in MLflow by the runs themselves; keep going
-                status = f"failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-            done += len(task)
-            what = task[0].arm if len(task) == 1 else f"{len(task)} runs as one population ({task[0].arm}, ...)"
-            print(f"[{done}/{len(jobs)}] {task[0].figure}: {what} {status} ({time.perf_counter() - start:.0f} s)",
-                  flush=True)
+
+    def progress(i: int, outcome) -> None:
+        nonlocal done
+        task = tasks[i]
+        done += len(task)
+        status = "done"
+        if isinstance(outcome, BaseException):  # recorded in MLflow by the runs themselves; keep going
+            status = f"failed: {str(outcome).splitlines()[0] if str(outcome) else type(outcome).__name__}"
+        what = task[0].arm if len(task) == 1 else f"{len(task)} runs as one population ({task[0].arm}, ...)"
+        print(f"[{done}/{len(jobs)}] {task[0].figure}: {what} {status} ({time.perf_counter() - start:.0f} s)",
+              flush=True)
+
+    runner.run_tasks(_run_task, [(uri, experiment, t) for t in tasks], workers, on_done=progress)
 
 
 # -- frames and statistics ---------------------------------------------------------------------
@@ -451,7 +428,7 @@ def parse_args(argv: Sequence[str] | None, names: Sequence[str]) -> argparse.Nam
 
 
 def run(args: argparse.Namespace, figures: dict) -> int:
-    from nnexp.run import check_overrides
+    from nnexp.runner import check_overrides
 
     check_overrides(args.override)
     names = args.figures or list(figures)
@@ -466,7 +443,7 @@ def run(args: argparse.Namespace, figures: dict) -> int:
             print(f"  {j.figure}: {j.arm}, seed {j.seed}: {j.command}")
     elif missing:
         if any(j.kind != "neuron" for j in missing):  # fail fast, once, if the data is not there
-            from nnexp.run import load_splits
+            from nnexp.runner import load_splits
 
             load_splits(compose_run(list(args.override))[0])
         print(f"launching {len(missing)} missing runs of {len(jobs)} on {args.workers} processes")

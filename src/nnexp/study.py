@@ -14,7 +14,6 @@ import copy
 import json
 import logging
 import math
-import multiprocessing
 import os
 import sys
 import threading
@@ -158,9 +157,11 @@ def _curve(history) -> list[list[float]]:
     return out[::step] if out[-1:] == out[::step][-1:] else out[::step] + out[-1:]
 
 
-def _trial_job(trial, plan: Plan) -> tuple[RunConfig, dict]:
-    """The trial's run config and the keyword arguments of its run (tags, MLflow run name,
-    and the pruning observer that reports validation accuracy at every evaluation)."""
+def _trial_job(trial, plan: Plan):
+    """The trial's job: its run config, tags, MLflow run name, and the pruning observer that
+    reports validation accuracy at every evaluation."""
+    from nnexp.runner import Job
+
     params = {name: _suggest(trial, name, dist) for name, dist in plan.space.items()}
     c = trial_config(plan, params)
     trial.set_user_attr("worker_pid", os.getpid())
@@ -176,9 +177,9 @@ def _trial_job(trial, plan: Plan) -> tuple[RunConfig, dict]:
 
     pruning.__name__ = "the Optuna pruner"
     tags = {"nnexp.study": plan.study, "nnexp.stage": plan.stage, "nnexp.trial": str(trial.number)}
-    return c, dict(experiment=plan.experiment, tags=tags, parent_run_id=plan.parent_run_id,
-                   observers=[pruning], run_name=f"{plan.study}/{plan.stage} #{trial.number}",
-                   on_start=lambda rid: trial.set_user_attr("mlflow_run_id", rid))
+    return Job(config=c, experiment=plan.experiment, tags=tags, parent_run_id=plan.parent_run_id,
+               observers=[pruning], run_name=f"{plan.study}/{plan.stage} #{trial.number}",
+               on_start=lambda rid: trial.set_user_attr("mlflow_run_id", rid))
 
 
 def _trial_failed(trial, exc: BaseException) -> float:
@@ -207,16 +208,10 @@ def _trial_value(trial, c: RunConfig, result) -> float:
 
 def objective(trial, plan: Plan) -> float:
     """Train one configuration; report validation accuracy at every evaluation for pruning."""
-    from nnexp.run import execute
-
-    c, kw = _trial_job(trial, plan)
-    try:
-        result = execute(c, **kw)
-    except NnexpError:
-        raise
-    except Exception as exc:
-        return _trial_failed(trial, exc)
-    return _trial_value(trial, c, result)
+    outcome = _population_outcomes(plan, [(trial, _trial_job(trial, plan))])[0]
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
 
 
 class _Heartbeat:
@@ -247,28 +242,25 @@ class _Heartbeat:
 
 
 def _population_outcomes(plan: Plan, members: list) -> list:
-    """Train the members [(trial, config, run kwargs)] of one compatible group together;
+    """Train the members [(trial, job)] of one compatible group together (one member: alone);
     each trial's value, or the ``TrialPruned`` that ended it."""
     import optuna
 
-    from nnexp.run import JobSpec, execute, execute_population
+    from nnexp import runner
 
     if len(members) > 1:
         log.info("%s/%s: trials %s trained as one population of %d", plan.study, plan.stage,
-                 ", ".join(str(t.number) for t, _, _ in members), len(members))
+                 ", ".join(str(t.number) for t, _ in members), len(members))
     try:
-        if len(members) == 1:
-            results = [execute(members[0][1], **members[0][2])]
-        else:
-            results = execute_population([JobSpec(config=c, **kw) for _, c, kw in members])
+        results = runner.execute([job for _, job in members])
     except NnexpError:
         raise
     except Exception as exc:  # failed trials are data for the study, not the end of it
-        return [_trial_failed(trial, exc) for trial, _, _ in members]
+        return [_trial_failed(trial, exc) for trial, _ in members]
     out = []
-    for (trial, c, _), result in zip(members, results):
+    for (trial, job), result in zip(members, results):
         try:
-            out.append(_trial_value(trial, c, result))
+            out.append(_trial_value(trial, job.config, result))
         except optuna.TrialPruned as exc:
             out.append(exc)
     return out
@@ -280,7 +272,7 @@ def optimize_populations(study, plan: Plan, storage, n_trials: int) -> None:
     import optuna
     from optuna.trial import TrialState
 
-    from nnexp.population_jobs import group_key
+    from nnexp.runner import group_key
 
     left = n_trials
     while left > 0:
@@ -290,11 +282,11 @@ def optimize_populations(study, plan: Plan, storage, n_trials: int) -> None:
             groups: dict[tuple, list] = {}
             try:
                 for trial in batch:
-                    c, kw = _trial_job(trial, plan)
-                    groups.setdefault(group_key(c), []).append((trial, c, kw))
+                    job = _trial_job(trial, plan)
+                    groups.setdefault(group_key(job.config), []).append((trial, job))
                 outcomes = {}
                 for members in groups.values():
-                    for (trial, _, _), outcome in zip(members, _population_outcomes(plan, members)):
+                    for (trial, _), outcome in zip(members, _population_outcomes(plan, members)):
                         outcomes[trial.number] = outcome
             except BaseException:  # nothing was told yet: the whole batch ends FAIL
                 for trial in batch:
@@ -319,29 +311,19 @@ def _progress_line(study, trial) -> None:
 
 def _worker(plan: Plan, worker: int, enqueue: list[dict], n_trials: int) -> None:
     """Run ``n_trials`` trials of a stage; enqueue the fixed points first (grid stages)."""
-    from threadpoolctl import threadpool_limits
-
     storage = make_storage(plan.storage, plan.heartbeat, plan.grace)
     study = open_study(plan, storage, worker)
     for params in enqueue:
         study.enqueue_trial(params, skip_if_exists=False)
-    with threadpool_limits(1):
-        if plan.population > 1:
-            optimize_populations(study, plan, storage, n_trials)
-        else:
-            study.optimize(lambda t: objective(t, plan), n_trials=n_trials, callbacks=[_progress_line])
+    if plan.population > 1:
+        optimize_populations(study, plan, storage, n_trials)
+    else:
+        study.optimize(lambda t: objective(t, plan), n_trials=n_trials, callbacks=[_progress_line])
 
 
-def _worker_entry(plan: Plan, worker: int, enqueue: list[dict], n_trials: int) -> None:
-    """A spawned worker process: logging like the parent's, a one-line error on failure."""
-    logging.basicConfig(level=logging.INFO, format=f"[worker {worker}] %(message)s", stream=sys.stderr)
-    for noisy in ("mlflow", "alembic"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    try:
-        _worker(plan, worker, enqueue, n_trials)
-    except NnexpError as exc:
-        log.error("%s", exc)
-        sys.exit(2)
+def _worker_task(task: tuple) -> None:
+    """A pool task: one worker's share of a stage."""
+    _worker(*task)
 
 
 # -- running a stage -----------------------------------------------------------------------------
@@ -399,22 +381,24 @@ def _launch(plan: Plan, workers: int, new: list[dict], n_run: int) -> None:
         take = min(share, len(new) - start)
         chunks.append(new[start:start + max(take, 0)])
         start += max(take, 0)
-    if k == 1:
-        _worker(plan, 0, chunks[0], shares[0])
+    from concurrent.futures.process import BrokenProcessPool
+
+    from nnexp import runner
+
+    if k == 1:  # in this process: nothing to spawn
+        with runner.one_blas_thread():
+            _worker(plan, 0, chunks[0], shares[0])
         return
-    ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_worker_entry, args=(plan, i, chunks[i], shares[i]), daemon=False)
-             for i in range(k)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join()
-    failed = [p.exitcode for p in procs if p.exitcode not in (0, -9)]
-    if any(code == 2 for code in failed):
-        raise NnexpError(f"stage {plan.stage}: a worker stopped on an error (see above)")
-    if failed:
-        log.warning("stage %s: %d worker(s) died (exit codes %s); their trials are retried",
-                    plan.stage, len(failed), failed)
+    outcomes = runner.run_tasks(_worker_task, [(plan, i, chunks[i], shares[i]) for i in range(k)], k, local=False)
+    errors = [o for o in outcomes if isinstance(o, NnexpError)]
+    if errors:
+        raise errors[0]
+    died = [o for o in outcomes if isinstance(o, BrokenProcessPool)]
+    if died:
+        log.warning("stage %s: a worker process died; its trials are retried", plan.stage)
+    others = [o for o in outcomes if isinstance(o, BaseException) and not isinstance(o, BrokenProcessPool)]
+    if others:
+        raise others[0]
 
 
 def finished_trials(study) -> list:
@@ -824,7 +808,7 @@ def _settings(cfg: DictConfig) -> tuple[StudySettings, RunConfig]:
 
 
 def _n_images(c: RunConfig, classes=None) -> int:
-    from nnexp.run import load_splits
+    from nnexp.runner import load_splits
 
     c = copy.deepcopy(c)
     if classes is not None:
@@ -917,7 +901,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise SystemExit(2)
         os.environ["NNEXP_STUDY_WORKERS"] = args[i + 1]
         del args[i:i + 2]
-    from nnexp.run import hydra_cli
+    from nnexp.entry import hydra_cli
 
     try:
         check_study_overrides(args)

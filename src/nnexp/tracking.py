@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from nnexp.errors import NnexpError
+from nnexp.names import (PARENT_ENV, SWEEP_ENV, TAG_BEST_CHILD, TAG_DATASET_SHA256, TAG_ERROR,  # noqa: F401
+                         TAG_STATUS)
 
 log = logging.getLogger(__name__)
 
 DEFAULT_URI = "sqlite:///mlflow.db"
-PARENT_ENV = "NNEXP_PARENT_RUN_ID"
-SWEEP_ENV = "NNEXP_SWEEP_ID"
 FLUSH_SECONDS = 5.0
 MAX_BATCH = 900  # MLflow accepts up to 1,000 metrics per log_batch
 
@@ -120,13 +120,13 @@ def end_parent_run(uri: str, run_id: str, status: str = "FINISHED") -> str:
                                   max_results=10_000)
     counts: dict[str, int] = {}
     for r in children:
-        st = r.data.tags.get("nnexp.status", r.info.status.lower())
+        st = r.data.tags.get(TAG_STATUS, r.info.status.lower())
         counts[st] = counts.get(st, 0) + 1
     scored = [r for r in children if "best_validation_accuracy" in r.data.metrics]
     best = max(scored, key=lambda r: r.data.metrics["best_validation_accuracy"], default=None)
     if best is not None:
         client.log_metric(run_id, "best_validation_accuracy", best.data.metrics["best_validation_accuracy"])
-        client.set_tag(run_id, "nnexp.best_child", best.info.run_id)
+        client.set_tag(run_id, TAG_BEST_CHILD, best.info.run_id)
     client.set_terminated(run_id, status)
     text = ", ".join(f"{n} {st}" for st, n in sorted(counts.items()))
     line = f"{len(children)} runs" + (f" ({text})" if text else "")
@@ -213,7 +213,7 @@ class RunTracker:
                 if attempt == 2:
                     raise
                 time.sleep(0.2 * (attempt + 1))
-        self.client.set_tag(self.run_id, "nnexp.dataset_sha256", splits.digest())
+        self.client.set_tag(self.run_id, TAG_DATASET_SHA256, splits.digest())
 
     def finish(self, status: str, *, summary: dict[str, float], artifacts: dict[str, bytes | str],
                mlflow_status: str = "FINISHED", error: str | None = None) -> None:
@@ -224,9 +224,9 @@ class RunTracker:
         self.flush()
         ts = int(time.time() * 1000)
         metrics = [Metric(k, float(v), ts, 0) for k, v in summary.items() if v is not None]
-        tags = [RunTag("nnexp.status", status)]
+        tags = [RunTag(TAG_STATUS, status)]
         if error:
-            tags.append(RunTag("nnexp.error", redact(error)[:4000]))
+            tags.append(RunTag(TAG_ERROR, redact(error)[:4000]))
         self.client.log_batch(self.run_id, metrics=metrics, tags=tags)
         if artifacts:
             with tempfile.TemporaryDirectory() as tmp:
@@ -277,5 +277,5 @@ def finish_study_run(uri: str, run_id: str, out_dir: Path, metrics: dict[str, fl
     ts = int(time.time() * 1000)
     client.log_batch(run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items() if v is not None])
     client.log_artifacts(run_id, str(out_dir))
-    client.set_tag(run_id, "nnexp.status", "completed")
+    client.set_tag(run_id, TAG_STATUS, "completed")
     client.set_terminated(run_id, "FINISHED")

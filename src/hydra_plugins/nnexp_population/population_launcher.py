@@ -3,8 +3,9 @@
 Jobs that share architecture, cost, dtype, mini-batch size, penalty type, dataset and
 monitoring are grouped (at most ``max_members`` per population, within ``max_memory_mb``)
 and each group is trained as one batched NumPy computation; groups are spread over
-``workers`` processes. Jobs that fit no group run as ordinary runs. Every job gets the MLflow
-record the basic launcher would give it (one child run per job under the sweep's parent).
+``workers`` processes. Every job gets exactly the numbers and the MLflow record the basic
+launcher would give it (one child run per job under the sweep's parent). All the work is
+nnexp.runner's: this plugin only hands it the composed jobs.
 """
 
 from __future__ import annotations
@@ -46,15 +47,18 @@ class PopulationLauncher(Launcher):
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        import os
+
+        from nnexp import runner
         from nnexp.callbacks import end_interrupted_sweep
-        from nnexp.population_jobs import run_jobs
-        from nnexp.run import Terminated
+        from nnexp.errors import NnexpError
+        from nnexp.names import PARENT_ENV, SWEEP_ENV
 
         assert self.config is not None and self.hydra_context is not None
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        jobs = []
+        composed, jobs, values = [], {}, {}
         for offset, overrides in enumerate(job_overrides):
             idx = initial_job_idx + offset
             cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
@@ -62,21 +66,30 @@ class PopulationLauncher(Launcher):
                 cfg.hydra.job.id = f"{cfg.hydra.job.name}_{idx}"
                 cfg.hydra.job.num = idx
             log.info("\t#%d : %s", idx, " ".join(overrides))
-            jobs.append((list(overrides), cfg))
+            composed.append((list(overrides), cfg))
+            try:
+                jobs[offset] = runner.make_job(cfg, sweep_id=os.environ.get(SWEEP_ENV),
+                                               parent_run_id=os.environ.get(PARENT_ENV))
+            except NnexpError as exc:  # like the basic launcher: one line, the sweep goes on
+                log.error("job %d: %s", idx, exc)
+        order = sorted(jobs)
         try:
-            values = run_jobs([cfg for _, cfg in jobs], workers=self.workers, max_members=self.max_members,
-                              max_memory_mb=self.max_memory_mb)
-        except (KeyboardInterrupt, Terminated):
+            results = runner.run_jobs([jobs[i] for i in order], workers=self.workers,
+                                      max_members=self.max_members, max_memory_mb=self.max_memory_mb)
+        except runner.INTERRUPTIONS:
             end_interrupted_sweep(self.config)
             raise SystemExit(130) from None
+        values = dict(zip(order, results))
         returns = []
-        for (overrides, cfg), value in zip(jobs, values):
+        for offset, (overrides, cfg) in enumerate(composed):
             ret = JobReturn(overrides=overrides, cfg=cfg, hydra_cfg=cfg, working_dir=str(sweep_dir),
                             task_name=str(cfg.hydra.job.name))
             # like nnexp.run's jobs under the basic launcher: a failed job was logged (one line)
             # and recorded in MLflow; it never stops the sweep with a traceback
             ret.status = JobStatus.COMPLETED
-            ret.return_value = None if isinstance(value, BaseException) else value
+            value = values.get(offset)
+            ret.return_value = None if value is None or isinstance(value, BaseException) \
+                else value.best_validation_accuracy
             returns.append(ret)
         return returns
 

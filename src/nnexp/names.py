@@ -1,0 +1,36 @@
+"""Names that cross module boundaries, defined once: run statuses, MLflow tags, metric names,
+environment variables. No imports: every layer may use them."""
+
+# -- how a run ended (the ``nnexp.status`` tag) -------------------------------------------------
+COMPLETED = "completed"
+DIVERGED = "diverged"
+EARLY_STOPPED = "early_stopped"
+PRUNED = "pruned"
+FAILED = "failed"
+KILLED = "killed"
+RUNNING = "running"
+#: statuses of runs that trained to a result (a figure or a study may use them)
+TRAINED = (COMPLETED, DIVERGED, EARLY_STOPPED, PRUNED)
+
+# -- MLflow tags --------------------------------------------------------------------------------
+TAG_STATUS = "nnexp.status"
+TAG_CONFIG_HASH = "nnexp.config_hash"
+TAG_EXPERIMENT = "nnexp.experiment"
+TAG_SWEEP = "nnexp.sweep"
+TAG_STUDY = "nnexp.study"
+TAG_STAGE = "nnexp.stage"
+TAG_TRIAL = "nnexp.trial"
+TAG_ERROR = "nnexp.error"
+TAG_DATASET_SHA256 = "nnexp.dataset_sha256"
+TAG_BEST_CHILD = "nnexp.best_child"
+TAG_SWEEP_OVERRIDES = "nnexp.sweep_overrides"
+
+# -- metrics --------------------------------------------------------------------------------------
+SPLIT_NAMES = ("training", "validation", "test")
+METRIC_NAMES = tuple(f"{s}_{k}" for s in SPLIT_NAMES for k in ("cost", "accuracy"))
+#: wall-clock metrics: the only ones that may differ between two schedulings of one run
+TIMING_METRICS = ("epoch_seconds", "train_seconds")
+
+# -- environment variables handed from a sweep to its jobs ---------------------------------------
+PARENT_ENV = "NNEXP_PARENT_RUN_ID"
+SWEEP_ENV = "NNEXP_SWEEP_ID"

@@ -1,0 +1,22 @@
+"""The execution service and nnexp's Python API: compose a run from overrides, execute one
+job or many (compatible ones as batched populations), each tracked in MLflow.
+
+    from nnexp import runner
+    job = runner.compose(["dataset=digits", "eta=0.3", "epochs=5"])
+    (result,) = runner.execute(job)           # one run (a population of one)
+    results = runner.run_jobs([runner.compose([f"seed={s}", "dataset=digits"]) for s in range(4)])
+    print(result.summary, result.history.column("validation_accuracy"))
+"""
+
+from nnexp.runner.build import build_network, load_splits, train_spec
+from nnexp.runner.compose import check_overrides, compose, make_job
+from nnexp.runner.execute import RunResult, execute
+from nnexp.runner.groups import group_key, plan_groups
+from nnexp.runner.interrupts import INTERRUPTIONS, Interrupts, Terminated
+from nnexp.runner.job import Job
+from nnexp.runner.pool import one_blas_thread, run_tasks
+from nnexp.runner.sweep import run_jobs
+
+__all__ = ["INTERRUPTIONS", "Interrupts", "Job", "RunResult", "Terminated", "build_network", "check_overrides",
+           "compose", "execute", "group_key", "load_splits", "make_job", "one_blas_thread", "plan_groups", "run_jobs", "run_tasks",
+           "train_spec"]

@@ -1,0 +1,203 @@
+"""Executing jobs: any list of compatible jobs (one job is a list of one) trained as one
+population, each tracked as its own MLflow run, with interrupts and failures recorded.
+
+This is the only place runs are trained and tracked; every entry point comes here.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import sys
+import traceback
+from dataclasses import dataclass
+from typing import Sequence
+
+from nnexp import tracking
+from nnexp.config import RunConfig, config_hash, flat_params
+from nnexp.engine import save_network
+from nnexp.engine.network import Network, evaluate
+from nnexp.names import DIVERGED, FAILED, KILLED, RUNNING, TAG_CONFIG_HASH, TAG_EXPERIMENT, TAG_STATUS, TAG_SWEEP
+from nnexp.runner.build import build_network, load_splits, train_spec
+from nnexp.runner.groups import check_compatible
+from nnexp.runner.interrupts import INTERRUPTIONS, Interrupts
+from nnexp.runner.job import Job
+from nnexp.train import History, Record, Streams, fit_population
+
+log = logging.getLogger("nnexp.run")
+
+
+@dataclass
+class RunResult:
+    status: str  # completed | diverged | early_stopped | pruned
+    history: History
+    run_id: str | None = None
+    test_accuracy: float | None = None
+    summary: str = ""
+    tracking_seconds: float = 0.0
+    network: Network | None = None  # the trained network (best parameters if early stopping restored them)
+
+    @property
+    def best_validation_accuracy(self) -> float | None:
+        return self.history.best_validation_accuracy
+
+
+def test_accuracy_of(history: History, net, test, monitored: bool) -> float | None:
+    """Test accuracy at the best-validation evaluation if tracked, else measured once now."""
+    if history.outcome == DIVERGED:
+        return None
+    if monitored and history.records:
+        best = history.best_epoch
+        rec = next((r for r in history.records if r.epoch == best), history.records[-1])
+        return rec.test_accuracy
+    return evaluate(net, test.x, test.y)[1]
+
+
+class ProgressBar:
+    """Per-evaluation tqdm bar: epoch, current eta, validation accuracy."""
+
+    def __init__(self, total_epochs: int, enabled: bool):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total_epochs, unit="epoch", disable=not enabled, leave=False, file=sys.stderr)
+
+    def __call__(self, record: Record, net=None):
+        self.bar.n = record.epoch
+        post = {"eta": f"{record.eta:.4g}"}
+        if record.validation_accuracy is not None:
+            post["val_acc"] = f"{record.validation_accuracy:.4f}"
+        self.bar.set_postfix(post, refresh=True)
+        return None
+
+    def logging(self):
+        """Route log lines through tqdm while the bar is shown, so they don't break it."""
+        from contextlib import nullcontext
+
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        return nullcontext() if self.bar.disable else logging_redirect_tqdm()
+
+    def close(self):
+        self.bar.close()
+
+
+def summary_line(result: RunResult, where: str) -> str:
+    h = result.history
+    parts = [result.status]
+    if h.best_validation_accuracy is not None:
+        parts.append(f"best validation accuracy {h.best_validation_accuracy:.4f} at epoch {h.best_epoch:g}")
+    if result.test_accuracy is not None:
+        parts.append(f"test accuracy {result.test_accuracy:.4f}")
+    if h.reason and result.status != "completed":
+        parts.append(h.reason)
+    parts.append(where)
+    return " | ".join(parts)
+
+
+# -- tracking one job -------------------------------------------------------------------------
+def run_name(job: Job) -> str:
+    c = job.config
+    head = job.experiment or "run"
+    return job.run_name or f"{head} eta={c.eta:g} lmbda={c.lmbda:g} mb={c.mini_batch_size} seed={c.seed}"
+
+
+def new_tracker(job: Job):
+    """The job's MLflow tracker, not yet started (None if tracking is off)."""
+    c = job.config
+    if not c.tracking.enabled:
+        return None
+    tags = {TAG_EXPERIMENT: job.experiment or "none", TAG_STATUS: RUNNING, TAG_CONFIG_HASH: config_hash(c),
+            **(job.tags or {})}
+    if job.sweep_id:
+        tags[TAG_SWEEP] = job.sweep_id
+    return tracking.RunTracker(
+        uri=tracking.resolve_uri(c.tracking.uri), experiment=c.tracking.experiment, run_name=run_name(job),
+        params=flat_params(c), tags=tags, parent_run_id=job.parent_run_id,
+        step_by_images=c.monitor.every_images is not None)
+
+
+def _open(tracker, splits, job: Job) -> None:
+    """Create the run's record before training: params, tags, dataset input."""
+    if tracker is None:
+        return
+    tracker.start()
+    tracker.log_dataset(splits)
+    if job.on_start:
+        job.on_start(tracker.run_id)
+
+
+def _record_interruption(tracker, exc: BaseException, artifacts: dict) -> None:
+    """Ctrl-C / SIGTERM -> KILLED, anything else -> FAILED; the metrics so far are kept."""
+    if tracker is None or tracker.run_id is None:  # interrupted before its record existed
+        return
+    if isinstance(exc, INTERRUPTIONS):
+        tracker.fail(KILLED, "KILLED", error="interrupted (Ctrl-C or SIGTERM)", artifacts=dict(artifacts))
+    else:
+        tracker.fail(FAILED, "FAILED", error=f"{type(exc).__name__}: {exc}",
+                     artifacts={**artifacts, "traceback.txt": traceback.format_exc()})
+
+
+def _finish(job: Job, tracker, history: History, net, test, artifacts: dict) -> RunResult:
+    """After training: test accuracy, summary metrics, artifacts, status, the summary line."""
+    c = job.config
+    result = RunResult(history.outcome, history, tracker.run_id if tracker else None, network=net)
+    result.test_accuracy = test_accuracy_of(history, net, test, "test_accuracy" in c.monitor.metrics)
+    if tracker:
+        summary = {"best_validation_accuracy": history.best_validation_accuracy,
+                   "best_epoch": history.best_epoch, "final_test_accuracy": result.test_accuracy,
+                   "train_seconds": history.train_seconds}
+        artifacts = {**artifacts, "history.csv": history.to_csv()}
+        if c.tracking.log_model and history.outcome != DIVERGED:
+            buf = io.BytesIO()
+            save_network(net, buf)
+            artifacts["model.npz"] = buf.getvalue()
+        tracker.finish(history.outcome, summary=summary, artifacts=artifacts, mlflow_status="FINISHED",
+                       error=history.reason if history.outcome == DIVERGED else None)
+        result.tracking_seconds = tracker.seconds_in_tracking
+    where = tracker.location if tracker else "not tracked (tracking=off)"
+    result.summary = summary_line(result, where)
+    return result
+
+
+# -- executing ---------------------------------------------------------------------------------
+def execute(jobs: Sequence[Job] | Job, *, progress: bool = False) -> list[RunResult]:
+    """Train compatible jobs (see ``runner.groups.group_key``) as one population and track each.
+
+    Raises NnexpError for bad data or config (before any run is created); KeyboardInterrupt /
+    Terminated after recording every started run as KILLED; other exceptions after recording
+    them as FAILED. One job is a population of one: the results never depend on grouping."""
+    jobs = [jobs] if isinstance(jobs, Job) else list(jobs)
+    check_compatible([j.config for j in jobs])
+    splits, train, val, test = load_splits(jobs[0].config, progress=progress)
+    streams = [Streams.from_seed(j.config.seed) for j in jobs]
+    nets = [build_network(j.config, s) for j, s in zip(jobs, streams)]
+    specs = [train_spec(j.config) for j in jobs]
+    trackers = [new_tracker(j) for j in jobs]
+    artifacts = [{"config.yaml": j.resolved_yaml} if j.resolved_yaml else {} for j in jobs]
+    bar = ProgressBar(max(s.epochs for s in specs), progress and len(jobs) == 1)
+    # interruptions are caught from before the records exist, so they never leave one RUNNING
+    with Interrupts() as interrupts:
+        observers = [([interrupts.guard(t.observe)] if t else []) + ([bar] if len(jobs) == 1 else [])
+                     + list(j.observers) for t, j in zip(trackers, jobs)]
+        try:
+            with interrupts.deferred():
+                for t, j in zip(trackers, jobs):
+                    _open(t, splits, j)
+            if len(jobs) > 1:
+                log.info("training %d runs as one population (%s)", len(jobs),
+                         ", ".join(f"eta={j.config.eta:g} seed={j.config.seed}" for j in jobs))
+            with bar.logging():
+                histories = fit_population(nets, train, specs, validation=val, test=test, streams=streams,
+                                           observers=observers)
+            bar.close()
+            results = []
+            with interrupts.deferred():
+                for i, (j, h, net) in enumerate(zip(jobs, histories, nets)):
+                    results.append(_finish(j, trackers[i], h, net, test, artifacts[i]))
+                    trackers[i] = None  # recorded: an interruption from here on leaves it alone
+            return results
+        except BaseException as exc:
+            bar.close()
+            for t, a in zip(trackers, artifacts):
+                _record_interruption(t, exc, a)
+            raise

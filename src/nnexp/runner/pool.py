@@ -1,0 +1,116 @@
+"""The one worker pool: spawned processes with BLAS pinned to one thread, logging set up once,
+and the launching process working too.
+
+numpy and scipy each bundle an OpenBLAS; at more than one thread each, mini-batch training
+ran 25x slower here, and a second thread never helped at mini-batch 10. Parallelism comes
+from processes. Ctrl-C or SIGTERM in the launching process terminates the workers (each
+records its runs as KILLED); a worker whose launcher dies finishes its task and exits.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import multiprocessing
+import os
+import threading
+import time
+from typing import Any, Callable, Sequence
+
+from nnexp.runner.interrupts import INTERRUPTIONS, Interrupts
+
+LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
+
+
+def quiet_libraries() -> None:
+    for noisy in ("mlflow", "alembic"):  # schema-migration chatter at INFO level
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def one_blas_thread():
+    """Pin every loaded BLAS to one thread (a context manager; also used by workers)."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1)
+
+
+class _WorkerState:
+    """What a worker process keeps: its BLAS limit and whether it is busy (no module state)."""
+
+    busy = threading.Event()
+    limits: Any = None
+
+
+def _init_worker(parent_pid: int, level: int) -> None:
+    logging.basicConfig(level=level, format=LOG_FORMAT)
+    quiet_libraries()
+    _WorkerState.limits = one_blas_thread()
+
+    def watch_parent():  # the launcher died (SIGKILL, OOM): finish the current task, then exit
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent_pid and not _WorkerState.busy.is_set():
+                os._exit(0)
+
+    threading.Thread(target=watch_parent, name="nnexp-watch-parent", daemon=True).start()
+
+
+def _call(fn: Callable, task: Any) -> Any:
+    _WorkerState.busy.set()
+    try:
+        return fn(task)
+    finally:
+        _WorkerState.busy.clear()
+
+
+def run_tasks(fn: Callable[[Any], Any], tasks: Sequence[Any], workers: int,
+              on_done: Callable[[int, Any], None] | None = None, local: bool = True) -> list[Any]:
+    """``fn(task)`` for every task on ``workers`` processes. Returns each task's value, or the
+    exception that ended it; ``on_done(index, outcome)`` as each one ends. ``fn`` must be a
+    module-level function; tasks are best given largest first.
+
+    ``local``: this process is one of the workers and takes the first task at once (it has
+    imported and opened everything already). Without it, every task runs in a spawned worker
+    and this process only waits, so a worker killed from outside never takes it down (a
+    study's workers); the pool then ends the other workers too, and their tasks fail with
+    ``BrokenProcessPool``."""
+    outcomes: list[Any] = [None] * len(tasks)
+
+    def settle(i: int, get: Callable[[], Any]) -> None:
+        try:
+            outcomes[i] = get()
+        except INTERRUPTIONS:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a failed task is reported, the others go on
+            outcomes[i] = exc
+        if on_done:
+            on_done(i, outcomes[i])
+
+    if local and (workers <= 1 or len(tasks) <= 1):
+        with one_blas_thread():
+            for i, task in enumerate(tasks):
+                settle(i, lambda task=task: fn(task))
+        return outcomes
+    ctx = multiprocessing.get_context("spawn")
+    level = logging.getLogger().getEffectiveLevel()
+    with Interrupts():  # a signal while this process waits on the workers ends them too
+        pool = concurrent.futures.ProcessPoolExecutor(max_workers=max(1, workers - local), mp_context=ctx,
+                                                      initializer=_init_worker, initargs=(os.getpid(), level))
+        try:
+            futures = {pool.submit(_call, fn, tasks[i]): i for i in range(int(local), len(tasks))}
+            mine: int | None = 0 if local else None
+            with one_blas_thread():
+                while mine is not None:
+                    settle(mine, lambda i=mine: fn(tasks[i]))
+                    # the last task no worker has started yet is this process's next one
+                    taken = next((f for f in reversed(list(futures)) if f.cancel()), None)
+                    mine = futures.pop(taken) if taken is not None else None
+            for fut in concurrent.futures.as_completed(futures):
+                settle(futures[fut], fut.result)
+        except INTERRUPTIONS:
+            for child in multiprocessing.active_children():
+                child.terminate()  # SIGTERM: each worker records its runs as KILLED, then stops
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
+    return outcomes

@@ -1,0 +1,298 @@
+"""The SGD training loop for K >= 1 networks: epochs of shuffled mini-batches, monitoring,
+schedules, early stopping, divergence, observers. A single run is a population of one.
+
+Pure Python + NumPy: no tracking, tuning or config framework is imported here. Observers
+(tracking, progress bars, pruning) are called after every evaluation and may ask the loop to
+stop a member by returning a status string (e.g. "pruned").
+
+Each member keeps its own random streams (initial weights are the caller's; data order,
+dropout masks and the validation sample are drawn from its streams exactly as they would be
+alone), its own schedule, early stopping and observers. Since the stepper's arithmetic per
+member does not depend on the other members (engine/stepper.py) and every member is
+evaluated with its own products, a member's history and final weights are bit-for-bit those
+of the same run trained alone.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Sequence
+
+import numpy as np
+
+from nnexp.engine.network import Network, NonzeroColumns, evaluate, stack_networks
+from nnexp.engine.regularizers import PENALTIES
+from nnexp.engine.stepper import Stepper
+from nnexp.names import DIVERGED, EARLY_STOPPED, COMPLETED, SPLIT_NAMES
+from nnexp.train.spec import HalveOnPlateau, History, Observer, Record, Streams, TrainSpec, population_key
+
+
+def one_hot(labels: np.ndarray, n_classes: int, dtype) -> np.ndarray:
+    y = np.zeros((len(labels), n_classes), dtype=dtype)  # (n, n_classes)
+    y[np.arange(len(labels)), labels] = 1.0
+    return y
+
+
+class _Member:
+    """One member's book-keeping: its sets, history, best parameters, schedule state."""
+
+    def __init__(self, net: Network, spec: TrainSpec, streams: Streams, observers: Sequence[Observer],
+                 sets: dict[str, tuple[np.ndarray, np.ndarray]]):
+        self.net, self.spec, self.streams, self.observers, self.sets = net, spec, streams, observers, sets
+        self.history = History()
+        self.eta = spec.eta
+        self.best_params = None
+        self.since_best = 0
+        self.since_best_sched = 0
+        self.clock = 0.0  # training seconds since the previous evaluation
+        self.active = True
+
+    def record(self, images_seen: int, n_train: int, evaluated: dict[str, tuple[float, float]]) -> Record:
+        spec = self.spec
+        rec = Record(epoch=images_seen / n_train, images_seen=images_seen, eta=self.eta, epoch_seconds=self.clock)
+        if spec.monitor.every_images is None:
+            rec.epoch = round(rec.epoch)  # whole epochs: a clean MLflow step
+        penalty = PENALTIES[spec.penalty].value(self.net.weights, spec.lmbda, n_train)
+        for split, (cost, acc) in evaluated.items():
+            if f"{split}_cost" in spec.monitor.metrics:
+                setattr(rec, f"{split}_cost", cost + penalty)
+            if f"{split}_accuracy" in spec.monitor.metrics:
+                setattr(rec, f"{split}_accuracy", acc)
+        self.history.records.append(rec)
+        self.clock = 0.0
+        return rec
+
+    def diverged(self, rec: Record) -> str | None:
+        if not self.net.params_finite():
+            return "parameters became non-finite"
+        for k in ("training_cost", "validation_cost", "test_cost"):
+            v = getattr(rec, k)
+            if v is not None and (not math.isfinite(v) or v > self.spec.divergence_cost):
+                return f"{k} = {v:.4g} exceeds {self.spec.divergence_cost:g}"
+        return None
+
+    def after_evaluation(self, rec: Record) -> tuple[str, str] | None:
+        """Book-keeping after an evaluation; returns (outcome, reason) to stop."""
+        why = self.diverged(rec)
+        if why:  # the observers still see the record: a diverged run keeps its curves
+            for observer in self.observers:
+                observer(rec, self.net)
+            return DIVERGED, why
+        h, spec = self.history, self.spec
+        acc = rec.validation_accuracy
+        if acc is not None:
+            if h.best_validation_accuracy is None or acc > h.best_validation_accuracy:
+                h.best_validation_accuracy, h.best_epoch = acc, rec.epoch
+                self.since_best = self.since_best_sched = 0
+                if spec.early_stopping and spec.early_stopping.restore_best:
+                    self.best_params = self.net.copy_params()
+            else:
+                self.since_best += 1
+                self.since_best_sched += 1
+        for observer in self.observers:
+            status = observer(rec, self.net)
+            if status:
+                return status, f"stopped by {getattr(observer, '__name__', type(observer).__name__)}"
+        es = spec.early_stopping
+        if es and acc is not None and self.since_best >= es.patience:
+            return EARLY_STOPPED, f"no improvement in validation accuracy for {es.patience} evaluations"
+        sched = spec.schedule
+        if isinstance(sched, HalveOnPlateau) and acc is not None and self.since_best_sched >= sched.patience:
+            self.eta /= 2
+            self.since_best_sched = 0
+            if self.eta <= spec.eta * sched.min_factor * (1 + 1e-12):
+                return COMPLETED, f"learning rate reached eta0 x {sched.min_factor:g}"
+        return None
+
+    def finish(self, stop: tuple[str, str] | None) -> None:
+        if stop:
+            self.history.outcome, self.history.reason = stop
+        if self.best_params is not None and self.history.outcome != DIVERGED:
+            self.net.set_params(*self.best_params)
+        self.active = False
+
+
+class _Loop:
+    """The epochs of K members. The stepper's stack holds the rows ``self.rows`` (the member
+    of each row), shrinking as members finish (``compact``)."""
+
+    def __init__(self, nets, train, specs, validation, test, streams, observers):
+        dtype = nets[0].dtype
+        self.x = np.ascontiguousarray(train.x, dtype=dtype)  # (n, n_in)
+        labels = np.asarray(train.y)
+        self.y = one_hot(labels, nets[0].sizes[-1], dtype)  # (n, n_out)
+        self.n = len(self.x)
+        self.spec = specs[0]  # the settings every member shares (population_key)
+        self._nonzero: dict[int, NonzeroColumns] = {}
+        shared = {"training": (self.x, labels)}
+        if test is not None:
+            shared["test"] = (np.asarray(test.x, dtype=dtype), np.asarray(test.y))
+        val = None if validation is None else (np.asarray(validation.x, dtype=dtype), np.asarray(validation.y))
+        self.members = []
+        for net, spec, st, obs in zip(nets, specs, streams, observers):
+            sets = dict(shared)
+            if val is not None:
+                sets["validation"] = self._validation_set(val, spec, st)
+            self.members.append(_Member(net, spec, st, obs, sets))
+        weights, biases = stack_networks(list(nets))
+        self.stepper = Stepper(weights, biases, hidden=nets[0].hidden, cost=nets[0].cost, penalty=self.spec.penalty,
+                               n_train=self.n, eta=[s.eta for s in specs], lmbda=[s.lmbda for s in specs],
+                               momentum=[s.momentum for s in specs])
+        self.rows = np.arange(len(nets))  # per row of the stack: its member
+        self.images_seen = 0
+
+    @staticmethod
+    def _validation_set(val, spec: TrainSpec, streams: Streams):
+        vx, vy = val
+        m = spec.monitor.validation_sample
+        if m is not None and m < len(vx):
+            pick = streams.monitor.choice(len(vx), size=m, replace=False)
+            vx, vy = vx[pick], vy[pick]
+        return vx, vy
+
+    def _columns(self, x: np.ndarray) -> NonzeroColumns:
+        """The set without its all-zero columns, made once per array shared by members."""
+        key = id(x)
+        if key not in self._nonzero or self._nonzero[key].source is not x:
+            self._nonzero[key] = NonzeroColumns(x)
+        return self._nonzero[key]
+
+    # -- evaluation ---------------------------------------------------------------------------
+    def evaluate(self, m: _Member) -> Record:
+        out = {}
+        for split in SPLIT_NAMES:
+            wanted = any(f"{split}_{k}" in m.spec.monitor.metrics for k in ("cost", "accuracy"))
+            if wanted and split in m.sets:
+                x, labels = m.sets[split]
+                out[split] = evaluate(m.net, self._columns(x), labels)
+        return m.record(self.images_seen, self.n, out)
+
+    def evaluate_members(self, which: Sequence[int]) -> None:
+        for i in which:
+            m = self.members[i]
+            stop = m.after_evaluation(self.evaluate(m))
+            if stop:
+                m.finish(stop)
+            elif m.eta != self.stepper.eta[self.row_of(i)]:
+                self.stepper.set_eta(self.row_of(i), m.eta)
+
+    def row_of(self, i: int) -> int:
+        return int(np.flatnonzero(self.rows == i)[0])
+
+    def active_members(self) -> list[int]:
+        return [int(i) for i in self.rows if self.members[i].active]
+
+    def compact(self) -> np.ndarray | None:
+        """Drop finished members from the stack (their networks keep their final weights);
+        returns the rows kept, or None if nothing changed."""
+        keep = np.flatnonzero([self.members[i].active for i in self.rows])
+        if len(keep) == len(self.rows) or len(keep) == 0:
+            return None
+        self.stepper.keep(keep)
+        self.rows = self.rows[keep]
+        for r, i in enumerate(self.rows):
+            net = self.members[i].net
+            net.weights = [w[r] for w in self.stepper.weights]
+            net.biases = [b[r] for b in self.stepper.biases]
+        return keep
+
+    # -- training -----------------------------------------------------------------------------
+    def masks(self, mb: int) -> list[np.ndarray] | None:
+        """Inverted-dropout multipliers, (K, mb, h) per hidden layer, each member drawing
+        from its own stream in the order a lone run draws them."""
+        if not self.spec.dropout:
+            return None
+        dtype = self.x.dtype
+        hidden = self.members[0].net.sizes[1:-1]
+        per_member = []
+        for i in self.rows:
+            m = self.members[i]
+            keep = 1.0 - m.spec.dropout
+            per_member.append([((m.streams.dropout.random((mb, h)) < keep) / keep).astype(dtype) for h in hidden])
+        return [np.stack([pm[l] for pm in per_member]) for l in range(len(hidden))]
+
+    def run(self) -> list[History]:
+        start = time.perf_counter()
+        every, mb = self.spec.monitor.every_images, self.spec.mini_batch_size
+        next_eval = every or 0
+        with np.errstate(all="ignore"):  # divergence is detected and reported, not warned
+            for epoch in range(max(m.spec.epochs for m in self.members)):
+                for i in self.active_members():
+                    if epoch >= self.members[i].spec.epochs:
+                        self.members[i].finish(None)
+                if not self.active_members():
+                    break
+                self.compact()
+                perms = np.stack([self.members[i].streams.shuffle.permutation(self.n)
+                                  for i in self.rows])  # (K, n)
+                t0 = time.perf_counter()
+                for s in range(0, self.n, mb):
+                    idx = perms[:, s:s + mb]  # (K, batch)
+                    self.stepper.step(self.x[idx], self.y[idx], self.masks(idx.shape[1]))
+                    self.images_seen += idx.shape[1]
+                    if every and self.images_seen >= next_eval:
+                        next_eval += every
+                        self._add_clock(time.perf_counter() - t0)
+                        self.evaluate_members(self.active_members())
+                        kept = self.compact()
+                        if not self.active_members():
+                            break
+                        if kept is not None:
+                            perms = perms[kept]
+                        t0 = time.perf_counter()
+                self._add_clock(time.perf_counter() - t0)
+                if every is None:
+                    self.evaluate_members(self.active_members())
+                else:  # the last epoch of a member ends with an evaluation
+                    self.evaluate_members([i for i in self.active_members() if epoch == self.members[i].spec.epochs - 1
+                                           and not self._evaluated_now(self.members[i])])
+                self.compact()
+            for i in self.active_members():
+                self.members[i].finish(None)
+        total = time.perf_counter() - start
+        for m in self.members:
+            m.history.train_seconds = total
+        return [m.history for m in self.members]
+
+    def _add_clock(self, seconds: float) -> None:
+        for i in self.active_members():
+            self.members[i].clock += seconds
+
+    def _evaluated_now(self, m: _Member) -> bool:
+        return bool(m.history.records) and m.history.records[-1].images_seen == self.images_seen
+
+
+def check_population(nets: Sequence[Network], train, specs: Sequence[TrainSpec], validation) -> None:
+    """The members can train together, on this data (ValueError otherwise)."""
+    keys = {population_key(n.sizes, n.hidden, n.cost, n.dtype, s) for n, s in zip(nets, specs)}
+    if len(keys) != 1:
+        raise ValueError("population members must share architecture, cost, dtype, mini-batch size, "
+                         "penalty type, dropout on/off and monitoring")
+    mb = specs[0].mini_batch_size
+    if mb < 1 or mb > len(train.x):
+        raise ValueError(f"mini_batch_size must be in [1, {len(train.x)}], got {mb}")
+    for spec in specs:
+        if spec.needs_validation and (validation is None or "validation_accuracy" not in spec.monitor.metrics):
+            raise ValueError("early stopping and halve_on_plateau need validation_accuracy monitored")
+
+
+def fit_population(nets: Sequence[Network], train, specs: Sequence[TrainSpec], *, validation=None, test=None,
+                   streams: Sequence[Streams], observers: Sequence[Sequence[Observer]] | None = None
+                   ) -> list[History]:
+    """Train K compatible networks (``population_key``) by mini-batch SGD, in place, as one
+    batched computation; one History per member, each exactly the one it would have alone.
+    Never raises on divergence: that member's outcome is "diverged" instead."""
+    check_population(nets, train, specs, validation)
+    observers = observers or [() for _ in nets]
+    return _Loop(nets, train, specs, validation, test, streams, observers).run()
+
+
+def fit(net: Network, train, spec: TrainSpec, *, validation=None, test=None, streams: Streams | None = None,
+        seed: int = 0, observers: Sequence[Observer] = ()) -> History:
+    """Train ``net`` in place by mini-batch SGD and return its History: a population of one.
+
+    ``streams`` (or ``seed``) supplies the shuffling, dropout and monitoring randomness."""
+    streams = streams or Streams.from_seed(seed)
+    return fit_population([net], train, [spec], validation=validation, test=test, streams=[streams],
+                          observers=[observers])[0]
