@@ -77,6 +77,8 @@ ALLOWED = {  # layer -> the nnexp layers it may import (besides itself)
     "nnexp.train": {"nnexp.engine", "nnexp.names"},
     "nnexp.runner": {"nnexp.runner", "nnexp.train", "nnexp.engine", "nnexp.config", "nnexp.data", "nnexp.errors",
                      "nnexp.names", "nnexp.tracking"},
+    "nnexp.search": {"nnexp.runner", "nnexp.config", "nnexp.errors", "nnexp.names", "nnexp.tracking",
+                     "nnexp.figures"},
     "hydra_plugins": {"nnexp.runner", "nnexp.callbacks", "nnexp.errors", "nnexp.names"},
 }
 

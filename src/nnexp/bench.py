@@ -329,7 +329,7 @@ def _study_run(kind: str, seed: int, store: Path, workers: int, extra: list[str]
     """One study, in this process, on its own storage; returns what the table needs."""
     from hydra import compose, initialize_config_module
 
-    from nnexp.study import finished_trials, run_study
+    from nnexp.search import finished_trials, run_study
 
     overrides = [f"study={kind}", f"seed={seed}", f"study.seed={seed}", f"study.study_name={kind}-{seed}",
                  f"study.storage=sqlite:///{store / 'optuna.db'}", f"study.output_dir={store / kind / str(seed)}",

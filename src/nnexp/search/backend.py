@@ -1,0 +1,98 @@
+"""The Optuna backend (the only package that imports optuna): storages with heartbeats,
+samplers, pruners, opening a stage's study, keeping asked trials alive."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Sequence
+
+from nnexp.errors import NnexpError
+from nnexp.search.plan import Plan
+from nnexp.tracking import redact
+
+DEFAULT_STORAGE = "sqlite:///optuna.db"
+
+
+def make_storage(url: str, heartbeat: int = 10, grace: int = 30):
+    """An RDB storage with heartbeats: a killed worker's trial is failed and retried."""
+    import warnings
+
+    import optuna
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    # population trials are asked and told (not Study.optimize); _Heartbeat keeps them alive
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    try:
+        return RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=heartbeat, grace_period=grace,
+                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2))
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise NnexpError(f"cannot open Optuna storage {redact(url)}: {redact(first)}") from None
+
+
+def make_sampler(plan: Plan, worker: int = 0):
+    import optuna
+
+    seed = plan.seed * 1000 + worker  # workers must not propose identical points
+    if plan.sampler == "random":  # its own stream: not TPE's random start-up points
+        return optuna.samplers.RandomSampler(seed=seed + 500)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=3)
+
+
+def make_pruner(plan: Plan):
+    import optuna
+
+    if not plan.prune or plan.pruner == "none":
+        return optuna.pruners.NopPruner()
+    if plan.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner()
+    return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
+
+
+def open_study(plan: Plan, storage, worker: int = 0):
+    import optuna
+
+    return optuna.create_study(study_name=f"{plan.study}/{plan.stage}", storage=storage,
+                               direction="maximize", load_if_exists=True,
+                               sampler=make_sampler(plan, worker), pruner=make_pruner(plan))
+
+
+class Heartbeat:
+    """Keeps the asked trials' heartbeats fresh while a population trains them (``optimize``
+    does this for one trial), so a killed worker's trials are failed and retried."""
+
+    def __init__(self, storage, trial_ids: Sequence[int], interval: int):
+        self.storage, self.ids, self.interval = storage, list(trial_ids), max(1, interval)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._beat, daemon=True)
+
+    def _beat(self) -> None:
+        while True:
+            for i in self.ids:
+                self.storage.record_heartbeat(i)
+            if self.stop.wait(self.interval):
+                return
+
+    def __enter__(self):
+        if self.storage.get_heartbeat_interval():
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        if self.thread.is_alive():
+            self.thread.join()
+
+
+def finished_trials(study) -> list:
+    from optuna.trial import TrialState
+
+    return [t for t in study.get_trials(deepcopy=False) if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+
+
+def best_of(trials) -> Any:
+    scored = [t for t in trials if t.value is not None]
+    return max(scored, key=lambda t: t.value) if scored else None

@@ -1,0 +1,121 @@
+"""What a study leaves behind and reads back: decisions stored with each stage (this is what
+resumes), the chosen configuration as a preset, the decision log with its plots."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf
+
+from nnexp import tracking
+from nnexp.names import TAG_STATUS
+from nnexp.search.backend import finished_trials, make_storage
+from nnexp.search.settings import STAGES
+from nnexp.search.strategy import Context
+
+log = logging.getLogger("nnexp.study")
+
+
+def load_decisions(ctx: Context) -> None:
+    """Decisions of finished stages, read back from the storage (this is what resumes)."""
+    import optuna
+
+    existing = {s.study_name for s in optuna.get_all_study_summaries(make_storage(ctx.storage_url))}
+    for stage in STAGES[ctx.settings.kind]:
+        name = f"{ctx.name}/{stage}"
+        if name in existing:
+            study = optuna.load_study(study_name=name, storage=make_storage(ctx.storage_url))
+            ctx.stage_studies[stage] = study
+            if "decision" in study.user_attrs:
+                ctx.decisions[stage] = study.user_attrs["decision"]
+
+
+def meta_study(ctx: Context):
+    import optuna
+
+    return optuna.create_study(study_name=f"{ctx.name}", storage=make_storage(ctx.storage_url),
+                               direction="maximize", load_if_exists=True)
+
+
+def override_file(ctx: Context, out_dir: Path) -> Path:
+    """The final configuration as a preset: python -m nnexp.run --config-dir OUT +experiment=NAME."""
+    final = ctx.decisions["final"]
+    c = final["config"]
+    groups = {g: c[g]["name"] for g in ("dataset", "cost", "regularization", "init", "schedule", "early_stopping")}
+    body = {k: v for k, v in c.items() if k != "tracking"}
+    path = out_dir / "experiment" / f"{slug(ctx.name)}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = [
+        "# @package _global_",
+        f"# Chosen by the study '{ctx.name}' ({ctx.settings.kind}); storage {tracking.redact(ctx.storage_url)}.",
+        f"# Final stage: best validation accuracy {final['validation_accuracy']:.4f}, "
+        f"test accuracy {final.get('test_accuracy') or float('nan'):.4f} (measured once).",
+        f"# Reproduce: python -m nnexp.run --config-dir {out_dir} +experiment={slug(ctx.name)}",
+    ]
+    defaults = {"defaults": [{f"override /{g}": opt} for g, opt in groups.items()]}
+    path.write_text("\n".join(header) + "\n" + OmegaConf.to_yaml(OmegaConf.create({**defaults, **body})))
+    return path
+
+
+def slug(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)
+
+
+def decision_log(ctx: Context, out_dir: Path, command: str) -> Path:
+    """Markdown: the question, the hyper-parameters' roles, each stage's trials and decision,
+    the plots that justify them, and the command that reproduces the result."""
+    from nnexp import figures
+
+    s = ctx.settings
+    lines = [f"# Study `{ctx.name}` ({s.kind})", "", f"**Question.** {s.question}", "",
+             f"- scientific hyper-parameters: {', '.join(s.scientific)}",
+             f"- nuisance: seed-independent here (one seed per trial, {ctx.base.seed})",
+             f"- fixed: sizes {ctx.base.sizes}, cost {ctx.base.cost.name}, init {ctx.base.init.name}, "
+             f"dataset {ctx.base.dataset.name} ({ctx.n_full} training images)",
+             f"- storage: `{tracking.redact(ctx.storage_url)}`; MLflow parent run: `{ctx.parent_run_id}`",
+             f"- command: `{command}`", ""]
+    for stage in STAGES[s.kind]:
+        decision = ctx.decisions.get(stage)
+        study = ctx.stage_studies.get(stage)
+        if decision is None or study is None:
+            continue
+        trials = finished_trials(study)
+        lines += [f"## {stage}", "", f"**Decision:** {decision.get('summary', '')}", ""]
+        lines += [f"- note: {n}" for n in decision.get("notes", [])]
+        lines += ["| trial | params | status | best validation accuracy | images |", "|---|---|---|---|---|"]
+        for t in sorted(trials, key=lambda t: t.number):
+            params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items())
+            val = "" if t.value is None else f"{t.value:.4f}"
+            lines.append(f"| {t.number} | {params} | {t.user_attrs.get(TAG_STATUS, t.state.name.lower())} "
+                         f"| {val} | {t.user_attrs.get('images', '')} |")
+        png = figures.study_stage_figure(stage, trials, out_dir / f"{stage}.png")
+        if png:
+            lines += ["", f"![{stage}]({png.name})"]
+        lines.append("")
+    path = out_dir / "decisions.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def write_outputs(ctx: Context) -> None:
+    out_dir = Path(ctx.settings.output_dir or Path("studies") / slug(ctx.name)).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    command = "python -m nnexp.study " + " ".join(HydraConfig.get().overrides.task) if HydraConfig.initialized() else ""
+    preset = override_file(ctx, out_dir)
+    log_path = decision_log(ctx, out_dir, command)
+    (out_dir / "decisions.json").write_text(json.dumps(ctx.decisions, indent=2, default=str))
+    if ctx.parent_run_id:
+        uri = tracking.resolve_uri(ctx.base.tracking.uri)
+        final = ctx.decisions["final"]
+        tracking.finish_study_run(uri, ctx.parent_run_id, out_dir, {
+            "best_validation_accuracy": final["validation_accuracy"],
+            "test_accuracy": final.get("test_accuracy")})
+    final = ctx.decisions["final"]
+    ctx.decisions["_outputs"] = {"preset": str(preset), "log": str(log_path)}
+    log.info("study %s: eta %.4g, lambda %.4g, mini-batch %d; validation accuracy %.4f, test accuracy %.4f | "
+             "reproduce: python -m nnexp.run --config-dir %s +experiment=%s | decisions: %s",
+             ctx.name, final["eta"], final["lmbda"], final["mini_batch_size"], final["validation_accuracy"],
+             final.get("test_accuracy") or float("nan"), out_dir, slug(ctx.name), log_path)

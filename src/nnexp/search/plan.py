@@ -1,0 +1,29 @@
+"""What one stage's trials train: picklable, handed to worker processes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nnexp.config import RunConfig
+
+
+@dataclass
+class Plan:
+    """What one stage's trials train: picklable, handed to worker processes."""
+
+    study: str
+    stage: str
+    storage: str
+    base: RunConfig
+    space: dict  # name -> {"low", "high", "log"} or {"choices": [...]}
+    lmbda_scale: float = 1.0  # trial lambda = suggested (full-data units) x scale
+    eta_base_mb: int | None = None  # trial eta = eta x mini_batch_size / eta_base_mb
+    prune: bool = True
+    pruner: str = "median"
+    sampler: str = "tpe"
+    seed: int = 0
+    parent_run_id: str | None = None
+    experiment: str | None = None
+    heartbeat: int = 10
+    grace: int = 30
+    population: int = 1  # trials asked at once and trained as one batched population

@@ -1,0 +1,136 @@
+"""The ``study`` config group (sweeps/study/*.yaml) as a typed schema with its defaults, validated
+like a run config: unknown keys and bad values are one-line errors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from nnexp.config import suggest
+from nnexp.errors import ConfigError
+
+#: the stages of each kind of study, in order
+STAGES = {"broad_strategy": ["eta_threshold", "lmbda_walk", "lmbda_refine", "eta_refine", "mini_batch", "final"],
+          "sampler": ["search", "final"]}
+PRUNERS = ("median", "hyperband", "none")
+SAMPLERS = ("tpe", "random")
+
+
+@dataclass
+class Stripped:
+    """The stripped-down problem the early stages run on (the book: 0s and 1s, no hidden layer,
+    monitoring every 1,000 images on 100 validation images)."""
+
+    classes: list[int] = field(default_factory=lambda: [0, 1])
+    hidden: list[int] = field(default_factory=list)
+    every_images: int = 1000
+    validation_sample: int | None = 100
+
+
+@dataclass
+class EtaStage:
+    decades: list[float] = field(default_factory=lambda: [0.001, 0.01, 0.1, 1.0, 10.0, 100.0])
+    refine: list[float] = field(default_factory=lambda: [2.0, 5.0])  # inside the threshold's decade
+    epochs: int = 3  # "the first few epochs"
+    refine_trials: int = 6  # eta_refine: TPE trials on the full problem
+    refine_range: list[float] = field(default_factory=lambda: [0.03, 3.0])  # x eta, log scale
+    refine_epochs: int = 30
+
+
+@dataclass
+class LmbdaStage:
+    start: float = 1.0  # in full-data units
+    max_steps: int = 3
+    refine_trials: int = 6
+    epochs: int = 30
+
+
+@dataclass
+class MiniBatchStage:
+    sizes: list[int] = field(default_factory=lambda: [1, 10, 20, 50, 100])
+    base: int = 10  # eta was tuned at this size; a trial uses eta * size / base
+    epochs: int = 2
+    evaluations_per_epoch: int = 10
+    validation_sample: int | None = 1000
+
+
+@dataclass
+class FinalStage:
+    epochs: int = 60
+
+
+@dataclass
+class StudySettings:
+    name: str = "broad_strategy"
+    kind: str = "broad_strategy"  # broad_strategy | sampler
+    question: str = ""
+    study_name: str | None = None  # default: name; stages are <study_name>/<stage>
+    storage: str | None = None  # Optuna storage URL; None = sqlite:///optuna.db
+    workers: int = 1
+    population: int = 1  # trials asked at once per worker and trained as one population
+    seed: int = 0
+    pruner: str = "median"
+    patience: int = 10
+    scientific: list[str] = field(default_factory=lambda: ["eta", "lmbda", "mini_batch_size"])
+    stripped: Stripped = field(default_factory=Stripped)
+    eta: EtaStage = field(default_factory=EtaStage)
+    lmbda: LmbdaStage = field(default_factory=LmbdaStage)
+    mini_batch: MiniBatchStage = field(default_factory=MiniBatchStage)
+    final: FinalStage = field(default_factory=FinalStage)
+    # sampler studies (kind: sampler)
+    sampler: str = "tpe"
+    n_trials: int = 20
+    budget_images: int | None = None
+    epochs: int = 30
+    space: dict[str, Any] = field(default_factory=dict)
+    stop_after: str | None = None
+    output_dir: str | None = None
+    heartbeat_seconds: int = 10
+    grace_seconds: int = 30
+
+    @property
+    def study(self) -> str:
+        return self.study_name or self.name
+
+
+def _one_line(exc: Exception) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def to_settings(raw: dict) -> StudySettings:
+    """The ``study`` group as StudySettings; one-line ConfigError for unknown keys or bad values."""
+    known = list(StudySettings.__dataclass_fields__)
+    unknown = [k for k in raw if k not in known]
+    if unknown:
+        raise ConfigError(f"unknown key 'study.{unknown[0]}'{suggest(unknown[0], known)}; study keys: "
+                          f"{', '.join(known)}")
+    try:
+        s = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(StudySettings), OmegaConf.create(raw)))
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None)
+        raise ConfigError(f"bad value{f' for study.{key}' if key else ''}: {_one_line(exc)}") from None
+    validate(s)
+    return s
+
+
+def validate(s: StudySettings) -> None:
+    def check(ok: bool, message: str) -> None:
+        if not ok:
+            raise ConfigError(message)
+
+    check(s.kind in STAGES, f"unknown study kind '{s.kind}'; choose one of: {', '.join(STAGES)}")
+    check(s.pruner in PRUNERS, f"unknown study.pruner '{s.pruner}'; choose one of: {', '.join(PRUNERS)}")
+    check(s.sampler in SAMPLERS, f"unknown study.sampler '{s.sampler}'; choose one of: {', '.join(SAMPLERS)}")
+    check(s.population >= 1, f"study.population must be a whole number >= 1 (trials trained together), "
+                             f"got {s.population!r}")
+    check(s.workers >= 1, f"study.workers must be >= 1, got {s.workers}")
+    check(s.stop_after is None or s.stop_after in STAGES[s.kind],
+          f"unknown stage '{s.stop_after}' for study.stop_after; stages: {', '.join(STAGES[s.kind])}")
+    check(s.kind != "sampler" or bool(s.space), "a sampler study needs study.space (eta, lmbda, mini_batch_size)")
+    check(len(s.eta.refine_range) == 2 and 0 < s.eta.refine_range[0] < s.eta.refine_range[1],
+          f"study.eta.refine_range must be [low, high] with 0 < low < high, got {s.eta.refine_range}")
+    check(s.heartbeat_seconds >= 1 and s.grace_seconds >= 1, "study.heartbeat_seconds and grace_seconds must be >= 1")

@@ -1,0 +1,76 @@
+"""Running a study: the base run config and the study settings in, every stage run or resumed,
+the outputs written. Called by ``python -m nnexp.study`` and by the benchmark."""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from nnexp import tracking
+from nnexp.config import RunConfig, to_run_config
+from nnexp.errors import ConfigError
+from nnexp.names import TAG_EXPERIMENT, TAG_STAGE, TAG_STUDY
+from nnexp.search.backend import DEFAULT_STORAGE, make_storage
+from nnexp.search.outputs import load_decisions, meta_study, write_outputs
+from nnexp.search.settings import StudySettings, to_settings
+from nnexp.search.strategy import Context, broad_strategy, sampler_study
+
+log = logging.getLogger("nnexp.study")
+
+
+def load_settings(cfg: DictConfig) -> tuple[StudySettings, RunConfig]:
+    container = OmegaConf.to_container(cfg, resolve=True)
+    raw = container.pop("study", None)
+    if not raw:
+        raise ConfigError("no study selected: use study=broad_strategy, study=tpe or study=random")
+    return to_settings(raw), to_run_config(container)
+
+
+
+def _n_images(c: RunConfig, classes=None) -> int:
+    from nnexp.runner import load_splits
+
+    c = copy.deepcopy(c)
+    if classes is not None:
+        c.dataset.classes, c.dataset.train_size = list(classes), None
+    return len(load_splits(c)[1])
+
+
+def run_study(cfg: DictConfig, workers: int | None = None) -> Context:
+    settings, base = load_settings(cfg)
+    hc = HydraConfig.get() if HydraConfig.initialized() else None
+    experiment = hc.runtime.choices.get("experiment") if hc else None
+    name = settings.study
+    storage_url = settings.storage or DEFAULT_STORAGE
+    ctx = Context(name=name, settings=settings, base=base, storage_url=storage_url,
+                  workers=int(workers or settings.workers), experiment=experiment)
+    ctx.n_full = _n_images(base)
+    if settings.kind == "broad_strategy":
+        ctx.n_stage = _n_images(base, settings.stripped.classes)
+    make_storage(storage_url)  # create the schema once, before any worker starts
+    meta = meta_study(ctx)
+    if base.tracking.enabled:
+        uri = tracking.resolve_uri(base.tracking.uri)
+        ctx.parent_run_id = meta.user_attrs.get("mlflow_parent_run_id")
+        if ctx.parent_run_id:
+            tracking.reopen_run(uri, ctx.parent_run_id)
+        else:
+            ctx.parent_run_id = tracking.start_parent_run(
+                uri, base.tracking.experiment, name=f"study {name}",
+                tags={TAG_STUDY: name, TAG_STAGE: "study", TAG_EXPERIMENT: experiment or "none"})
+            meta.set_user_attr("mlflow_parent_run_id", ctx.parent_run_id)
+    load_decisions(ctx)
+    stop_after = settings.stop_after
+    log.info("study %s (%s): storage %s, %d worker(s), full problem %d images%s", name, settings.kind,
+             tracking.redact(storage_url), ctx.workers, ctx.n_full,
+             f", stripped problem {ctx.n_stage} images" if ctx.n_stage else "")
+    strategy = broad_strategy if settings.kind == "broad_strategy" else sampler_study
+    strategy(ctx, stop_after)
+    if "final" in ctx.decisions:
+        write_outputs(ctx)
+    elif ctx.parent_run_id:
+        tracking.end_parent_run(tracking.resolve_uri(base.tracking.uri), ctx.parent_run_id)
+    return ctx
