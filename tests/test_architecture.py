@@ -79,6 +79,8 @@ ALLOWED = {  # layer -> the nnexp layers it may import (besides itself)
                      "nnexp.names", "nnexp.tracking"},
     "nnexp.search": {"nnexp.runner", "nnexp.config", "nnexp.errors", "nnexp.names", "nnexp.tracking",
                      "nnexp.figures"},
+    "nnexp.report": {"nnexp.runner", "nnexp.config", "nnexp.errors", "nnexp.names", "nnexp.tracking",
+                     "nnexp.figures", "nnexp.baselines", "nnexp.data", "nnexp.engine", "nnexp.train"},
     "hydra_plugins": {"nnexp.runner", "nnexp.callbacks", "nnexp.errors", "nnexp.names"},
 }
 

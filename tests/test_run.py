@@ -273,3 +273,21 @@ def test_an_exception_during_training_leaves_a_failed_run_with_the_error(store):
     assert "observer exploded" in run.data.tags["nnexp.error"]
     assert len(client.get_metric_history(run.info.run_id, "validation_accuracy")) == 2
     assert "traceback.txt" in {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
+def test_config_hash_is_stable_when_a_setting_is_added_at_its_default():
+    from nnexp.config import RunConfig, config_hash, flat_params, identity_hash, identity_params
+
+    c = RunConfig()
+    params, defaults = flat_params(c), flat_params(RunConfig())
+    assert identity_hash(identity_params(params, defaults)) == config_hash(c)
+    grown, grown_defaults = {**params, "new_setting": 0.0}, {**defaults, "new_setting": 0.0}
+    assert identity_hash(identity_params(grown, grown_defaults)) == config_hash(c)  # at its default: same run
+    changed = {**params, "new_setting": 0.5}
+    assert identity_hash(identity_params(changed, grown_defaults)) != config_hash(c)
+    c2 = RunConfig()
+    c2.eta = 0.25  # an existing setting is always part of the identity, default or not
+    assert config_hash(c2) != config_hash(c)
+    c3 = RunConfig()
+    c3.dataset.data_dir = "/elsewhere"  # where the data is read from is not what the run computes
+    assert config_hash(c3) == config_hash(c)

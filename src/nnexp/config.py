@@ -15,13 +15,11 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from nnexp.data import CATALOG, DATASETS
 from nnexp.engine import ACTIVATIONS, COSTS, INITS, PENALTIES
 from nnexp.errors import ConfigError
 from nnexp.names import METRIC_NAMES
 
-DATASETS = ("mnist", "fashion_mnist", "digits")
-TRAIN_SIZES = {"mnist": 50_000, "fashion_mnist": 50_000, "digits": 1_197}
-N_INPUTS = {"mnist": 784, "fashion_mnist": 784, "digits": 64}
 SCHEDULES = ("constant", "halve_on_plateau")
 EARLY_STOPPING = ("off", "no_improvement")
 DTYPES = ("float64", "float32")
@@ -119,7 +117,7 @@ class RunConfig:
     @property
     def train_size(self) -> int:
         """Training-set size known before loading (classes subsets are checked after)."""
-        n = TRAIN_SIZES[self.dataset.name]
+        n = CATALOG[self.dataset.name].n_train
         if self.dataset.train_size is not None:
             n = min(n, self.dataset.train_size)
         return n * 5 if self.dataset.expanded else n
@@ -218,7 +216,7 @@ def validate(c: RunConfig) -> None:
            f"mini_batch_size {c.mini_batch_size} is larger than the training set ({c.train_size} images)")
     _check(len(c.sizes) >= 2 and all(s >= 1 for s in c.sizes),
            f"sizes must list at least two positive layer sizes, got {c.sizes}")
-    n_in = N_INPUTS[c.dataset.name]
+    n_in = CATALOG[c.dataset.name].n_inputs
     _check(c.sizes[0] == n_in, f"sizes[0] is {c.sizes[0]} but dataset {c.dataset.name} has "
                                f"{n_in} inputs: use sizes=[{n_in},{','.join(map(str, c.sizes[1:]))}]")
     _check(c.sizes[-1] == 10, f"sizes[-1] must be 10 (ten digit classes), got {c.sizes[-1]}")
@@ -256,12 +254,32 @@ def flat_params(c: RunConfig) -> dict[str, Any]:
 #: Params that do not change what a run computes: left out of its identity.
 _NOT_IDENTITY = ("dataset.data_dir", "dataset.download", "monitor.progress")
 
+#: The settings that existed when runs were first identified by their hash: always hashed.
+#: A setting added later is hashed only when it differs from its default, so that adding a
+#: setting (at a default that keeps today's behaviour) leaves every tracked run's hash as it was.
+HASHED_ALWAYS = frozenset({
+    "budget_images", "cost", "dataset", "dataset.classes", "dataset.expanded", "dataset.n_inputs",
+    "dataset.train_size", "dtype", "early_stopping", "early_stopping.patience", "early_stopping.restore_best",
+    "epochs", "eta", "hidden", "init", "lmbda", "mini_batch_size", "momentum", "monitor.every_images",
+    "monitor.metrics", "monitor.validation_sample", "regularization", "regularization.dropout",
+    "regularization.penalty", "schedule", "schedule.min_factor", "schedule.patience", "seed", "sizes"})
+
+
+def identity_hash(payload: dict) -> str:
+    """The one hash of a run's identity (16 hex digits of SHA-256 over canonical JSON)."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def identity_params(params: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """The params that make a run's identity: see HASHED_ALWAYS and _NOT_IDENTITY."""
+    return {k: v for k, v in params.items() if k not in _NOT_IDENTITY
+            and (k in HASHED_ALWAYS or k not in defaults or v != defaults[k])}
+
 
 def config_hash(c: RunConfig) -> str:
     """A short identity of what a run computes (same hash = same curves): the report finds
     runs by it, so that a figure is built from exactly the configurations it declares."""
-    import hashlib
-    import json
-
-    params = {k: v for k, v in flat_params(c).items() if k not in _NOT_IDENTITY}
-    return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return identity_hash(identity_params(flat_params(c), flat_params(RunConfig())))

@@ -41,7 +41,9 @@ from nnexp.errors import ChecksumError, DataError, DataNotFoundError, IdxFormatE
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "CATALOG",
     "DATASETS",
+    "DatasetFacts",
     "DataFile",
     "Split",
     "Splits",
@@ -56,7 +58,24 @@ __all__ = [
     "sample",
 ]
 
-DATASETS = ("mnist", "fashion_mnist", "digits")
+@dataclass(frozen=True)
+class DatasetFacts:
+    """What is known of a dataset before reading it: the one place these numbers live."""
+
+    name: str
+    title: str
+    n_inputs: int  # pixels per image
+    n_train: int  # training images in the book's split
+    n_validation: int
+    n_classes: int = 10
+
+
+CATALOG = MappingProxyType({
+    "mnist": DatasetFacts("mnist", "MNIST", 784, 50_000, 10_000),
+    "fashion_mnist": DatasetFacts("fashion_mnist", "Fashion-MNIST", 784, 50_000, 10_000),
+    "digits": DatasetFacts("digits", "digits", 64, 1_197, 300),  # sklearn's 1,797 8x8 images
+})
+DATASETS = tuple(CATALOG)
 
 #: The four IDX files of MNIST and Fashion-MNIST, in the order recorded in ``Splits.files``.
 IDX_FILES = (
@@ -66,10 +85,8 @@ IDX_FILES = (
     "t10k-labels-idx1-ubyte.gz",
 )
 
-#: Size of the validation split taken from the end of the training file (the book's split).
-N_VALIDATION = 10_000
 
-_TITLES = MappingProxyType({"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "digits": "digits"})
+_TITLES = MappingProxyType({name: facts.title for name, facts in CATALOG.items()})
 
 #: Sub-directory names accepted under a data directory D (besides D itself).
 _SUBDIRS = MappingProxyType({"mnist": ("mnist",), "fashion_mnist": ("fashion_mnist", "fashion-mnist")})
@@ -645,11 +662,12 @@ def _load_idx_dataset(name: str, paths: dict[str, Path], source: Path, dtype: np
         return Split(x=x, y=labels.astype(np.int64))
 
     train_images, train_labels = pair("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz")
-    n_train = train_images.shape[0] - N_VALIDATION
+    n_validation = CATALOG[name].n_validation  # taken from the end of the training file (the book's split)
+    n_train = train_images.shape[0] - n_validation
     if n_train <= 0:
         raise IdxFormatError(
             f"{paths['train-images-idx3-ubyte.gz']}: {train_images.shape[0]} training images, "
-            f"need more than {N_VALIDATION} for the validation split"
+            f"need more than {n_validation} for the validation split"
         )
     train = split(train_images[:n_train], train_labels[:n_train])
     validation = split(train_images[n_train:], train_labels[n_train:])
@@ -684,7 +702,9 @@ def _load_digits(dtype: np.dtype) -> Splits:
     order = np.random.default_rng(0).permutation(len(y))
     x = np.divide(x[order], 16, dtype=dtype)
     y = y[order]
-    cuts = ((0, 1197), (1197, 1497), (1497, len(y)))
+    facts = CATALOG["digits"]
+    n_train, n_val = facts.n_train, facts.n_train + facts.n_validation
+    cuts = ((0, n_train), (n_train, n_val), (n_val, len(y)))
     train, validation, test = (Split(x=x[a:b].copy(), y=y[a:b].copy()) for a, b in cuts)
     return Splits(
         name="digits",

@@ -1,0 +1,5 @@
+"""``python -m nnexp.report``."""
+
+from nnexp.report.cli import main
+
+main()

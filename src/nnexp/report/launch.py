@@ -1,0 +1,108 @@
+"""Making the runs a figure is missing, through nnexp.runner (compatible runs as populations,
+spread over the worker pool), and the two kinds of run that are not a network on a dataset:
+the book's single neuron and the baselines."""
+
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+import numpy as np
+
+from nnexp import tracking
+from nnexp.names import COMPLETED, RUNNING, TAG_CONFIG_HASH, TAG_EXPERIMENT, TAG_STATUS
+from nnexp.report.plan import Job, compose_run
+
+def _run_task(task: tuple[str, str, Sequence[Job]]) -> list[str]:
+    """A pool task (store, experiment, jobs): compatible runs trained as one population (e.g.
+    the seeds of an arm), or one baseline or single-neuron run; returns the MLflow run ids."""
+    from nnexp import runner
+
+    uri, experiment, jobs = task
+    first = jobs[0]
+    if first.kind == "neuron":
+        return [_neuron_run(first, uri, experiment)]
+    if first.kind == "baseline":
+        return [_baseline_run(first, uri, experiment)]
+    where = [f"tracking.uri={uri}", f"tracking.experiment={experiment}"]
+    jobs = [runner.compose([*j.overrides, *where], experiment=j.experiment) for j in jobs]
+    return [r.run_id for r in runner.execute(jobs)]
+
+
+def _tracker(job: Job, uri: str, experiment: str, params: dict):
+    t = tracking.RunTracker(uri=uri, experiment=experiment, run_name=f"{job.figure}: {job.arm}",
+                            params=params, tags={TAG_EXPERIMENT: job.experiment or job.figure,
+                                                 TAG_CONFIG_HASH: job.key, TAG_STATUS: RUNNING})
+    t.start()
+    return t
+
+
+def _neuron_run(job: Job, uri: str, experiment: str) -> str:
+    """The book's single neuron (input 1, target 0): cost per epoch, tracked like any run."""
+    from nnexp.engine.costs import COSTS
+    from nnexp.engine.network import Network, forward
+    from nnexp.engine.stepper import Stepper
+    from nnexp.train import Record
+
+    s = job.spec
+    t = _tracker(job, uri, experiment, {**s, "sizes": [1, 1], "seed": 0})
+    net = Network([np.array([[float(s["w"])]])], [np.array([float(s["b"])])], cost=s["cost"])
+    x, y = np.array([[1.0]]), np.array([[0.0]])
+    stepper = Stepper.of([net], eta=float(s["eta"]), penalty="none")
+    for epoch in range(int(s["epochs"]) + 1):
+        acts, z = forward(net, x)
+        cost = COSTS[s["cost"]].fn(z, acts[-1], y)
+        t.observe(Record(epoch=epoch, images_seen=epoch, eta=float(s["eta"]), epoch_seconds=0.0,
+                         training_cost=cost))
+        stepper.step(x, y)
+    t.finish(COMPLETED, summary={"final_output": float(forward(net, x)[0][-1][0, 0])}, artifacts={})
+    return t.run_id
+
+
+def _baseline_run(job: Job, uri: str, experiment: str) -> str:
+    from nnexp import data
+    from nnexp.baselines import BASELINES
+    from nnexp.runner import load_splits
+
+    c, _ = compose_run([f"dataset={job.spec['dataset']}", f"dtype={job.spec['dtype']}"])
+    splits, train, _val, test = load_splits(c)
+    if job.spec["train_size"]:
+        train = data.first_n(train, int(job.spec["train_size"]))
+    t = _tracker(job, uri, experiment, {**job.spec, "seed": job.seed})
+    acc = BASELINES[job.spec["method"]](train, test, np.random.default_rng(job.seed))
+    t.finish(COMPLETED, summary={"test_accuracy": acc, "best_test_accuracy": acc}, artifacts={})
+    return t.run_id
+
+
+def _tasks(jobs: Sequence[Job], workers: int) -> list[list[Job]]:
+    """Runs grouped into populations where compatible (seeds of an arm, arms of a sweep);
+    baselines and the single neuron on their own; the slow SVM fits first."""
+    from nnexp import runner
+
+    runs = [j for j in jobs if j.kind == "run"]
+    configs = [compose_run(j.overrides)[0] for j in runs]
+    groups = [[runs[i] for i in g] for g in runner.plan_groups(configs, 16, 4096, workers)]
+    others = sorted((j for j in jobs if j.kind != "run"), key=lambda j: -(j.spec.get("train_size") or 0))
+    return [[j] for j in others] + groups
+
+
+def launch(jobs: Sequence[Job], uri: str, experiment: str, workers: int) -> None:
+    """Make the missing runs on ``workers`` processes (populations where possible), with progress."""
+    from nnexp import runner
+
+    tracking.prepare_store(uri, experiment)  # created once, before parallel jobs
+    tasks = _tasks(jobs, workers)
+    start, done = time.perf_counter(), 0
+
+    def progress(i: int, outcome) -> None:
+        nonlocal done
+        task = tasks[i]
+        done += len(task)
+        status = "done"
+        if isinstance(outcome, BaseException):  # recorded in MLflow by the runs themselves; keep going
+            status = f"failed: {str(outcome).splitlines()[0] if str(outcome) else type(outcome).__name__}"
+        what = task[0].arm if len(task) == 1 else f"{len(task)} runs as one population ({task[0].arm}, ...)"
+        print(f"[{done}/{len(jobs)}] {task[0].figure}: {what} {status} ({time.perf_counter() - start:.0f} s)",
+              flush=True)
+
+    runner.run_tasks(_run_task, [(uri, experiment, t) for t in tasks], workers, on_done=progress)

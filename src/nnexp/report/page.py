@@ -1,0 +1,123 @@
+"""Each figure drawn from its runs, with the book's numbers next to nnexp's, and the page
+(HTML and its markdown twin) that gathers them."""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from nnexp.report.plan import Job
+from nnexp.report.runs import curves_frame, final_value
+from nnexp.report.stats import band, mean_std, paired_difference, per_seed
+
+MLFLOW_UI = "http://127.0.0.1:5000"
+
+@dataclass
+class Section:
+    name: str
+    title: str
+    book: str
+    png: str
+    table: list[tuple[str, str, str, str]]  # what, book, nnexp, n
+    comparisons: list[str]
+    commands: list[str]
+    runs: list[tuple[str, int, str, str]]  # arm, seed, run id, experiment id
+    curves: dict
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.2%}" if abs(x) <= 1.5 else f"{x:.4g}"
+
+
+def build_figure(name: str, fig: dict, jobs: Sequence[Job], found: dict, uri: str, out: Path) -> Section:
+    from nnexp import figures
+
+    runs = {(j.arm, j.seed): found[j.key] for j in jobs}
+    kind, png = fig["kind"], out / f"{name}.png"
+    table, comparisons = [], []
+    if kind in ("curves", "neuron"):
+        metrics = list(dict.fromkeys(fig["panels"] + [n["metric"] for n in fig.get("numbers", [])]))
+        frame = curves_frame(uri, runs, metrics)
+        arms = [a["label"] for a in fig["arms"]]
+        drawn = figures.curves_figure(band(frame[frame.metric.isin(fig["panels"])]), fig["panels"], png,
+                                      title=fig["title"], arms=arms, log_cost=kind == "neuron")
+        for spec in fig.get("numbers", []):
+            s = per_seed(frame, spec["metric"], spec["agg"])
+            vals = s[s.arm == spec["arm"]]["value"].tolist()
+            m, sd = mean_std(vals)
+            table.append((f"{spec['arm']}: {spec['what']}", _fmt(spec["book"]), f"{_fmt(m)} ± {_fmt(sd)}", str(len(vals))))
+        for spec in fig.get("compare", []):
+            d = paired_difference(per_seed(frame, spec["metric"], spec["agg"]), spec["a"], spec["b"])
+            ci = f", 95% CI [{d['lo']:+.4f}, {d['hi']:+.4f}]" if d["n"] > 1 else " (one seed: no interval)"
+            comparisons.append(f"{spec['b']} minus {spec['a']}, {spec['agg']} {spec['metric']}: "
+                               f"{d['mean']:+.4f} ± {d['std']:.4f} over {d['n']} paired seeds{ci}")
+    elif kind == "more_data":
+        frame = pd.DataFrame([(arm.split("@")[0], int(arm.split("@")[1]), seed,
+                               final_value(r, fig.get("metric", "test_accuracy"))) for (arm, seed), r in runs.items()],
+                             columns=["arm", "size", "seed", "value"]).replace({"arm": {"SVM": "SVM (SVC defaults)"}})
+        pts = frame.groupby(["arm", "size"])["value"].agg(mean="mean", lo="min", hi="max", n="count").reset_index()
+        drawn = figures.more_data_figure(pts, png, title=fig["title"])
+        for spec in fig.get("numbers", []):
+            arm = "SVM (SVC defaults)" if spec["arm"] == "SVM" else spec["arm"]
+            vals = frame[(frame.arm == arm) & (frame["size"] == spec["size"])]["value"].tolist()
+            got = f"{_fmt(mean_std(vals)[0])} ± {_fmt(mean_std(vals)[1])}" if vals else "not run"
+            table.append((spec["what"], _fmt(spec["book"]), got, str(len(vals))))
+    else:  # baselines
+        frame = pd.DataFrame([(arm, seed, final_value(r, "test_accuracy")) for (arm, seed), r in runs.items()],
+                             columns=["arm", "seed", "value"])
+        vals = frame.groupby("arm", sort=False)["value"].agg(mean="mean", lo="min", hi="max").reset_index()
+        drawn = figures.bars_figure(vals, png, title=fig["title"])
+        sizes = {j.arm: j.spec.get("train_size") for j in jobs}
+        for spec in fig.get("numbers", []):
+            v = frame[frame.arm == spec["arm"]]["value"].tolist()
+            on = f" (on {sizes[spec['arm']]:,} images)" if sizes.get(spec["arm"]) else ""
+            table.append((spec["what"], _fmt(spec["book"]), f"{_fmt(mean_std(v)[0])} ± {_fmt(mean_std(v)[1])}{on}",
+                          str(len(v))))
+    commands = sorted({j.command for j in jobs if j.kind == "run"}) or [f"python -m nnexp.report {name}"]
+    run_list = [(arm, seed, r.info.run_id, r.info.experiment_id) for (arm, seed), r in sorted(runs.items())]
+    return Section(name, fig["title"], fig.get("book", ""), png.name, table, comparisons, commands, run_list,
+                   drawn.curves)
+
+
+def write_page(sections: Sequence[Section], out: Path, *, seeds: int, extra: Sequence[str]) -> Path:
+    """index.html and its markdown twin, one section per figure."""
+    regen = "python -m nnexp.report" + (f" --seeds {seeds}" if seeds != 1 else "") + \
+            "".join(f" -o {o}" for o in extra)
+    md = ["# nnexp: the book's figures, regenerated from tracked runs", "",
+          f"Regenerate everything: `{regen}`. Bands are min-max over seeds.", ""]
+    h = ["<!doctype html><html><head><meta charset='utf-8'><title>nnexp report</title>",
+         "<style>body{font-family:sans-serif;max-width:1000px;margin:2em auto;padding:0 1em}"
+         "img{max-width:100%;border:1px solid #ddd}table{border-collapse:collapse}"
+         "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}code{background:#f4f4f4}</style>",
+         "</head><body><h1>nnexp: the book's figures, regenerated from tracked runs</h1>",
+         f"<p>Regenerate everything: <code>{html.escape(regen)}</code>. Bands are min-max over seeds.</p>"]
+    for s in sections:
+        md += [f"## {s.title}", "", f"*{s.book}* · `python -m nnexp.report {s.name}`", "", f"![{s.name}]({s.png})", ""]
+        h += [f"<section id='{s.name}'><h2>{html.escape(s.title)}</h2>",
+              f"<p><em>{html.escape(s.book)}</em> · <code>python -m nnexp.report {s.name}</code></p>",
+              f"<img src='{s.png}' alt='{s.name}'>"]
+        if s.table:
+            md += ["| | book | nnexp (mean ± std over seeds) | seeds |", "|---|---|---|---|"]
+            md += [f"| {a} | {b} | {c} | {n} |" for a, b, c, n in s.table] + [""]
+            h.append("<table><tr><th></th><th>book</th><th>nnexp (mean ± std over seeds)</th><th>seeds</th></tr>")
+            h += [f"<tr><td>{html.escape(a)}</td><td>{b}</td><td>{c}</td><td>{n}</td></tr>" for a, b, c, n in s.table]
+            h.append("</table>")
+        for c in s.comparisons:
+            md.append(f"- paired: {c}")
+            h.append(f"<p>Paired: {html.escape(c)}</p>")
+        md += ["", "Runs: " + ", ".join(f"[{a} s{seed}]({MLFLOW_UI}/#/experiments/{e}/runs/{r})"
+                                         for a, seed, r, e in s.runs), ""]
+        md += ["Commands:", *[f"    {c}" for c in s.commands], ""]
+        links = ", ".join(f"<a href='{MLFLOW_UI}/#/experiments/{e}/runs/{r}'>{html.escape(a)} s{seed}</a>"
+                          for a, seed, r, e in s.runs)
+        h += [f"<p>Runs (MLflow UI at {MLFLOW_UI}): {links}</p>",
+              "<pre>" + html.escape("\n".join(s.commands)) + "</pre></section>"]
+    h.append("</body></html>")
+    (out / "index.md").write_text("\n".join(md))
+    page = out / "index.html"
+    page.write_text("\n".join(h))
+    return page
