@@ -21,8 +21,13 @@ The ratio column is reference time / engine time for the rows where both exist.
 BLAS is pinned to one thread for the whole run (numpy and scipy each bundle an OpenBLAS;
 letting both use several threads was measured to be 25x slower).
 
-Targets ([784,30,10], mini-batch 10, 50,000 images): at most 0.30 s/epoch in float64,
-at most 0.22 s/epoch in float32, and at least 10x faster than the per-example reference.
+* hand-vectorised: a plain NumPy loop written here for the comparison (one row per example,
+  mini-batches gathered with ``x[idx]``, one in-place gemm per layer applying weight decay
+  and gradient together), the best a hand-written NumPy step does; timed like the engine.
+
+Targets ([784,30,10], mini-batch 10, 50,000 images): float64 within 1.10x of the
+hand-vectorised loop in the same run, float32 at most 0.16 s/epoch, and at least 10x
+faster than the per-example reference.
 
 The report is a list of sections (:data:`SECTIONS`), each a function from the shared
 :class:`Bench` context to a :class:`Table`; further sections (e.g. a population of
@@ -33,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import tempfile
 import time
@@ -60,7 +66,8 @@ REFERENCE_IMAGES = 2_000
 QUICK_IMAGES = 5_000
 QUICK_REFERENCE_IMAGES = 500
 #: Targets for [n_in, 30, 10], mini-batch 10, 50,000 images.
-TARGET_SECONDS = {"float64": 0.30, "float32": 0.22}
+TARGET_SECONDS = {"float32": 0.16}
+TARGET_HAND_RATIO = {"float64": 1.10}
 TARGET_SPEEDUP = 10.0
 
 
@@ -171,6 +178,56 @@ def time_reference(pairs: list, sizes: list[int], mini_batch: int, n_train: int,
     return Timing(best * n_train / len(pairs), 1e6 * best / n_batches)
 
 
+def time_hand_vectorised(train: data.Split, sizes: list[int], mini_batch: int, dtype, epochs: int,
+                         seed: int = 0) -> Timing:
+    """Best of ``epochs`` epochs (after one warm-up) of a plain hand-vectorised NumPy loop."""
+    from scipy.linalg.blas import get_blas_funcs
+
+    rng = np.random.default_rng(seed)
+    x = np.ascontiguousarray(train.x, dtype=dtype)  # (n, n_in)
+    y = np.zeros((len(x), sizes[-1]), dtype=dtype)  # (n, n_out) one-hot
+    y[np.arange(len(x)), train.y] = 1.0
+    ws = [np.asfortranarray(rng.standard_normal((a, b)) / np.sqrt(a), dtype=dtype) for a, b in zip(sizes, sizes[1:])]
+    bs = [rng.standard_normal(b).astype(dtype) for b in sizes[1:]]
+    gemm = get_blas_funcs("gemm", (ws[0],))
+    n, decay = len(x), 1.0 - ETA * LMBDA / len(x)
+
+    def sigmoid(z):
+        z *= 0.5
+        np.tanh(z, out=z)
+        z *= 0.5
+        z += 0.5
+        return z
+
+    best = math.inf
+    for epoch in range(1 + epochs):
+        perm = rng.permutation(n)
+        t0 = time.perf_counter()
+        for k in range(0, n, mini_batch):
+            idx = perm[k:k + mini_batch]
+            xb, yb = x[idx], y[idx]  # (m, n_in), (m, n_out)
+            acts = [xb]
+            for w, b in zip(ws, bs):
+                z = acts[-1] @ w  # (m, n_out)
+                z += b
+                acts.append(sigmoid(z))
+            delta = acts[-1] - yb  # cross-entropy (eq. 66)
+            alpha = -ETA / len(idx)
+            for l in range(len(ws) - 1, -1, -1):
+                back = delta @ ws[l].T if l else None
+                gb = delta.sum(axis=0)
+                gemm(alpha, acts[l].T, delta.T, beta=decay, c=ws[l], trans_b=1, overwrite_c=1)
+                gb *= alpha
+                bs[l] += gb
+                if l:
+                    a = acts[l]
+                    back *= a - a * a  # sigma'(z)
+                    delta = back
+        if epoch:
+            best = min(best, time.perf_counter() - t0)
+    return Timing(best, 1e6 * best / math.ceil(n / mini_batch))
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -226,8 +283,8 @@ def _label(sizes: Sequence[int]) -> str:
     return "[" + ",".join(str(s) for s in sizes) + "]"
 
 
-SGD_COLUMNS = ("network", "mb", "dtype", "engine s/epoch", "engine us/batch",
-               "reference s/epoch*", "reference us/batch", "reference/engine")
+SGD_COLUMNS = ("network", "mb", "dtype", "engine s/epoch", "engine us/batch", "hand s/epoch",
+               "engine/hand", "reference s/epoch*", "reference us/batch", "reference/engine")
 
 
 def sgd_results(bench: Bench) -> list[dict]:
@@ -242,19 +299,21 @@ def sgd_results(bench: Bench) -> list[dict]:
         for mb in MINI_BATCHES:
             for dtype_name, train in by_dtype.items():
                 engine = time_engine(train, sizes, mb, train.x.dtype, bench.epochs)
+                hand = time_hand_vectorised(train, sizes, mb, train.x.dtype, bench.epochs)
                 ref = None
                 if dtype_name == "float64" and (hidden, mb) in REFERENCE_CASES:
                     ref = time_reference(pairs, sizes, mb, bench.n_train, bench.epochs)
                 results.append({"sizes": sizes, "mb": mb, "dtype": dtype_name,
-                                "engine": engine, "reference": ref})
+                                "engine": engine, "hand": hand, "reference": ref})
     return results
 
 
 def _sgd_row(r: dict) -> tuple[str, ...]:
-    e, ref = r["engine"], r["reference"]
+    e, hand, ref = r["engine"], r["hand"], r["reference"]
     ratio = ref.seconds_per_epoch / e.seconds_per_epoch if ref else None
     return (_label(r["sizes"]), str(r["mb"]), r["dtype"],
             _num(e.seconds_per_epoch, ".4f"), _num(e.us_per_batch, ".1f"),
+            _num(hand.seconds_per_epoch, ".4f"), _num(e.seconds_per_epoch / hand.seconds_per_epoch, ".2f"),
             _num(ref and ref.seconds_per_epoch, ".4f"), _num(ref and ref.us_per_batch, ".1f"),
             _num(ratio, ".1f"))
 
@@ -267,9 +326,15 @@ def target_lines(bench: Bench, results: list[dict]) -> list[str]:
     for r in results:
         if r["sizes"][1] != 30 or r["mb"] != 10:
             continue
-        s, limit = r["engine"].seconds_per_epoch, TARGET_SECONDS[r["dtype"]]
-        lines.append(f"target {_label(r['sizes'])} mb 10 {r['dtype']}: {s:.3f} s/epoch "
-                     f"<= {limit:.2f}: {'ok' if s <= limit else 'MISSED'}")
+        s = r["engine"].seconds_per_epoch
+        if r["dtype"] in TARGET_SECONDS:
+            limit = TARGET_SECONDS[r["dtype"]]
+            lines.append(f"target {_label(r['sizes'])} mb 10 {r['dtype']}: {s:.3f} s/epoch "
+                         f"<= {limit:.2f}: {'ok' if s <= limit else 'MISSED'}")
+        if r["dtype"] in TARGET_HAND_RATIO:
+            ratio, limit = s / r["hand"].seconds_per_epoch, TARGET_HAND_RATIO[r["dtype"]]
+            lines.append(f"target {_label(r['sizes'])} mb 10 {r['dtype']}: {ratio:.2f}x the hand-vectorised "
+                         f"loop <= {limit:.2f}x: {'ok' if ratio <= limit else 'MISSED'}")
         if r["reference"]:
             x = r["reference"].seconds_per_epoch / s
             lines.append(f"target {_label(r['sizes'])} mb 10 speed-up over reference: {x:.1f}x "
@@ -513,8 +578,10 @@ def blas_summary() -> str:
             continue
         owner = Path(lib.get("filepath", "")).parent.name.removesuffix(".libs") or "?"
         parts.append(f"{lib.get('internal_api')} {lib.get('version')} ({owner}) "
-                     f"num_threads={lib.get('num_threads')}")
-    return "BLAS: " + ("; ".join(parts) if parts else "no BLAS library found by threadpoolctl")
+                     f"kernel={lib.get('architecture', '?')} num_threads={lib.get('num_threads')}")
+    env = ", ".join(f"{k}={os.environ[k]}" for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in os.environ)
+    forced = f" (forced by {env}; unset both in one command for the processor's own kernels)" if env else ""
+    return "BLAS: " + ("; ".join(parts) if parts else "no BLAS library found by threadpoolctl") + forced
 
 
 def _digits_bench(epochs: int, reference_images: int, notes: list[str]) -> Bench:

@@ -8,7 +8,7 @@ n is always the size of the *training* set, whatever set a cost is evaluated on.
 Each penalty says how it enters an SGD step, with reg = eta lambda / n (per member,
 shaped to broadcast over a (K, n_in, n_out) stack):
 - ``decay(reg)``: the factor on w folded into the update gemm (L2's weight decay, eq. 93);
-- ``shrink(w, reg)``: an in-place change of w before the gradient step (L1's eq. 97);
+- ``shrink(w, reg)``: an in-place change of w before the gradient step (L1's eq. 97), or None;
 - ``force(w, reg)``: eta times its gradient, for momentum's velocity (eq. 107), or None.
 """
 
@@ -50,10 +50,6 @@ def _l2_decay(reg):
     return 1.0 - reg
 
 
-def _no_shrink(w, reg):
-    return None
-
-
 def _l1_shrink(w, reg):
     w -= reg * np.sign(w)  # eq. (97), sgn(0) = 0
 
@@ -76,7 +72,7 @@ class Penalty:
     value: Callable[[list, float, int], float]
     gradient: Callable[[np.ndarray, float, int], np.ndarray]
     decay: Callable[[float], float] = _no_decay
-    shrink: Callable[[np.ndarray, np.ndarray], None] = _no_shrink
+    shrink: "Callable[[np.ndarray, np.ndarray], None] | None" = None
     force: Callable[[np.ndarray, np.ndarray], "np.ndarray | None"] = _no_force
 
 

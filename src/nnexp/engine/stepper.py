@@ -80,6 +80,7 @@ class Stepper:
         self.act, self.cost, self.penalty = ACTIVATIONS[hidden], COSTS[cost], PENALTIES[penalty]
         self.gemm = get_blas_funcs("gemm", (weights[0],))
         self.bias_views = [b[:, None, :] for b in biases]  # (K, 1, n_out): broadcast over the batch
+        self.members = [list(w) for w in weights]  # per layer, each member's (n_in, n_out) F-ordered view
         has_momentum = bool(self.momentum.any())  # momentum's velocities (eq. 107), if any member uses it
         self.vel_w = [np.zeros_like(w) for w in weights] if has_momentum else None
         self.vel_b = [np.zeros_like(b) for b in biases] if has_momentum else None
@@ -107,6 +108,7 @@ class Stepper:
         self.weights = [_take_rows(w, rows) for w in self.weights]
         self.biases = [b[rows] for b in self.biases]
         self.bias_views = [b[:, None, :] for b in self.biases]
+        self.members = [list(w) for w in self.weights]
         self.eta, self.lmbda, self.momentum = self.eta[rows], self.lmbda[rows], self.momentum[rows]
         if self.vel_w is not None:
             self.vel_w = [_take_rows(v, rows) for v in self.vel_w]
@@ -152,37 +154,46 @@ class Stepper:
         gb = np.add.reduce(delta, axis=1)  # (K, n_out)  BP3, summed over the batch
         gb *= self.alpha_b
         for rows, with_momentum in self.segments:
-            update = self._momentum_update if with_momentum else self._plain_update
-            update(l, rows, a_in, delta, gb)
+            if with_momentum:
+                self._momentum_update(l, rows, a_in, delta, gb)
+            else:
+                self._plain_update(l, rows, a_in, delta, gb)
 
-    def _plain_update(self, l: int, rows: slice, a_in, delta, gb) -> None:
-        w, b = self.weights[l][rows], self.biases[l][rows]
-        self.penalty.shrink(w, self.reg[rows])  # penalties that are not a decay (L1, eq. 97)
-        for k in range(rows.start, rows.stop):  # W <- decay W + alpha a_in^T delta
-            gemm_into(self.gemm, self.weights[l][k], self.alpha[k], a_in[k], delta[k], self.decay[k])
-        b += gb[rows]
+    def _plain_update(self, l: int, rows: range, a_in, delta, gb) -> None:
+        """W <- decay W + alpha a_in^T delta (one in-place gemm per member), b <- b + gb."""
+        w, gemm, alpha, decay, members = self.weights[l], self.gemm, self.alpha, self.decay, self.members[l]
+        whole = len(rows) == len(w)
+        if self.penalty.shrink is not None:  # a penalty that is not a decay (L1, eq. 97)
+            self.penalty.shrink(w if whole else w[rows.start:rows.stop], self.reg[rows.start:rows.stop])
+        for k in rows:  # the member's (n_in, n_out) matrix is F-ordered: BLAS updates it in place
+            gemm(alpha[k], a_in[k].T, delta[k].T, beta=decay[k], c=members[k], trans_b=1, overwrite_c=1)
+        if whole:
+            self.biases[l] += gb
+        else:
+            self.biases[l][rows.start:rows.stop] += gb[rows.start:rows.stop]
 
-    def _momentum_update(self, l: int, rows: slice, a_in, delta, gb) -> None:
-        w, b = self.weights[l][rows], self.biases[l][rows]
-        v, vb = self.vel_w[l][rows], self.vel_b[l][rows]
-        for k in range(rows.start, rows.stop):  # v <- mu v + alpha a_in^T delta
+    def _momentum_update(self, l: int, rows: range, a_in, delta, gb) -> None:
+        """v <- mu v + alpha a_in^T delta - eta dPenalty/dw, w <- w + v (eq. 107-108)."""
+        sl = slice(rows.start, rows.stop)
+        w, b, v, vb = self.weights[l][sl], self.biases[l][sl], self.vel_w[l][sl], self.vel_b[l][sl]
+        for k in rows:
             gemm_into(self.gemm, self.vel_w[l][k], self.alpha[k], a_in[k], delta[k], self.mu[k])
-        force = self.penalty.force(w, self.reg[rows])  # eta dPenalty/dw, or None
+        force = self.penalty.force(w, self.reg[sl])  # eta dPenalty/dw, or None
         if force is not None:
             v -= force
         w += v
-        vb *= self.mu_b[rows]
-        vb += gb[rows]
+        vb *= self.mu_b[sl]
+        vb += gb[sl]
         b += vb
 
 
-def _runs(flags: np.ndarray) -> list[tuple[slice, bool]]:
+def _runs(flags: np.ndarray) -> list[tuple[range, bool]]:
     """Contiguous runs of equal flags: [(rows, flag)]. Members with and without momentum take
     different update formulas; each run is updated with whole-stack operations."""
     out, start = [], 0
     for k in range(1, len(flags) + 1):
         if k == len(flags) or flags[k] != flags[start]:
-            out.append((slice(start, k), bool(flags[start])))
+            out.append((range(start, k), bool(flags[start])))
             start = k
     return out
 
