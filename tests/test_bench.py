@@ -16,21 +16,24 @@ def table_rows(text: str, first_layer: int) -> list[list[str]]:
 def test_quick_digits_run_prints_positive_engine_reference_and_ratio(capsys):
     bench.main(["--quick", "--dataset", "digits", "--epochs", "1"])
     out = capsys.readouterr().out
-    assert "digits training set" in out and "BLAS:" in out and "num_threads=1" in out
+    assert "digits training set" in out and "BLAS:" in out and "num_threads=1" in out and "kernel=" in out
     assert "reference/engine" in out and "extrapolated" in out
     rows = table_rows(out, 64)
     n_cases = len(bench.HIDDEN_SIZES) * len(bench.MINI_BATCHES) * len(bench.DTYPES)
     assert len(rows) == n_cases
     with_reference = 0
     for net, mb, dtype, *numbers in rows:
-        assert len(numbers) == 5
-        assert all(float(v) > 0 for v in numbers[:2])  # engine s/epoch, us/batch
-        if numbers[2] != "-":
+        assert len(numbers) == 7
+        engine, us, hand, ratio = (float(v) for v in numbers[:4])
+        assert engine > 0 and us > 0 and hand > 0
+        half = 5e-5  # the seconds are printed to 4 decimals
+        assert (engine - half) / (hand + half) - 0.005 <= ratio <= (engine + half) / (hand - half) + 0.005
+        if numbers[4] != "-":
             with_reference += 1
             assert dtype == "float64"
-            assert all(float(v) > 0 for v in numbers[2:])  # reference s, us, ratio
+            assert all(float(v) > 0 for v in numbers[4:])  # reference s, us, ratio
         else:
-            assert numbers[2:] == ["-", "-", "-"]
+            assert numbers[4:] == ["-", "-", "-"]
     assert with_reference == len(bench.REFERENCE_CASES)
 
 
