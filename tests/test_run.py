@@ -291,3 +291,15 @@ def test_config_hash_is_stable_when_a_setting_is_added_at_its_default():
     c3 = RunConfig()
     c3.dataset.data_dir = "/elsewhere"  # where the data is read from is not what the run computes
     assert config_hash(c3) == config_hash(c)
+
+
+@pytest.mark.parametrize("launcher", [[], ["hydra/launcher=basic"]])
+def test_a_preset_sweep_gives_three_children_tagged_with_the_preset(store, launcher):
+    out = nnexp_run("-m", "+experiment=multiple_eta", "dataset=digits", "epochs=1", *launcher)
+    assert out.returncode == 0, out.stderr
+    _, runs = all_runs(store)
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert sorted(float(r.data.params["eta"]) for r in children) == [0.025, 0.25, 2.5]
+    assert {r.data.tags["nnexp.experiment"] for r in runs} == {"multiple_eta"}  # parent and children
+    assert {r.data.params["init"] for r in children} == {"large"}
+    assert all(r.info.status == "FINISHED" for r in runs)

@@ -43,7 +43,8 @@ def run_job(cfg: DictConfig) -> float | None:
     multirun = hc.mode == RunMode.MULTIRUN
     launcher = hc.runtime.choices.get("hydra/launcher", "basic")
     try:
-        job = runner.make_job(cfg, sweep_id=os.environ.get(SWEEP_ENV), parent_run_id=os.environ.get(PARENT_ENV))
+        job = runner.make_job(cfg, experiment=hc.runtime.choices.get("experiment"),
+                              sweep_id=os.environ.get(SWEEP_ENV), parent_run_id=os.environ.get(PARENT_ENV))
     except ConfigError as exc:
         return _fail(str(exc), multirun)
     progress = job.config.monitor.progress
