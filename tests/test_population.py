@@ -104,22 +104,25 @@ def test_float32_population():
     assert histories[2].records[-1].training_accuracy > 0.6
 
 
-def test_evaluation_skipping_all_zero_columns_equals_the_dense_one():
-    from nnexp.engine.network import NonzeroColumns, evaluate
+def test_evaluation_skipping_all_zero_columns_equals_the_dense_forward_pass():
+    from nnexp.engine.costs import COSTS
+    from nnexp.engine.network import EvaluationSet, evaluate, forward
 
     rng = np.random.default_rng(3)
     x = rng.random((500, 40)) * (rng.random((500, 40)) > 0.6)
     x[:, [0, 1, 7, 39]] = 0.0  # a border that is blank in every image
     labels = rng.integers(0, 4, 500)
-    nz = NonzeroColumns(x)
-    assert nz.x.shape == (500, 36) and 0 not in nz.cols and 39 not in nz.cols
+    prepared = EvaluationSet(x)
+    assert prepared.xt.shape == (36, 500) and 0 not in prepared.cols and 39 not in prepared.cols
     for s in range(3):
         net = init_network([40, 6, 4], Streams.from_seed(s).init)
-        dense = evaluate(net, x, labels, chunk=128)
-        skipped = evaluate(net, nz, labels, chunk=128)
-        assert skipped[0] == pytest.approx(dense[0], rel=1e-12)
-        assert skipped[1] == dense[1]
-    assert NonzeroColumns(x[:, 2:39]).cols is None  # under 5% to gain: the set is used as it is
+        acts, z = forward(net, x)  # the dense, untransposed reference
+        y = np.eye(4)[labels]
+        cost, acc = evaluate(net, prepared, labels, chunk=128)
+        assert cost == pytest.approx(COSTS[net.cost].fn(z, acts[-1], y) / 500, rel=1e-12)
+        assert acc == np.mean(acts[-1].argmax(axis=1) == labels)
+        assert evaluate(net, x, labels, chunk=128) == (cost, acc)  # a raw array is prepared the same way
+    assert EvaluationSet(x[:, 2:39]).cols is None  # under 5% to gain: the set is used as it is
 
 
 # -- the Hydra launcher -----------------------------------------------------------------------

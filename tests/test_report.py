@@ -175,3 +175,29 @@ def test_overfitting_figures_on_mnist(shared_data_dir, tmp_path, monkeypatch):
     print("peak test accuracy:", peak.to_dict(), "max training accuracy:", train.to_dict())
     assert train["lambda = 0"] >= 0.995 and peak["lambda = 0"] < 0.85
     assert peak["lambda = 0.1"] > peak["lambda = 0"]
+
+
+def book_neuron_costs(cost: str, w: float, b: float, eta: float, epochs: int) -> list[float]:
+    """The book's neuron (input 1, target 0) by hand, in plain Python: cost before each step."""
+    out = []
+    for _ in range(epochs + 1):
+        a = 1.0 / (1.0 + math.exp(-(w + b)))
+        out.append(0.5 * a * a if cost == "quadratic" else -math.log(1.0 - a))
+        delta = a * a * (1.0 - a) if cost == "quadratic" else a  # dC/dz: eq. (55) vs eq. (61)
+        w, b = w - eta * delta, b - eta * delta
+    return out
+
+
+def test_the_tracked_neuron_curves_are_the_books_neuron(store):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    runs = client.search_runs([client.get_experiment_by_name("nnexp").experiment_id],
+                              filter_string="tags.`nnexp.experiment` = 'learning_slowdown'")
+    assert len(runs) == 4
+    for r in runs:
+        p = r.data.params
+        tracked = [m.value for m in sorted(client.get_metric_history(r.info.run_id, "training_cost"),
+                                           key=lambda m: m.step)]
+        expected = book_neuron_costs(p["cost"], float(p["w"]), float(p["b"]), float(p["eta"]), int(p["epochs"]))
+        assert tracked == pytest.approx(expected, rel=1e-9, abs=1e-12), p

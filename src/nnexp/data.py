@@ -30,7 +30,7 @@ import urllib.error
 import urllib.request
 import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
@@ -183,10 +183,12 @@ _MAX_IDX_BYTES = 1 << 36  # anything larger is a corrupt header, not a dataset
 
 @dataclass(frozen=True)
 class Split:
-    """``x``: (n, n_in) floats in [0, 1]; ``y``: (n,) int64 labels."""
+    """``x``: (n, n_in) floats in [0, 1]; ``y``: (n,) int64 labels. ``derived``: what users of
+    the split computed from it once and keep with it (e.g. training's evaluation form)."""
 
     x: np.ndarray
     y: np.ndarray
+    derived: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         xs, ys = np.shape(self.x), np.shape(self.y)

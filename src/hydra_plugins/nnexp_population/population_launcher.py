@@ -45,6 +45,7 @@ class PopulationLauncher(Launcher):
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
+        _compose_once(hydra_context.config_loader)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         import os
@@ -58,8 +59,9 @@ class PopulationLauncher(Launcher):
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        composed, jobs, values = [], {}, {}
-        for offset, overrides in enumerate(job_overrides):
+        composed, jobs = [], {}
+
+        def compose(offset: int, overrides: Sequence[str]) -> None:
             idx = initial_job_idx + offset
             cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
             with open_dict(cfg):
@@ -72,10 +74,18 @@ class PopulationLauncher(Launcher):
                                                parent_run_id=os.environ.get(PARENT_ENV))
             except NnexpError as exc:  # like the basic launcher: one line, the sweep goes on
                 log.error("job %d: %s", idx, exc)
-        order = sorted(jobs)
+
+        workers = max(1, min(self.workers, len(job_overrides)))
         try:
-            results = runner.run_jobs([jobs[i] for i in order], workers=self.workers,
-                                      max_members=self.max_members, max_memory_mb=self.max_memory_mb)
+            compose(0, job_overrides[0])
+            first = jobs[0].config if 0 in jobs else None
+            # the workers start (imports, the data) while this process composes the other jobs
+            with runner.WorkerPool(workers, warm=runner.warm_up, warm_with=first) as pool:
+                for offset, overrides in enumerate(job_overrides[1:], start=1):
+                    compose(offset, overrides)
+                order = sorted(jobs)
+                results = runner.run_jobs([jobs[i] for i in order], workers=workers, max_members=self.max_members,
+                                          max_memory_mb=self.max_memory_mb, pool=pool)
         except runner.INTERRUPTIONS:
             end_interrupted_sweep(self.config)
             raise SystemExit(130) from None
@@ -92,6 +102,25 @@ class PopulationLauncher(Launcher):
                 else value.best_validation_accuracy
             returns.append(ret)
         return returns
+
+
+def _compose_once(loader) -> None:
+    """Hydra's BasicSweeper composes every job to validate it, then hands the launcher only the
+    overrides; remember those configs so that each job is composed once (~80 ms a job)."""
+    if getattr(loader, "_nnexp_memo", None) is not None:
+        return
+    memo: dict = {}
+    compose = loader.load_sweep_config
+
+    def load_sweep_config(master_config, sweep_overrides):
+        key = (id(master_config), tuple(sweep_overrides))
+        if key in memo:  # composed by the sweeper's validation: handed over to the launcher
+            return memo.pop(key)
+        memo[key] = cfg = compose(master_config, list(sweep_overrides))
+        return cfg
+
+    loader.load_sweep_config = load_sweep_config
+    loader._nnexp_memo = memo
 
 
 def register() -> None:

@@ -122,44 +122,52 @@ def predict(net: Network, x: np.ndarray, chunk: int = 10_000) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros((0, net.sizes[-1]), net.dtype)
 
 
-class NonzeroColumns:
-    """A set without its input columns that are zero in every row (MNIST's border pixels: 67
-    of 784 in the training set, 117 in the validation set). Those columns add exact zeros to
-    the first layer, so evaluation can skip them; kept only if that saves >= 5% of the columns."""
+class EvaluationSet:
+    """A set prepared for evaluation: its inputs transposed, xt (n_in', n) C-contiguous, so that
+    each layer is one short-wide product W^T (n_out, n_in) @ a^T (n_in, n), which BLAS runs
+    20-33% faster here than the tall-skinny a @ W; without the input columns that are zero in
+    every row (MNIST's border pixels: 67 of 784 in the training set, 117 in the validation set),
+    which add exact zeros, when that saves >= 5% of the columns."""
 
     def __init__(self, x: np.ndarray):
         cols = np.flatnonzero(np.any(x != 0, axis=0))
         self.source = x
-        if len(cols) <= 0.95 * x.shape[1]:
-            self.cols, self.x = cols, np.ascontiguousarray(x[:, cols])
-        else:
-            self.cols, self.x = None, x
+        self.cols = cols if len(cols) <= 0.95 * x.shape[1] else None
+        kept = x[:, self.cols] if self.cols is not None else x
+        self.xt = np.ascontiguousarray(kept.T)  # (n_in', n)
+
+    def __len__(self) -> int:
+        return self.xt.shape[1]
 
 
-def evaluate(net: Network, x: "np.ndarray | NonzeroColumns", labels: np.ndarray, chunk: int = 10_000):
+def evaluate(net: Network, x: "np.ndarray | EvaluationSet", labels: np.ndarray, chunk: int = 10_000):
     """Mean data cost (without penalty) and accuracy of ``net`` on (x, labels), no dropout.
 
-    Given a ``NonzeroColumns`` set, the first layer only reads the columns that are not all
-    zero. Every network is evaluated by its own products, so a member of a population gets
-    exactly the numbers it would get alone."""
-    cost = COSTS[net.cost]
-    n_out = net.sizes[-1]
-    if isinstance(x, NonzeroColumns):
-        if x.cols is not None:
-            first = np.asfortranarray(net.weights[0][x.cols])  # (n_nonzero, n_hidden)
-            net = Network([first, *net.weights[1:]], net.biases, hidden=net.hidden, cost=net.cost)
-        x = x.x
+    Every network is evaluated by its own products, so a member of a population gets exactly
+    the numbers it would get alone; ``x`` may be prepared once as an ``EvaluationSet``."""
+    data = x if isinstance(x, EvaluationSet) else EvaluationSet(x)
+    act, cost = ACTIVATIONS[net.hidden].fn, COSTS[net.cost]
+    wt = [w.T for w in net.weights]  # layer l: (n_out, n_in)
+    if data.cols is not None:
+        wt[0] = np.ascontiguousarray(wt[0][:, data.cols])  # (n_hidden, n_in')
+    bias = [b[:, None] for b in net.biases]  # (n_out, 1)
+    n, n_out, last = len(data), net.sizes[-1], len(wt) - 1
     total, correct = 0.0, 0
     with np.errstate(all="ignore"):
-        for i in range(0, len(x), chunk):
+        for i in range(0, n, chunk):
             lab = labels[i:i + chunk]
-            acts, zL = forward(net, x[i:i + chunk])
-            y = np.zeros((len(lab), n_out), dtype=zL.dtype)
+            a = data.xt[:, i:i + chunk]  # (n_in', rows)
+            for l in range(last + 1):
+                z = wt[l] @ a  # (n_out, rows)
+                z += bias[l]
+                a = act(z) if l < last else z
+            zl = np.ascontiguousarray(z.T)  # (rows, n_out)
+            out = cost.output(zl.copy())
+            y = np.zeros((len(lab), n_out), dtype=zl.dtype)
             y[np.arange(len(lab)), lab] = 1.0
-            total += cost.fn(zL, acts[-1], y)
-            correct += int(np.count_nonzero(acts[-1].argmax(axis=1) == lab))
-    n = max(len(x), 1)
-    return total / n, correct / n
+            total += cost.fn(zl, out, y)
+            correct += int(np.count_nonzero(out.argmax(axis=1) == lab))
+    return total / max(n, 1), correct / max(n, 1)
 
 
 def stack_networks(nets: list[Network]) -> tuple[list[np.ndarray], list[np.ndarray]]:

@@ -38,24 +38,29 @@ def _tracker(job: Job, uri: str, experiment: str, params: dict):
 
 
 def _neuron_run(job: Job, uri: str, experiment: str) -> str:
-    """The book's single neuron (input 1, target 0): cost per epoch, tracked like any run."""
-    from nnexp.engine.costs import COSTS
-    from nnexp.engine.network import Network, forward
-    from nnexp.engine.stepper import Stepper
-    from nnexp.train import Record
+    """The book's single neuron (input 1, target 0), trained by the one training loop and
+    tracked like any run: training cost per epoch, from epoch 0.
+
+    The loop's targets are one-hot labels, so the neuron is trained in its mirror image: target
+    1 with w -> -w, b -> -b. Since 1 - sigma(z) = sigma(-z), its cost and gradients are the
+    book's neuron's at every step (quadratic: (1 - a')^2/2 = a^2/2; cross-entropy:
+    -ln a' = -ln(1 - a)), and the book's output is 1 - a'."""
+    from nnexp.data import Split
+    from nnexp.engine.network import Network, evaluate
+    from nnexp.train import Monitor, Record, TrainSpec, fit
 
     s = job.spec
     t = _tracker(job, uri, experiment, {**s, "sizes": [1, 1], "seed": 0})
-    net = Network([np.array([[float(s["w"])]])], [np.array([float(s["b"])])], cost=s["cost"])
-    x, y = np.array([[1.0]]), np.array([[0.0]])
-    stepper = Stepper.of([net], eta=float(s["eta"]), penalty="none")
-    for epoch in range(int(s["epochs"]) + 1):
-        acts, z = forward(net, x)
-        cost = COSTS[s["cost"]].fn(z, acts[-1], y)
-        t.observe(Record(epoch=epoch, images_seen=epoch, eta=float(s["eta"]), epoch_seconds=0.0,
-                         training_cost=cost))
-        stepper.step(x, y)
-    t.finish(COMPLETED, summary={"final_output": float(forward(net, x)[0][-1][0, 0])}, artifacts={})
+    net = Network([np.array([[-float(s["w"])]], order="F")], [np.array([-float(s["b"])])], cost=s["cost"])
+    one = Split(x=np.array([[1.0]]), y=np.array([0]))  # input 1; label 0 of one output: target 1 (mirrored)
+    start_cost = evaluate(net, one.x, one.y)[0]
+    t.observe(Record(epoch=0, images_seen=0, eta=float(s["eta"]), epoch_seconds=0.0, training_cost=start_cost))
+    spec = TrainSpec(epochs=int(s["epochs"]), mini_batch_size=1, eta=float(s["eta"]), penalty="none",
+                     monitor=Monitor(metrics=("training_cost",)))
+    history = fit(net, one, spec, observers=[t.observe])
+    z = float(net.weights[0][0, 0] + net.biases[0][0])  # the mirrored neuron's weighted input
+    output = 1.0 - 1.0 / (1.0 + np.exp(-z))  # the book's neuron's output, sigma(-z)
+    t.finish(history.outcome, summary={"final_output": output}, artifacts={})
     return t.run_id
 
 

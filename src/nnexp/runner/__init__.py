@@ -14,9 +14,9 @@ from nnexp.runner.execute import RunResult, execute
 from nnexp.runner.groups import group_key, plan_groups
 from nnexp.runner.interrupts import INTERRUPTIONS, Interrupts, Terminated
 from nnexp.runner.job import Job
-from nnexp.runner.pool import one_blas_thread, run_tasks
-from nnexp.runner.sweep import run_jobs
+from nnexp.runner.pool import WorkerPool, one_blas_thread, run_tasks
+from nnexp.runner.sweep import run_jobs, warm_up
 
-__all__ = ["INTERRUPTIONS", "Interrupts", "Job", "RunResult", "Terminated", "build_network", "check_overrides",
+__all__ = ["INTERRUPTIONS", "Interrupts", "Job", "RunResult", "Terminated", "WorkerPool", "warm_up", "build_network", "check_overrides",
            "compose", "execute", "group_key", "load_splits", "make_job", "one_blas_thread", "plan_groups", "run_jobs", "run_tasks",
            "train_spec"]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from nnexp import tracking
-from nnexp.config import RunConfig, config_hash, flat_params
+from nnexp.config import config_hash, flat_params
 from nnexp.engine import save_network
 from nnexp.engine.network import Network, evaluate
 from nnexp.names import DIVERGED, FAILED, KILLED, RUNNING, TAG_CONFIG_HASH, TAG_EXPERIMENT, TAG_STATUS, TAG_SWEEP

@@ -63,54 +63,87 @@ def _call(fn: Callable, task: Any) -> Any:
         _WorkerState.busy.clear()
 
 
-def run_tasks(fn: Callable[[Any], Any], tasks: Sequence[Any], workers: int,
-              on_done: Callable[[int, Any], None] | None = None, local: bool = True) -> list[Any]:
-    """``fn(task)`` for every task on ``workers`` processes. Returns each task's value, or the
-    exception that ended it; ``on_done(index, outcome)`` as each one ends. ``fn`` must be a
-    module-level function; tasks are best given largest first.
+class WorkerPool:
+    """Worker processes for ``run``: spawned as soon as the pool is entered, so they start up
+    (and ``warm`` up: imports, data) while this process still prepares the tasks.
 
     ``local``: this process is one of the workers and takes the first task at once (it has
     imported and opened everything already). Without it, every task runs in a spawned worker
     and this process only waits, so a worker killed from outside never takes it down (a
     study's workers); the pool then ends the other workers too, and their tasks fail with
     ``BrokenProcessPool``."""
-    outcomes: list[Any] = [None] * len(tasks)
 
-    def settle(i: int, get: Callable[[], Any]) -> None:
-        try:
-            outcomes[i] = get()
-        except INTERRUPTIONS:
-            raise
-        except Exception as exc:  # noqa: BLE001 - a failed task is reported, the others go on
-            outcomes[i] = exc
-        if on_done:
-            on_done(i, outcomes[i])
+    def __init__(self, workers: int, *, local: bool = True, warm: Callable[[Any], Any] | None = None,
+                 warm_with: Any = None):
+        self.workers, self.local = workers, local
+        self.warm, self.warm_with = warm, warm_with
+        self.executor: concurrent.futures.ProcessPoolExecutor | None = None
+        self.interrupts = Interrupts()
 
-    if local and (workers <= 1 or len(tasks) <= 1):
-        with one_blas_thread():
-            for i, task in enumerate(tasks):
-                settle(i, lambda task=task: fn(task))
-        return outcomes
-    ctx = multiprocessing.get_context("spawn")
-    level = logging.getLogger().getEffectiveLevel()
-    with Interrupts():  # a signal while this process waits on the workers ends them too
-        pool = concurrent.futures.ProcessPoolExecutor(max_workers=max(1, workers - local), mp_context=ctx,
-                                                      initializer=_init_worker, initargs=(os.getpid(), level))
+    def __enter__(self) -> "WorkerPool":
+        self.interrupts.__enter__()  # a signal while this process waits on the workers ends them too
+        spawned = self.workers - int(self.local)
+        if spawned >= 1:
+            ctx = multiprocessing.get_context("spawn")
+            level = logging.getLogger().getEffectiveLevel()
+            self.executor = concurrent.futures.ProcessPoolExecutor(
+                max_workers=spawned, mp_context=ctx, initializer=_init_worker, initargs=(os.getpid(), level))
+            if self.warm is not None:
+                for _ in range(spawned):  # each submit starts one process
+                    self.executor.submit(_call, self.warm, self.warm_with)
+        return self
+
+    def __exit__(self, kind, exc, tb) -> bool:
         try:
-            futures = {pool.submit(_call, fn, tasks[i]): i for i in range(int(local), len(tasks))}
-            mine: int | None = 0 if local else None
+            if self.executor is not None:
+                if kind is not None and issubclass(kind, INTERRUPTIONS):
+                    for child in multiprocessing.active_children():
+                        child.terminate()  # SIGTERM: each worker records its runs as KILLED, then stops
+                    self.executor.shutdown(wait=True, cancel_futures=True)
+                else:
+                    self.executor.shutdown(wait=True)
+        finally:
+            self.interrupts.__exit__(kind, exc, tb)
+        return False
+
+    def run(self, fn: Callable[[Any], Any], tasks: Sequence[Any],
+            on_done: Callable[[int, Any], None] | None = None) -> list[Any]:
+        """``fn(task)`` for every task; each task's value, or the exception that ended it;
+        ``on_done(index, outcome)`` as each one ends. ``fn`` must be a module-level function;
+        tasks are best given largest first."""
+        outcomes: list[Any] = [None] * len(tasks)
+
+        def settle(i: int, get: Callable[[], Any]) -> None:
+            try:
+                outcomes[i] = get()
+            except INTERRUPTIONS:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a failed task is reported, the others go on
+                outcomes[i] = exc
+            if on_done:
+                on_done(i, outcomes[i])
+
+        if self.executor is None or (self.local and len(tasks) <= 1):
             with one_blas_thread():
-                while mine is not None:
-                    settle(mine, lambda i=mine: fn(tasks[i]))
-                    # the last task no worker has started yet is this process's next one
-                    taken = next((f for f in reversed(list(futures)) if f.cancel()), None)
-                    mine = futures.pop(taken) if taken is not None else None
-            for fut in concurrent.futures.as_completed(futures):
-                settle(futures[fut], fut.result)
-        except INTERRUPTIONS:
-            for child in multiprocessing.active_children():
-                child.terminate()  # SIGTERM: each worker records its runs as KILLED, then stops
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
-        pool.shutdown(wait=True)
-    return outcomes
+                for i, task in enumerate(tasks):
+                    settle(i, lambda task=task: fn(task))
+            return outcomes
+        local = int(self.local)
+        futures = {self.executor.submit(_call, fn, tasks[i]): i for i in range(local, len(tasks))}
+        mine: int | None = 0 if local and tasks else None
+        with one_blas_thread():
+            while mine is not None:
+                settle(mine, lambda i=mine: fn(tasks[i]))
+                # the last task no worker has started yet is this process's next one
+                taken = next((f for f in reversed(list(futures)) if f.cancel()), None)
+                mine = futures.pop(taken) if taken is not None else None
+        for fut in concurrent.futures.as_completed(futures):
+            settle(futures[fut], fut.result)
+        return outcomes
+
+
+def run_tasks(fn: Callable[[Any], Any], tasks: Sequence[Any], workers: int,
+              on_done: Callable[[int, Any], None] | None = None, local: bool = True) -> list[Any]:
+    """``fn(task)`` for every task on a ``WorkerPool`` of ``workers`` processes (see there)."""
+    with WorkerPool(min(workers, max(1, len(tasks))) if local else workers, local=local) as pool:
+        return pool.run(fn, tasks, on_done)

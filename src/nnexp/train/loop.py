@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-from nnexp.engine.network import Network, NonzeroColumns, evaluate, stack_networks
+from nnexp.engine.network import Network, EvaluationSet, evaluate, stack_networks
 from nnexp.engine.regularizers import PENALTIES
 from nnexp.engine.stepper import Stepper
 from nnexp.names import DIVERGED, EARLY_STOPPED, COMPLETED, SPLIT_NAMES
@@ -124,11 +124,13 @@ class _Loop:
         self.y = one_hot(labels, nets[0].sizes[-1], dtype)  # (n, n_out)
         self.n = len(self.x)
         self.spec = specs[0]  # the settings every member shares (population_key)
-        self._nonzero: dict[int, NonzeroColumns] = {}
+        self._nonzero: dict[int, EvaluationSet] = {}
         shared = {"training": (self.x, labels)}
         if test is not None:
             shared["test"] = (np.asarray(test.x, dtype=dtype), np.asarray(test.y))
         val = None if validation is None else (np.asarray(validation.x, dtype=dtype), np.asarray(validation.y))
+        for split, used in ((train, self.x), (validation, val and val[0]), (test, shared.get("test", (None,))[0])):
+            self._keep_columns(split, used)
         self.members = []
         for net, spec, st, obs in zip(nets, specs, streams, observers):
             sets = dict(shared)
@@ -151,11 +153,22 @@ class _Loop:
             vx, vy = vx[pick], vy[pick]
         return vx, vy
 
-    def _columns(self, x: np.ndarray) -> NonzeroColumns:
+    def _keep_columns(self, split, x) -> None:
+        """A split that carries a ``derived`` cache (data.Split) keeps its evaluation form there,
+        so that the runs of one process (a sweep, a study) compute it once."""
+        derived = getattr(split, "derived", None)
+        if x is None or derived is None or split.x is not x:
+            return
+        nz = derived.get("evaluation_set")
+        if nz is None or nz.source is not x:
+            nz = derived["evaluation_set"] = EvaluationSet(x)
+        self._nonzero[id(x)] = nz
+
+    def _columns(self, x: np.ndarray) -> EvaluationSet:
         """The set without its all-zero columns, made once per array shared by members."""
         key = id(x)
         if key not in self._nonzero or self._nonzero[key].source is not x:
-            self._nonzero[key] = NonzeroColumns(x)
+            self._nonzero[key] = EvaluationSet(x)
         return self._nonzero[key]
 
     # -- evaluation ---------------------------------------------------------------------------
