@@ -472,13 +472,14 @@ POP_IMAGES = 10_000  # images timed per population epoch (scaled to the full set
 
 
 def _time_population(x, y, k: int, mb: int, dtype, seed: int = 0) -> float:
-    """Seconds for one epoch of ``len(x)`` images, for all K members together (after warm-up)."""
+    """Seconds for one epoch of ``len(x)`` images, for all K members together: the best of two
+    epochs after a warm-up one."""
     from nnexp.train import fit_population
 
     train = data.Split(x=x.astype(dtype), y=y)
     streams = [Streams.from_seed(seed + i) for i in range(k)]
     nets = [init_network([x.shape[1], 30, 10], s.init, dtype=dtype) for s in streams]
-    specs = [TrainSpec(epochs=2, mini_batch_size=mb, eta=ETA, lmbda=LMBDA, monitor=Monitor(metrics=()))
+    specs = [TrainSpec(epochs=3, mini_batch_size=mb, eta=ETA, lmbda=LMBDA, monitor=Monitor(metrics=()))
              for _ in range(k)]
     histories = fit_population(nets, train, specs, streams=streams)
     return min(r.epoch_seconds for r in histories[0].records[1:])
