@@ -126,49 +126,6 @@ def test_evaluation_skipping_all_zero_columns_equals_the_dense_forward_pass():
 
 
 # -- the Hydra launcher -----------------------------------------------------------------------
-def _records(uri):
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name("nnexp")
-    runs = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" in r.data.tags]
-    out = {}
-    for r in runs:
-        params = dict(r.data.params)
-        metrics = {k: [round(m.value, 9) for m in sorted(client.get_metric_history(r.info.run_id, k),
-                                                         key=lambda m: m.step)]
-                   for k in r.data.metrics if k not in ("epoch_seconds", "train_seconds")}
-        tags = {k: v for k, v in r.data.tags.items()
-                if k.startswith("nnexp.") and k not in ("nnexp.sweep",)}
-        arts = sorted(a.path for a in client.list_artifacts(r.info.run_id))
-        out[(params["eta"], params["seed"])] = (params, metrics, tags, arts, r.info.status)
-    return out
-
-
-def test_population_launcher_gives_the_same_mlflow_records_as_the_basic_launcher(tmp_path):
-    import subprocess
-    import sys
-
-    records = {}
-    for launcher in ("basic", "population"):
-        uri = f"sqlite:///{tmp_path / launcher}.db"
-        out = subprocess.run([sys.executable, "-m", "nnexp.run", "-m", "dataset=digits", "epochs=3",
-                              "eta=0.1,0.5,1000", "seed=0,1", f"hydra/launcher={launcher}",
-                              f"tracking.uri={uri}"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
-        assert out.returncode == 0, out.stderr
-        records[launcher] = _records(uri)
-    basic, pop = records["basic"], records["population"]
-    assert len(basic) == 6 and set(basic) == set(pop)
-    for key in basic:
-        (bp, bm, bt, ba, bs), (pp, pm, pt, pa, ps) = basic[key], pop[key]
-        assert bp == pp and bt == pt and ba == pa and bs == ps, key
-        assert set(bm) == set(pm)
-        for name in bm:
-            assert pm[name] == pytest.approx(bm[name], rel=1e-7), (key, name)
-    assert basic[("1000.0", "0")][2]["nnexp.status"] == "diverged"
-    assert basic[("0.5", "0")][1]["validation_accuracy"] != basic[("0.5", "1")][1]["validation_accuracy"]
-
-
 def test_jobs_are_grouped_by_compatibility_and_spread_over_workers():
     from nnexp.config import RunConfig
     from nnexp.runner import plan_groups

@@ -229,3 +229,28 @@ def test_two_workers_on_postgresql_lose_nothing(workdir, postgres_url):
     assert len({t.user_attrs["worker_pid"] for t in study.trials}) == 2
     _, kids, parents = children()
     assert len(kids) == 6 and "postgres@" not in out.stdout  # credentials never printed
+
+
+@pytest.mark.parametrize("raw, fragment", [
+    ({"populaton": 2}, "unknown key 'study.populaton' (did you mean 'population'?)"),
+    ({"population": "many"}, "bad value for study.population"),
+    ({"population": 0}, "study.population must be a whole number >= 1"),
+    ({"pruner": "medain"}, "unknown study.pruner 'medain'"),
+    ({"kind": "sampler", "space": {}}, "a sampler study needs study.space"),
+    ({"stop_after": "lmbda"}, "unknown stage 'lmbda' for study.stop_after"),
+    ({"eta": {"refine_range": [3.0, 0.1]}}, "study.eta.refine_range must be [low, high]"),
+])
+def test_study_settings_are_typed_and_bad_values_are_one_line(raw, fragment):
+    from nnexp.errors import ConfigError
+    from nnexp.search import to_settings
+
+    with pytest.raises(ConfigError) as exc:
+        to_settings(raw)
+    assert fragment in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_study_settings_fill_defaults_from_the_schema():
+    from nnexp.search import to_settings
+
+    s = to_settings({"name": "x", "eta": {"epochs": 5}})
+    assert (s.eta.epochs, s.eta.refine_range, s.lmbda.start, s.study) == (5, [0.03, 3.0], 1.0, "x")

@@ -53,6 +53,7 @@ import nnexp.engine.stepper  # noqa: F401  (loads scipy's BLAS before the thread
 from nnexp import data
 from nnexp.engine.network import init_network
 from nnexp.errors import DataError, NnexpError
+from nnexp.names import COMPLETED
 from nnexp.train import Monitor, Streams, TrainSpec, fit
 
 ETA = 0.5
@@ -154,7 +155,7 @@ def time_engine(train: data.Split, sizes: list[int], mini_batch: int, dtype,
     spec = TrainSpec(epochs=1 + epochs, mini_batch_size=mini_batch, eta=ETA, lmbda=LMBDA,
                      penalty="l2", monitor=Monitor(metrics=()))
     history = fit(net, train, spec, streams=streams)
-    if history.outcome != "completed":
+    if history.outcome != COMPLETED:
         raise NnexpError(f"benchmark training {sizes} mb {mini_batch} ended {history.outcome}: "
                          f"{history.reason}")
     best = min(r.epoch_seconds for r in history.records[1:])

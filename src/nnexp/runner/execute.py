@@ -17,7 +17,8 @@ from nnexp import tracking
 from nnexp.config import config_hash, flat_params
 from nnexp.engine import save_network
 from nnexp.engine.network import Network, evaluate
-from nnexp.names import DIVERGED, FAILED, KILLED, RUNNING, TAG_CONFIG_HASH, TAG_EXPERIMENT, TAG_STATUS, TAG_SWEEP
+from nnexp.names import (COMPLETED, DIVERGED, FAILED, KILLED, RUNNING, TAG_CONFIG_HASH, TAG_EXPERIMENT, TAG_STATUS,
+                         TAG_SWEEP)
 from nnexp.runner.build import build_network, load_splits, train_spec
 from nnexp.runner.groups import check_compatible
 from nnexp.runner.interrupts import INTERRUPTIONS, Interrupts
@@ -88,7 +89,7 @@ def summary_line(result: RunResult, where: str) -> str:
         parts.append(f"best validation accuracy {h.best_validation_accuracy:.4f} at epoch {h.best_epoch:g}")
     if result.test_accuracy is not None:
         parts.append(f"test accuracy {result.test_accuracy:.4f}")
-    if h.reason and result.status != "completed":
+    if h.reason and result.status != COMPLETED:
         parts.append(h.reason)
     parts.append(where)
     return " | ".join(parts)

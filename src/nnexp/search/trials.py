@@ -68,7 +68,7 @@ def _trial_job(trial, plan: Plan):
         if acc is None:
             return None
         trial.report(acc, record.images_seen)
-        return "pruned" if plan.prune and trial.should_prune() else None
+        return PRUNED if plan.prune and trial.should_prune() else None
 
     pruning.__name__ = "the Optuna pruner"
     tags = {TAG_STUDY: plan.study, TAG_STAGE: plan.stage, TAG_TRIAL: str(trial.number)}
