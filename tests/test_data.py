@@ -196,7 +196,10 @@ def test_mnist_float32_and_digest(mnist32, mnist_dir):
     raw = data.read_idx(mnist_dir / "t10k-images-idx3-ubyte.gz").reshape(10_000, 784)
     np.testing.assert_array_equal(mnist32.test.x, (raw / 255.0).astype(np.float32))
     digest = mnist32.digest()
-    assert len(digest) == 64 and int(digest, 16) >= 0
+    import hashlib  # independently: SHA-256 over the four files' SHA-256s, one per line, in order
+
+    files = [hashlib.sha256((mnist_dir / name).read_bytes()).hexdigest() for name in data.IDX_FILES]
+    assert digest == hashlib.sha256("".join(f + "\n" for f in files).encode()).hexdigest()
     assert digest == data.load("mnist", mnist_dir, dtype=np.float32).digest()
 
 

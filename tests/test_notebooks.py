@@ -43,4 +43,14 @@ def test_notebook_executes(small_store, path, monkeypatch):
     nb = nbformat.read(path, as_version=4)
     NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(root)}}).execute()
     images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
-    assert len(images) >= 2  # the plots really rendered
+    assert len(images) >= 2
+    for image in images:  # the plots really rendered: not blank, more than one colour drawn
+        import base64
+        import io
+
+        import matplotlib.image
+
+        pixels = matplotlib.image.imread(io.BytesIO(base64.b64decode(image["data"]["image/png"])), format="png")
+        rgb = pixels[..., :3]
+        drawn = (rgb < 0.9).any(axis=-1).mean()  # share of pixels that are not (near) white
+        assert 0.01 < drawn < 0.9 and len({tuple(p) for p in rgb.reshape(-1, 3)[::97].round(2)}) > 3

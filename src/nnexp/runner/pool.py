@@ -10,6 +10,7 @@ records its runs as KILLED); a worker whose launcher dies finishes its task and 
 from __future__ import annotations
 
 import concurrent.futures
+import concurrent.futures.process
 import logging
 import multiprocessing
 import os
@@ -68,40 +69,44 @@ class WorkerPool:
     (and ``warm`` up: imports, data) while this process still prepares the tasks.
 
     ``local``: this process is one of the workers and takes the first task at once (it has
-    imported and opened everything already). Without it, every task runs in a spawned worker
-    and this process only waits, so a worker killed from outside never takes it down (a
-    study's workers); the pool then ends the other workers too, and their tasks fail with
-    ``BrokenProcessPool``."""
+    imported and opened everything already); the others share one executor. Without it, every
+    task runs in a spawned worker of its own executor while this process only waits, so a
+    worker killed from outside (a study's worker) takes down neither this process nor the
+    other workers: only its own task fails, with ``BrokenProcessPool``."""
 
     def __init__(self, workers: int, *, local: bool = True, warm: Callable[[Any], Any] | None = None,
                  warm_with: Any = None):
         self.workers, self.local = workers, local
         self.warm, self.warm_with = warm, warm_with
-        self.executor: concurrent.futures.ProcessPoolExecutor | None = None
+        self.executors: list[concurrent.futures.ProcessPoolExecutor] = []
         self.interrupts = Interrupts()
+
+    def _executor(self, processes: int) -> concurrent.futures.ProcessPoolExecutor:
+        ctx = multiprocessing.get_context("spawn")
+        level = logging.getLogger().getEffectiveLevel()
+        executor = concurrent.futures.ProcessPoolExecutor(max_workers=processes, mp_context=ctx,
+                                                          initializer=_init_worker, initargs=(os.getpid(), level))
+        if self.warm is not None:
+            for _ in range(processes):  # each submit starts one process
+                executor.submit(_call, self.warm, self.warm_with)
+        return executor
 
     def __enter__(self) -> "WorkerPool":
         self.interrupts.__enter__()  # a signal while this process waits on the workers ends them too
-        spawned = self.workers - int(self.local)
-        if spawned >= 1:
-            ctx = multiprocessing.get_context("spawn")
-            level = logging.getLogger().getEffectiveLevel()
-            self.executor = concurrent.futures.ProcessPoolExecutor(
-                max_workers=spawned, mp_context=ctx, initializer=_init_worker, initargs=(os.getpid(), level))
-            if self.warm is not None:
-                for _ in range(spawned):  # each submit starts one process
-                    self.executor.submit(_call, self.warm, self.warm_with)
+        if self.local and self.workers > 1:
+            self.executors = [self._executor(self.workers - 1)]
+        elif not self.local:
+            self.executors = [self._executor(1) for _ in range(self.workers)]
         return self
 
     def __exit__(self, kind, exc, tb) -> bool:
         try:
-            if self.executor is not None:
-                if kind is not None and issubclass(kind, INTERRUPTIONS):
-                    for child in multiprocessing.active_children():
-                        child.terminate()  # SIGTERM: each worker records its runs as KILLED, then stops
-                    self.executor.shutdown(wait=True, cancel_futures=True)
-                else:
-                    self.executor.shutdown(wait=True)
+            interrupted = kind is not None and issubclass(kind, INTERRUPTIONS)
+            if interrupted:
+                for child in multiprocessing.active_children():
+                    child.terminate()  # SIGTERM: each worker records its runs as KILLED, then stops
+            for executor in self.executors:
+                executor.shutdown(wait=True, cancel_futures=interrupted)
         finally:
             self.interrupts.__exit__(kind, exc, tb)
         return False
@@ -123,14 +128,16 @@ class WorkerPool:
             if on_done:
                 on_done(i, outcomes[i])
 
-        if self.executor is None or (self.local and len(tasks) <= 1):
+        if not self.executors or (self.local and len(tasks) <= 1):
             with one_blas_thread():
                 for i, task in enumerate(tasks):
                     settle(i, lambda task=task: fn(task))
             return outcomes
-        local = int(self.local)
-        futures = {self.executor.submit(_call, fn, tasks[i]): i for i in range(local, len(tasks))}
-        mine: int | None = 0 if local and tasks else None
+        if not self.local:
+            self._run_isolated(fn, tasks, settle)
+            return outcomes
+        futures = {self.executors[0].submit(_call, fn, tasks[i]): i for i in range(1, len(tasks))}
+        mine: int | None = 0
         with one_blas_thread():
             while mine is not None:
                 settle(mine, lambda i=mine: fn(tasks[i]))
@@ -140,6 +147,26 @@ class WorkerPool:
         for fut in concurrent.futures.as_completed(futures):
             settle(futures[fut], fut.result)
         return outcomes
+
+    def _run_isolated(self, fn, tasks, settle) -> None:
+        """One task at a time per single-process executor; a broken one is replaced."""
+        pending = list(range(len(tasks)))
+        running: dict = {}  # future -> (task index, executor slot)
+        for slot in range(len(self.executors)):
+            if pending:
+                i = pending.pop(0)
+                running[self.executors[slot].submit(_call, fn, tasks[i])] = (i, slot)
+        while running:
+            done, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+            for fut in done:
+                i, slot = running.pop(fut)
+                settle(i, fut.result)
+                if isinstance(fut.exception(), concurrent.futures.process.BrokenProcessPool):
+                    self.executors[slot].shutdown(wait=False)
+                    self.executors[slot] = self._executor(1)
+                if pending:
+                    j = pending.pop(0)
+                    running[self.executors[slot].submit(_call, fn, tasks[j])] = (j, slot)
 
 
 def run_tasks(fn: Callable[[Any], Any], tasks: Sequence[Any], workers: int,
