@@ -323,3 +323,22 @@ def test_a_killed_launcher_leaves_its_worker_to_record_its_group_and_exit(tmp_pa
     records = _records(uri)
     assert {eta: rec[4] for (eta, _), rec in records.items()} == {
         "0.1": "RUNNING", "0.2": "RUNNING", "0.3": "FINISHED", "0.4": "FINISHED"}
+
+
+def test_the_memory_cap_splits_a_sweep_into_smaller_populations(tmp_path):
+    """[64,30,10] members take 3.2 MB each (parameters, batches, evaluation): a 7 MB cap holds two."""
+    import subprocess
+    import sys
+
+    from nnexp import runner
+    from nnexp.runner.groups import member_megabytes
+
+    per_member = member_megabytes(runner.compose(["dataset=digits"]).config)
+    assert 2 * per_member <= 7 < 3 * per_member
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    out = subprocess.run([sys.executable, "-m", "nnexp.run", "-m", "dataset=digits", "epochs=1", "seed=range(6)",
+                          "hydra.launcher.max_memory_mb=7", "hydra.launcher.workers=1", f"tracking.uri={uri}"],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "6 jobs in 3 population(s) (2, 2, 2)" in out.stdout + out.stderr
+    assert len(_records(uri)) == 6

@@ -105,15 +105,32 @@ def test_joblib_parallel_multirun_on_a_fresh_store_loses_no_run(store):
     assert all(r.info.status == "FINISHED" for r in runs)
 
 
+def wait_for_metrics(uri: str, n: int, runs: int = 1, timeout: float = 60) -> None:
+    """Until ``runs`` runs have logged at least ``n`` validation accuracies (an observable event,
+    not a sleep)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            client, found = all_runs(uri)
+            counts = [len(client.get_metric_history(r.info.run_id, "validation_accuracy")) for r in found]
+            if sum(c >= n for c in counts) >= runs:
+                return
+        except Exception:  # noqa: BLE001 - the store is still being created
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"no {runs} run(s) with {n} evaluations within {timeout} s")
+
+
 def assert_one_interrupted_line(code: int, out: str, err: str) -> None:
     """The README's promise: exit code 130 and one line, no traceback."""
     assert code == 130, (code, out, err)
-    said = [line for line in (out + err).splitlines() if "interrupted" in line]
+    said = [line for line in (out + err).splitlines() if "interrupted: " in line]
     assert len(said) == 1 and "KILLED" in said[0], out + err
     assert "Traceback" not in out + err
 
 
-def test_sigterm_leaves_the_run_killed_with_its_metrics(store):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_or_ctrl_c_leaves_the_run_killed_with_its_metrics(store, signum):
     proc = subprocess.Popen([sys.executable, "-m", "nnexp.run", "dataset=digits", "epochs=100000"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
@@ -126,8 +143,8 @@ def test_sigterm_leaves_the_run_killed_with_its_metrics(store):
             except Exception:  # store still being created
                 runs = []
     assert runs, "the run never appeared in the store"
-    time.sleep(1.5)  # let it train a few dozen epochs
-    proc.send_signal(signal.SIGTERM)
+    wait_for_metrics(store, 3)
+    proc.send_signal(signum)
     out, err = proc.communicate(timeout=60)
     assert_one_interrupted_line(proc.returncode, out, err)
     client, (run,) = all_runs(store)
@@ -380,3 +397,58 @@ def test_each_config_option_from_the_command_line_gives_a_tracked_completed_run(
         assert sorted(m.step for m in history) == [1, 2]
     if override.startswith("monitor.validation_sample"):  # accuracies on 50 images are multiples of 1/50
         assert all(abs(m.value * 50 - round(m.value * 50)) < 1e-9 for m in history)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_an_interrupted_basic_launcher_sweep_ends_its_run_and_parent_killed(store, signum):
+    proc = subprocess.Popen([sys.executable, "-m", "nnexp.run", "-m", "dataset=digits", "epochs=100000",
+                             "seed=1,2", "hydra/launcher=basic"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_metrics(store, 3)
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert_one_interrupted_line(proc.returncode, out, err)
+    client, runs = all_runs(store)
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(runs) == 2 and len(children) == 1  # the second job never started
+    assert {r.info.status for r in runs} == {"KILLED"} and children[0].data.tags["nnexp.status"] == "killed"
+    assert len(client.get_metric_history(children[0].info.run_id, "validation_accuracy")) >= 3
+
+
+def test_help_lists_the_groups_options_and_keys():
+    out = nnexp_run("--help")
+    assert out.returncode == 0, out.stderr
+    for group, option in (("dataset", "digits"), ("cost", "log_likelihood"), ("regularization", "dropout"),
+                          ("init", "large"), ("schedule", "halve_on_plateau"), ("early_stopping", "no_improvement"),
+                          ("experiment", "overfitting")):
+        assert group in out.stdout and option in out.stdout, (group, option)
+    for key in ("eta", "lmbda", "mini_batch_size", "momentum", "monitor"):
+        assert f"{key}:" in out.stdout, key
+
+
+def test_the_default_store_is_sqlite_mlflow_db_in_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    out = nnexp_run("dataset=digits", "epochs=1", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "mlflow.db").is_file() and "sqlite:///mlflow.db" in out.stdout
+    _, (run,) = all_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert run.info.status == "FINISHED"
+
+
+@pytest.mark.parametrize("command, fragments", [
+    ("nnexp.study", ["broad_strategy", "tpe", "random", "--workers", "optuna-dashboard"]),
+    ("nnexp.report", ["--no-run", "--seeds", "overfitting", "more_data", "--svm-max-size"]),
+    ("nnexp.bench", ["--only", "population", "--quick", "--epochs"]),
+])
+def test_every_command_has_a_help_that_lists_its_options(command, fragments):
+    if command == "nnexp.study":  # every study of sweeps/study/ is named
+        fragments = fragments + [p.stem for p in (REPO / "sweeps" / "study").glob("*.yaml")]
+    out = subprocess.run([sys.executable, "-m", command, "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    missing = [f for f in fragments if f not in out.stdout]
+    assert not missing, (missing, out.stdout[-2000:])

@@ -258,3 +258,24 @@ def test_study_settings_fill_defaults_from_the_schema():
 
     s = to_settings({"name": "x", "eta": {"epochs": 5}})
     assert (s.eta.epochs, s.eta.refine_range, s.lmbda.start, s.study) == (5, [0.03, 3.0], 1.0, "x")
+
+
+def test_hopeless_trials_are_pruned_by_the_default_median_pruner(workdir):
+    """A space with hopeless learning rates (1e-5): once three trials have finished, a trial whose
+    validation accuracy falls below the median at an evaluation is stopped: PRUNED in Optuna,
+    ``pruned`` in MLflow, its run ended normally with the curve so far."""
+    storage = f"sqlite:///{workdir / 'optuna.db'}"
+    out = nnexp("nnexp.study", "study=random", "dataset=digits", "study.epochs=6", "study.stop_after=search",
+                "study.n_trials=8", f"study.storage={storage}", "~study.space",
+                "+study.space={eta:{low:0.00001,high:1.0,log:true}}")
+    assert out.returncode == 0, out.stderr
+    trials = stage(storage, "random/search").trials
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    assert pruned and len(pruned) < len(trials)
+    assert all(t.params["eta"] < max(u.params["eta"] for u in trials) for t in pruned)
+    client, kids, _ = children()
+    by_id = {k.info.run_id: k for k in kids}
+    for t in pruned:
+        run = by_id[t.user_attrs["mlflow_run_id"]]
+        assert run.data.tags["nnexp.status"] == "pruned" and run.info.status == "FINISHED"
+        assert 1 <= len(client.get_metric_history(run.info.run_id, "validation_accuracy")) < 6

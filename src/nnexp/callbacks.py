@@ -57,17 +57,19 @@ class SweepTracking(Callback):
         os.environ.pop(SWEEP_ENV, None)
 
 
-def end_interrupted_sweep(config: DictConfig) -> None:
+def end_interrupted_sweep(config: DictConfig, what: str = "") -> None:
     """Ctrl-C or SIGTERM reached the launching process: its jobs are recorded KILLED, so end the
-    sweep's parent run KILLED too (Hydra skips on_multirun_end then), with one line."""
+    sweep's parent run KILLED too (Hydra skips on_multirun_end then), with one line that starts
+    with ``what`` (e.g. what happened to the job that was running)."""
     parent = os.environ.pop(PARENT_ENV, None)
     os.environ.pop(SWEEP_ENV, None)
+    head = f"interrupted: {what}; " if what else "interrupted: "
     if parent and config.get("tracking", {}).get("enabled", False):
         uri = tracking.resolve_uri(config.tracking.uri)
         try:
-            log.error("interrupted: sweep ended, %s", tracking.end_parent_run(uri, parent, "KILLED"))
+            log.error("%ssweep ended, %s", head, tracking.end_parent_run(uri, parent, "KILLED"))
             return
         except Exception as exc:  # noqa: BLE001 - the store itself failed: say so in one line
-            log.error("interrupted: could not end parent run %s: %s", parent, exc)
+            log.error("%scould not end parent run %s: %s", head, parent, exc)
             return
-    log.error("interrupted: sweep ended")
+    log.error("%ssweep ended", head)

@@ -56,11 +56,13 @@ def run_job(cfg: DictConfig) -> float | None:
     except NnexpError as exc:
         return _fail(str(exc), multirun)
     except runner.INTERRUPTIONS:
-        log.error("interrupted: the run is recorded (KILLED, with the metrics logged so far)")
-        if multirun and launcher == "basic":  # the sweep's parent run lives in this process
+        recorded = "the run is recorded (KILLED, with the metrics logged so far)"
+        if multirun and launcher == "basic":  # the sweep's parent run lives in this process: one line for both
             from nnexp.callbacks import end_interrupted_sweep
 
-            end_interrupted_sweep(cfg)
+            end_interrupted_sweep(cfg, recorded)
+        else:
+            log.error("interrupted: %s", recorded)
         raise SystemExit(130)
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [""])[0]
