@@ -1,5 +1,6 @@
 """``python -m nnexp.run`` end to end: real subprocesses, a real MLflow SQLite store."""
 
+import os
 import signal
 import sqlite3
 import subprocess
@@ -452,3 +453,24 @@ def test_every_command_has_a_help_that_lists_its_options(command, fragments):
     assert out.returncode == 0, out.stderr
     missing = [f for f in fragments if f not in out.stdout]
     assert not missing, (missing, out.stdout[-2000:])
+
+
+def test_fashion_mnist_from_debians_package_trains_and_is_tracked(tmp_path, monkeypatch):
+    """``dataset=fashion_mnist`` read from Debian's dataset-fashion-mnist (.ci/run installs it)."""
+    system = Path("/usr/share/datasets/fashion-mnist")
+    if not (system / "train-images-idx3-ubyte.gz").is_file():
+        if os.environ.get("CI"):
+            pytest.fail("Debian's dataset-fashion-mnist is not installed (.ci/run installs it)")
+        pytest.skip("dataset-fashion-mnist not installed")
+    from nnexp.run import main
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    main(["dataset=fashion_mnist", "epochs=1", "dataset.train_size=3000", "dataset.download=false",
+          f"tracking.uri={uri}", f"hydra.run.dir={tmp_path / 'out'}"])
+    client, (run,) = all_runs(uri)
+    assert run.info.status == "FINISHED" and run.data.params["dataset"] == "fashion_mnist"
+    (source,) = [d.dataset.source for d in run.inputs.dataset_inputs]
+    assert str(system) in source
+    (acc,) = client.get_metric_history(run.info.run_id, "validation_accuracy")
+    assert acc.value > 0.5  # ten classes: far above chance only if images and labels belong together
