@@ -279,3 +279,36 @@ def test_hopeless_trials_are_pruned_by_the_default_median_pruner(workdir):
         run = by_id[t.user_attrs["mlflow_run_id"]]
         assert run.data.tags["nnexp.status"] == "pruned" and run.info.status == "FINISHED"
         assert 1 <= len(client.get_metric_history(run.info.run_id, "validation_accuracy")) < 6
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_an_interrupted_study_exits_130_in_one_line_and_a_rerun_resumes(workdir, signum):
+    storage = f"sqlite:///{workdir / 'optuna.db'}"
+    args = [sys.executable, "-m", "nnexp.study", *tpe("study.n_trials=4", "study.epochs=40", "study.pruner=none",
+                                                      "study.patience=1000", f"study.storage={storage}")]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        done = 0
+        while time.time() < deadline and done < 1 and proc.poll() is None:
+            time.sleep(0.3)
+            try:
+                done = counts(stage(storage, "tpe/search")).get(TrialState.COMPLETE, 0)
+            except Exception:  # noqa: BLE001 - the storage or the stage is not there yet
+                pass
+        assert done >= 1, "no trial finished"
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    said = [line for line in (out + err).splitlines() if "interrupted: " in line]
+    assert len(said) == 1 and "re-run" in said[0] and "Traceback" not in out + err
+    before = counts(stage(storage, "tpe/search"))
+    assert before.get(TrialState.RUNNING, 0) == 0  # nothing left pretending to run
+    again = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    after = counts(stage(storage, "tpe/search"))
+    assert after.get(TrialState.COMPLETE, 0) == 4  # resumed: the earlier trials count, four in all
+    assert after.get(TrialState.COMPLETE, 0) - before.get(TrialState.COMPLETE, 0) < 4

@@ -31,12 +31,16 @@ log = logging.getLogger("nnexp.study")
 @hydra.main(version_base="1.3", config_path="pkg://nnexp.conf", config_name="study")
 def _hydra_main(cfg: DictConfig) -> None:
     workers = os.environ.get("NNEXP_STUDY_WORKERS")
+    from nnexp.runner import INTERRUPTIONS, Interrupts
+
     try:
-        run_study(cfg, int(workers) if workers else None)
+        with Interrupts():  # Ctrl-C or SIGTERM from the first moment: one line, exit 130
+            run_study(cfg, int(workers) if workers else None)
     except NnexpError as exc:
         die("nnexp.study", str(exc))
-    except KeyboardInterrupt:
-        log.error("interrupted: finished trials and stages are kept; re-run the same command to resume")
+    except INTERRUPTIONS:
+        log.error("interrupted: finished trials and stages are kept, the running trials end FAIL; "
+                  "re-run the same command to resume")
         raise SystemExit(130)
 
 

@@ -11,8 +11,9 @@ from contextlib import contextmanager
 log = logging.getLogger("nnexp.run")
 
 
-class Terminated(BaseException):
-    """SIGTERM received: ends the run like Ctrl-C, recorded as KILLED."""
+class Terminated(KeyboardInterrupt):
+    """SIGTERM received: ends the run like Ctrl-C, recorded as KILLED (a KeyboardInterrupt, so
+    that libraries that clean up after Ctrl-C, e.g. Optuna failing the running trial, do so too)."""
 
 
 INTERRUPTIONS = (KeyboardInterrupt, Terminated)

@@ -3,6 +3,7 @@ samplers, pruners, opening a stage's study, keeping asked trials alive."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any, Sequence
 
@@ -13,6 +14,14 @@ from nnexp.tracking import redact
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 
 
+class _NoInterruptTracebacks(logging.Filter):
+    """Drops Optuna's "trial failed" warning (with its traceback) when Ctrl-C or SIGTERM ended the
+    trial: the command says so in one line, and Optuna still fails the trial."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt))
+
+
 def make_storage(url: str, heartbeat: int = 10, grace: int = 30):
     """An RDB storage with heartbeats: a killed worker's trial is failed and retried."""
     import warnings
@@ -21,6 +30,9 @@ def make_storage(url: str, heartbeat: int = 10, grace: int = 30):
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for handler in logging.getLogger("optuna").handlers:  # an interrupted trial: our one line, not a traceback
+        if not any(isinstance(f, _NoInterruptTracebacks) for f in handler.filters):
+            handler.addFilter(_NoInterruptTracebacks())
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     # population trials are asked and told (not Study.optimize); _Heartbeat keeps them alive
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
