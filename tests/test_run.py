@@ -474,3 +474,31 @@ def test_fashion_mnist_from_debians_package_trains_and_is_tracked(tmp_path, monk
     assert str(system) in source
     (acc,) = client.get_metric_history(run.info.run_id, "validation_accuracy")
     assert acc.value > 0.5  # ten classes: far above chance only if images and labels belong together
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_an_interrupted_joblib_sweep_ends_every_run_killed_and_leaves_no_process(store, signum):
+    from nnexp.callbacks import child_processes
+
+    proc = subprocess.Popen([sys.executable, "-m", "nnexp.run", "-m", "hydra/launcher=joblib", "dataset=digits",
+                             "epochs=100000", "seed=1,2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_metrics(store, 3, runs=2)
+        workers = child_processes(proc.pid)
+        assert workers
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert_one_interrupted_line(proc.returncode, out, err)
+    assert "Warning" not in err, err
+    client, runs = all_runs(store)
+    assert len(runs) == 3 and {r.info.status for r in runs} == {"KILLED"}
+    assert {r.data.tags["nnexp.status"] for r in runs if "mlflow.parentRunId" in r.data.tags} == {"killed"}
+    from nnexp.callbacks import _alive
+
+    deadline = time.time() + 10
+    while time.time() < deadline and any(_alive(pid) for pid in workers):
+        time.sleep(0.2)
+    assert not [pid for pid in workers if _alive(pid)], "a job process outlived the sweep"

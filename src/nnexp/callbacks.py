@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import sys
+import threading
 import time
 import uuid
+import warnings
+from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
@@ -26,12 +31,88 @@ def new_sweep_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
 
 
+def child_processes(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (Linux /proc)."""
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # it ended meanwhile
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def _is_helper(pid: int) -> bool:
+    """A pool's bookkeeping process (e.g. loky's resource tracker), not a job."""
+    try:
+        return b"resource_tracker" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 class SweepTracking(Callback):
+    """Also the sweep's interrupt handler in the launching process, for launchers whose jobs run
+    in processes of their own (joblib, submitit): Ctrl-C or SIGTERM is passed on to those
+    processes as SIGTERM, each records its run KILLED, then the parent run ends KILLED, in one
+    line and exit code 130. (A job running in this process, under the basic or the population
+    launcher, installs its own handler meanwhile and ends the same way.)"""
+
+    GRACE_SECONDS = 60.0  # for the job processes to record their runs
+
     def __init__(self) -> None:
         self.uri: str | None = None
         self.parent: str | None = None
+        self.config: DictConfig | None = None
+        self.previous: dict = {}
+
+    def _interrupted(self, signum, frame) -> None:
+        for handler_signal in self.previous:
+            signal.signal(handler_signal, signal.SIG_IGN)  # a second Ctrl-C does not cut this short
+        warnings.filterwarnings("ignore", message=".*resource_tracker")  # the pool's helper ends with it
+        kids = [pid for pid in child_processes(os.getpid()) if not _is_helper(pid)]
+        for pid in kids:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.time() + self.GRACE_SECONDS
+        while time.time() < deadline and any(_alive(pid) for pid in kids) and self._runs_still_running():
+            time.sleep(0.2)
+        for pid in child_processes(os.getpid()):  # idle pool workers and helpers that outlive their jobs
+            if _alive(pid):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        what = "the running jobs are recorded (KILLED, with the metrics logged so far)" if kids else ""
+        end_interrupted_sweep(self.config, what)
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(130)
+
+    def _runs_still_running(self) -> bool:
+        """Whether a child run of the sweep is still RUNNING in the store (True if unknown)."""
+        if not self.parent:
+            return True
+        try:
+            return tracking.running_children(self.uri, self.parent) > 0
+        except Exception:  # noqa: BLE001 - the store cannot tell: wait for the processes instead
+            return True
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.config = config
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {s: signal.signal(s, self._interrupted) for s in (signal.SIGTERM, signal.SIGINT)}
         sweep_id = new_sweep_id()
         os.environ[SWEEP_ENV] = sweep_id
         os.environ.pop(PARENT_ENV, None)
@@ -50,6 +131,8 @@ class SweepTracking(Callback):
         log.info("sweep %s: parent run %s in %s", sweep_id, self.parent, tracking.redact(self.uri))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
         sweep_id = os.environ.get(SWEEP_ENV)
         if self.parent:
             log.info("sweep %s: %s", sweep_id, tracking.end_parent_run(self.uri, self.parent))

@@ -61,8 +61,9 @@ def run_job(cfg: DictConfig) -> float | None:
             from nnexp.callbacks import end_interrupted_sweep
 
             end_interrupted_sweep(cfg, recorded)
-        else:
+        elif not multirun:
             log.error("interrupted: %s", recorded)
+        # else: a job process of its own (joblib, submitit): the launching process says it, once
         raise SystemExit(130)
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [""])[0]

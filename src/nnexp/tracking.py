@@ -111,6 +111,16 @@ def start_parent_run(uri: str, experiment: str, *, name: str, tags: dict[str, st
     return run.info.run_id
 
 
+def running_children(uri: str, run_id: str) -> int:
+    """How many child runs of ``run_id`` are still RUNNING."""
+    client = _client(uri)
+    parent = client.get_run(run_id)
+    children = client.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{run_id}' and attributes.status = 'RUNNING'",
+                                  max_results=1000)
+    return len(children)
+
+
 def end_parent_run(uri: str, run_id: str, status: str = "FINISHED") -> str:
     """End a sweep's parent run; return a one-line summary of its children."""
     client = _client(uri)
