@@ -117,11 +117,12 @@ def assert_same_records(basic: dict, pop: dict) -> None:
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_basic_and_population_launchers_record_identical_runs(tmp_path, dtype):
+    regularization = "l1" if dtype == "float64" else "dropout"  # both kinds of step, one per dtype
     sweep = ["-m", "dataset=digits", "epochs=4", f"dtype={dtype}", "eta=0.4,1e5", "momentum=0,0.5",
-             "regularization=l1,dropout", "early_stopping=no_improvement", "early_stopping.patience=1"]
+             f"regularization={regularization}", "early_stopping=no_improvement", "early_stopping.patience=1"]
     records = sweep_records(tmp_path, sweep)
     basic, pop = records["basic"], records["default"]
-    assert len(basic) == 8
+    assert len(basic) == 4
     statuses = {rec[2]["nnexp.status"] for rec in basic.values()}
     assert "diverged" in statuses and len(statuses) > 1
     assert_same_records(basic, pop)
