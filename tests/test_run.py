@@ -400,19 +400,29 @@ def test_each_config_option_from_the_command_line_gives_a_tracked_completed_run(
         assert all(abs(m.value * 50 - round(m.value * 50)) < 1e-9 for m in history)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT])  # SIGTERM: the same handler, tested on single runs
-def test_an_interrupted_basic_launcher_sweep_ends_its_run_and_parent_killed(store, signum):
-    proc = subprocess.Popen([sys.executable, "-m", "nnexp.run", "-m", "dataset=digits", "epochs=100000",
-                             "seed=1,2", "hydra/launcher=basic"],
+def interrupt_sweep(store: str, launcher: str, signum: int, started_runs: int) -> tuple[str, str, list[int]]:
+    """A never-ending two-job digits sweep, signalled once ``started_runs`` runs have evaluated
+    three times; returns its output and the job processes it had, after checking the one line."""
+    from nnexp.callbacks import child_processes
+
+    proc = subprocess.Popen([sys.executable, "-m", "nnexp.run", "-m", f"hydra/launcher={launcher}",
+                             "dataset=digits", "epochs=100000", "seed=1,2"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for_metrics(store, 3)
+        wait_for_metrics(store, 3, runs=started_runs)
+        workers = child_processes(proc.pid)
         proc.send_signal(signum)
-        out, err = proc.communicate(timeout=60)
+        out, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert_one_interrupted_line(proc.returncode, out, err)
+    return out, err, workers
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT])  # SIGTERM: the same handler, tested on single runs
+def test_an_interrupted_basic_launcher_sweep_ends_its_run_and_parent_killed(store, signum):
+    interrupt_sweep(store, "basic", signum, started_runs=1)
     client, runs = all_runs(store)
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(runs) == 2 and len(children) == 1  # the second job never started
@@ -478,21 +488,8 @@ def test_fashion_mnist_from_debians_package_trains_and_is_tracked(tmp_path, monk
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM])  # SIGINT takes the same handler in the launching process
 def test_an_interrupted_joblib_sweep_ends_every_run_killed_and_leaves_no_process(store, signum):
-    from nnexp.callbacks import child_processes
-
-    proc = subprocess.Popen([sys.executable, "-m", "nnexp.run", "-m", "hydra/launcher=joblib", "dataset=digits",
-                             "epochs=100000", "seed=1,2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_for_metrics(store, 3, runs=2)
-        workers = child_processes(proc.pid)
-        assert workers
-        proc.send_signal(signum)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert_one_interrupted_line(proc.returncode, out, err)
-    assert "Warning" not in err, err
+    _, err, workers = interrupt_sweep(store, "joblib", signum, started_runs=2)
+    assert workers and "Warning" not in err, err
     client, runs = all_runs(store)
     assert len(runs) == 3 and {r.info.status for r in runs} == {"KILLED"}
     assert {r.data.tags["nnexp.status"] for r in runs if "mlflow.parentRunId" in r.data.tags} == {"killed"}

@@ -21,8 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from nnexp.errors import NnexpError
-from nnexp.names import (PARENT_ENV, SWEEP_ENV, TAG_BEST_CHILD, TAG_DATASET_SHA256, TAG_ERROR,  # noqa: F401
-                         TAG_STATUS)
+from nnexp.names import TAG_BEST_CHILD, TAG_DATASET_SHA256, TAG_ERROR, TAG_STATUS
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +43,11 @@ def redact(text: str) -> str:
 
 def resolve_uri(configured: str | None = None) -> str:
     return configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+def preload() -> None:
+    """Import MLflow now (~1 s), e.g. in a worker process that is waiting for its first job."""
+    import mlflow  # noqa: F401
 
 
 def _client(uri: str):

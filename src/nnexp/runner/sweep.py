@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Sequence
 
+from nnexp import tracking
 from nnexp.config import RunConfig
 from nnexp.runner.build import load_splits
 from nnexp.runner.execute import execute
@@ -31,7 +32,7 @@ def warm_up(config: RunConfig | None) -> None:
 
     if config is not None:
         if config.tracking.enabled:
-            import mlflow  # noqa: F401  (~1 s)
+            tracking.preload()
         try:
             load_splits(config)
         except Exception:  # noqa: BLE001 - a job reports its own data problems, in one line
