@@ -78,7 +78,7 @@ ALLOWED = {  # layer -> the nnexp layers it may import (besides itself)
     "nnexp.runner": {"nnexp.runner", "nnexp.train", "nnexp.engine", "nnexp.config", "nnexp.data", "nnexp.errors",
                      "nnexp.names", "nnexp.tracking"},
     "nnexp.search": {"nnexp.runner", "nnexp.config", "nnexp.errors", "nnexp.names", "nnexp.tracking",
-                     "nnexp.figures"},
+                     "nnexp.figures", "nnexp.storelock"},
     "nnexp.report": {"nnexp.runner", "nnexp.config", "nnexp.errors", "nnexp.names", "nnexp.tracking",
                      "nnexp.figures", "nnexp.baselines", "nnexp.data", "nnexp.engine", "nnexp.train"},
     "hydra_plugins": {"nnexp.runner", "nnexp.callbacks", "nnexp.errors", "nnexp.names"},

@@ -17,6 +17,7 @@ from nnexp.errors import NnexpError
 from nnexp.names import FAILED, PRUNED, TAG_STAGE, TAG_STATUS, TAG_STUDY, TAG_TRIAL
 from nnexp.search.backend import Heartbeat, finished_trials, make_storage, open_study
 from nnexp.search.plan import Plan
+from nnexp.storelock import sqlite_lock
 
 log = logging.getLogger("nnexp.study")
 
@@ -77,11 +78,11 @@ def _trial_job(trial, plan: Plan):
                on_start=lambda rid: trial.set_user_attr("mlflow_run_id", rid))
 
 
-def _trial_failed(trial, exc: BaseException) -> float:
-    """A failed trial is data for the study, not the end of it."""
+def _trial_failed(trial, exc: BaseException) -> BaseException:
+    """A trial that could not be trained is data for the study (told FAIL), not the end of it."""
     trial.set_user_attr(TAG_STATUS, FAILED)
     trial.set_user_attr("reason", f"{type(exc).__name__}: {exc}"[:500])
-    return 0.0
+    return exc
 
 
 def _trial_value(trial, c: RunConfig, result) -> float:
@@ -101,17 +102,10 @@ def _trial_value(trial, c: RunConfig, result) -> float:
     return h.best_validation_accuracy or 0.0
 
 
-def objective(trial, plan: Plan) -> float:
-    """Train one configuration; report validation accuracy at every evaluation for pruning."""
-    outcome = _population_outcomes(plan, [(trial, _trial_job(trial, plan))])[0]
-    if isinstance(outcome, BaseException):
-        raise outcome
-    return outcome
-
-
 def _population_outcomes(plan: Plan, members: list) -> list:
     """Train the members [(trial, job)] of one compatible group together (one member: alone);
-    each trial's value, or the ``TrialPruned`` that ended it."""
+    each trial's outcome: its value, the ``TrialPruned`` that ended it, or the exception that
+    kept it from being trained."""
     import optuna
 
     if len(members) > 1:
@@ -132,16 +126,44 @@ def _population_outcomes(plan: Plan, members: list) -> list:
     return out
 
 
-def optimize_populations(study, plan: Plan, storage, n_trials: int) -> None:
-    """Ask up to ``plan.population`` trials at a time, train the compatible ones as one batched
-    population (the others one by one), and tell every result."""
+def ask_trial(study, storage_url: str):
+    """A trial to run: a waiting one (a grid point, a killed worker's retry) or a new one.
+    Reaping stale trials and popping a waiting one are serialised across worker processes:
+    on SQLite two workers could otherwise pop, and train, the same waiting trial."""
+    import optuna
+
+    with sqlite_lock(storage_url):
+        optuna.storages.fail_stale_trials(study)  # a killed worker's trial: FAIL, then retried
+        return study.ask()
+
+
+def _tell(study, trial, outcome) -> None:
     import optuna
     from optuna.trial import TrialState
 
+    try:
+        if isinstance(outcome, optuna.TrialPruned):
+            frozen = study.tell(trial, state=TrialState.PRUNED)
+        elif isinstance(outcome, BaseException):
+            frozen = study.tell(trial, state=TrialState.FAIL)
+        else:
+            frozen = study.tell(trial, outcome)
+    except optuna.exceptions.UpdateFinishedTrialError:  # its heartbeat was late: reaped and retried
+        log.warning("%s trial %d was ended as stale by another worker while it trained (its heartbeat "
+                    "was late); its result is dropped and the trial is retried", study.study_name, trial.number)
+        return
+    _progress_line(study, frozen)
+
+
+def optimize(study, plan: Plan, storage, n_trials: int) -> None:
+    """Run ``n_trials`` trials: ask up to ``plan.population`` at a time, train the compatible
+    ones as one batched population (the others one by one; a population of one is a single
+    run), keep their heartbeats fresh meanwhile, and tell every outcome."""
+    from optuna.trial import TrialState
 
     left = n_trials
     while left > 0:
-        batch = [study.ask() for _ in range(min(plan.population, left))]
+        batch = [ask_trial(study, plan.storage) for _ in range(min(plan.population, left))]
         left -= len(batch)
         with Heartbeat(storage, [t._trial_id for t in batch], plan.heartbeat):
             groups: dict[tuple, list] = {}
@@ -158,20 +180,16 @@ def optimize_populations(study, plan: Plan, storage, n_trials: int) -> None:
                     study.tell(trial, state=TrialState.FAIL)
                 raise
         for trial in batch:
-            outcome = outcomes[trial.number]
-            if isinstance(outcome, optuna.TrialPruned):
-                frozen = study.tell(trial, state=TrialState.PRUNED)
-            else:
-                frozen = study.tell(trial, outcome)
-            _progress_line(study, frozen)
+            _tell(study, trial, outcomes[trial.number])
 
 
 def _progress_line(study, trial) -> None:
     attrs = trial.user_attrs
     params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
     value = "" if trial.value is None else f", best validation accuracy {trial.value:.4f}"
-    log.info("%s trial %d (%s): %s%s", study.study_name, trial.number, params,
-             attrs.get(TAG_STATUS, trial.state.name.lower()), value)
+    detail = f" ({attrs['reason']})" if attrs.get(TAG_STATUS) == FAILED and attrs.get("reason") else ""
+    log.info("%s trial %d (%s): %s%s%s", study.study_name, trial.number, params,
+             attrs.get(TAG_STATUS, trial.state.name.lower()), value, detail)
 
 
 def _worker(plan: Plan, worker: int, enqueue: list[dict], n_trials: int) -> None:
@@ -180,10 +198,7 @@ def _worker(plan: Plan, worker: int, enqueue: list[dict], n_trials: int) -> None
     study = open_study(plan, storage, worker)
     for params in enqueue:
         study.enqueue_trial(params, skip_if_exists=False)
-    if plan.population > 1:
-        optimize_populations(study, plan, storage, n_trials)
-    else:
-        study.optimize(lambda t: objective(t, plan), n_trials=n_trials, callbacks=[_progress_line])
+    optimize(study, plan, storage, n_trials)
 
 
 def _worker_task(task: tuple) -> None:
@@ -211,21 +226,27 @@ def run_stage(plan: Plan, n_target: int, workers: int, values: Sequence[dict] | 
     study = open_study(plan, storage)
     if first is not None and not study.get_trials(deepcopy=False):
         study.enqueue_trial(first)
-    waited = 0.0
+    waited, seen_failed = 0.0, None
     for _ in range(100):
-        optuna.storages.fail_stale_trials(study)  # a killed worker's trial: FAIL, then retried
+        with sqlite_lock(plan.storage):
+            optuna.storages.fail_stale_trials(study)  # a killed worker's trial: FAIL, then retried
         trials = study.get_trials(deepcopy=False)
         done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
         waiting = [t for t in trials if t.state == TrialState.WAITING]
         running = [t for t in trials if t.state == TrialState.RUNNING]
-        if len(done) >= n_target:
+        failed = [t for t in trials if t.state == TrialState.FAIL and t.user_attrs.get(TAG_STATUS) == FAILED]
+        seen_failed = {t.number for t in failed} if seen_failed is None else seen_failed
+        failed_now = [t for t in failed if t.number not in seen_failed]  # in this call, not earlier runs
+        if values is not None and failed_now:  # a grid stage decides on every point
+            raise _could_not_train(plan, failed_now)
+        if len(done) + len(failed_now) >= n_target:
             break
         if values is not None:
             have = {_key(fixed_params(t)) for t in done + waiting + running}
             new = [v for v in values if _key(v) not in have]
             n_run = len(new) + len(waiting)
         else:
-            new, n_run = [], n_target - len(done) - len(running)
+            new, n_run = [], n_target - len(done) - len(failed_now) - len(running)
         if n_run <= 0:  # only stale trials left: wait for their heartbeat to expire
             if waited > 3 * plan.grace + 60:
                 raise NnexpError(f"stage {plan.stage}: trials stuck RUNNING (another process?)")
@@ -233,7 +254,17 @@ def run_stage(plan: Plan, n_target: int, workers: int, values: Sequence[dict] | 
             waited += 2.0
             continue
         _launch(plan, workers, new, n_run)
+    if not done and failed_now:
+        raise _could_not_train(plan, failed_now)
     return study
+
+
+def _could_not_train(plan: Plan, failed: list) -> NnexpError:
+    t = failed[0]
+    params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in fixed_params(t).items())
+    return NnexpError(f"stage {plan.stage}: {len(failed)} trial(s) could not be trained (FAIL in Optuna); "
+                      f"trial {t.number} ({params}): {t.user_attrs.get('reason', 'no reason recorded')}. "
+                      "Re-running the study retries them")
 
 
 def _launch(plan: Plan, workers: int, new: list[dict], n_run: int) -> None:
