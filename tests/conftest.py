@@ -33,3 +33,54 @@ def shared_data_dir() -> Path:
 
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- PostgreSQL: a real server, started here ----------------------------------------------------
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server for the session; returns ``database(name) -> URL`` (created once)."""
+    import glob
+    import shutil
+    import subprocess
+    import tempfile
+
+    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not bins:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is not installed (.ci/run installs Debian's postgresql)")
+        pytest.skip("PostgreSQL server binaries not installed")
+    bindir = Path(bins[-1]).parent
+    root = Path(tempfile.mkdtemp(prefix="nnexp-pg-", dir="/tmp"))
+    os.chmod(root, 0o755)
+    as_user = []
+    if os.geteuid() == 0:  # initdb refuses root: run the server as the postgres user
+        shutil.chown(root, "postgres", "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    data, port = root / "data", free_port()
+    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"],
+                   check=True, capture_output=True)
+    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w", "-o",
+                    f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True)
+    made: set[str] = set()
+
+    def database(name: str) -> str:
+        if name not in made:
+            subprocess.run(["psql", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-c",
+                            f"CREATE DATABASE {name}"], check=True, capture_output=True)
+            made.add(name)
+        return f"postgresql://postgres@127.0.0.1:{port}/{name}"
+
+    try:
+        yield database
+    finally:
+        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+                       capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)

@@ -62,6 +62,11 @@ def test_the_identity_check_sees_a_different_run():
         assert_identical(a, b)
 
 
+#: tags that say where and by which process a run was recorded (and the sweep's id): they differ
+#: between any two runs by design
+WHERE_RECORDED = {"nnexp.sweep", "nnexp.record_id", "nnexp.record", "nnexp.host", "nnexp.pid", "nnexp.pid_start"}
+
+
 def _records(uri):
     """Every child run's params, full metric histories, nnexp tags, and model weights."""
 
@@ -77,7 +82,7 @@ def _records(uri):
         metrics = {k: [(m.step, m.value) for m in sorted(client.get_metric_history(r.info.run_id, k),
                                                          key=lambda m: m.step)]
                    for k in r.data.metrics if k not in TIMING_METRICS}
-        tags = {k: v for k, v in r.data.tags.items() if k.startswith("nnexp.") and k != "nnexp.sweep"}
+        tags = {k: v for k, v in r.data.tags.items() if k.startswith("nnexp.") and k not in WHERE_RECORDED}
         arts = sorted(a.path for a in client.list_artifacts(r.info.run_id))
         weights = None
         if "model.npz" in arts:

@@ -1,15 +1,10 @@
 """``python -m nnexp.study``: real Optuna storages (SQLite, PostgreSQL), real MLflow, digits."""
 
-import glob
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import optuna
 import pytest
@@ -214,43 +209,8 @@ def test_two_processes_never_pop_the_same_waiting_trial(workdir):
     assert {t.state for t in study.get_trials()} == {TrialState.RUNNING}
 
 
-# -- PostgreSQL: a real server, started here ----------------------------------------------------
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def postgres_url():
-    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    if not bins:
-        if os.environ.get("CI"):
-            pytest.fail("PostgreSQL is not installed (.ci/run installs Debian's postgresql)")
-        pytest.skip("PostgreSQL server binaries not installed")
-    bindir = Path(bins[-1]).parent
-    root = Path(tempfile.mkdtemp(prefix="nnexp-pg-", dir="/tmp"))
-    os.chmod(root, 0o755)
-    as_user = []
-    if os.geteuid() == 0:  # initdb refuses root: run the server as the postgres user
-        shutil.chown(root, "postgres", "postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    data, port = root / "data", _free_port()
-    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"],
-                   check=True, capture_output=True)
-    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w", "-o",
-                    f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True)
-    try:
-        subprocess.run(["psql", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-c", "CREATE DATABASE nnexp"],
-                       check=True, capture_output=True)
-        yield f"postgresql://postgres@127.0.0.1:{port}/nnexp"
-    finally:
-        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-                       capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
-
-
-def test_two_workers_on_postgresql_lose_nothing(workdir, postgres_url):
+def test_two_workers_on_postgresql_lose_nothing(workdir, postgres):
+    postgres_url = postgres("nnexp")
     secret = "s3cret-pw-4711"  # the server trusts local connections: any password works, none may show
     url = postgres_url.replace("postgres@", f"postgres:{secret}@")
     out = nnexp("nnexp.study", *tpe("study.n_trials=6", f"study.storage={url}"), "--workers", "2")
@@ -342,3 +302,25 @@ def test_an_interrupted_study_exits_130_in_one_line_and_a_rerun_resumes(workdir,
     after = counts(stage(storage, "tpe/search"))
     assert after.get(TrialState.COMPLETE, 0) == 4  # resumed: the earlier trials count, four in all
     assert after.get(TrialState.COMPLETE, 0) - before.get(TrialState.COMPLETE, 0) < 4
+
+
+@pytest.mark.parametrize("grid", [True, False])
+def test_a_trial_that_cannot_be_trained_is_fail_never_a_made_up_value(workdir, monkeypatch, grid):
+    from nnexp import runner
+    from nnexp.errors import NnexpError
+    from nnexp.search.plan import Plan
+    from nnexp.search.trials import run_stage
+
+    def broken(jobs, **kw):  # e.g. the disk under the run's record filled up
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(runner, "execute", broken)
+    storage = f"sqlite:///{workdir / 'optuna.db'}"
+    base = runner.compose(["dataset=digits", "epochs=1", "tracking=off"]).config
+    plan = Plan(study="s", stage="stage", storage=storage, base=base, prune=False,
+                space={"eta": {"low": 0.01, "high": 10.0, "log": True}})
+    with pytest.raises(NnexpError, match="could not be trained.*No space left on device.*Re-running"):
+        run_stage(plan, 2, 1, [{"eta": 0.1}, {"eta": 1.0}] if grid else None)
+    trials = optuna.load_study(study_name="s/stage", storage=storage).trials
+    assert trials and all(t.state == TrialState.FAIL and t.value is None for t in trials)
+    assert all(t.user_attrs["nnexp.status"] == "failed" and "No space" in t.user_attrs["reason"] for t in trials)

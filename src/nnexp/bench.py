@@ -353,7 +353,7 @@ def sgd_section(bench: Bench) -> Table:
                  foot + target_lines(bench, results))
 
 
-def _overfitting_run(bench: Bench, tracked: bool, store: str):
+def _overfitting_run(bench: Bench, tracked: bool, store: str, run_dir: Path):
     """The 400-epoch ``overfitting`` preset through the real run path (nnexp.runner)."""
     from nnexp import runner
 
@@ -365,30 +365,36 @@ def _overfitting_run(bench: Bench, tracked: bool, store: str):
         overrides.append(f"dataset.data_dir={bench.data_dir}")
     if bench.quick:
         overrides.append("epochs=20")
-    job = runner.compose(overrides)
+    job = runner.compose(overrides, run_dir=run_dir)
     start = time.perf_counter()
     (result,) = runner.execute(job)
     return result, time.perf_counter() - start, job.config.total_epochs
 
 
 def tracking_section(bench: Bench) -> Table:
-    """Tracking overhead on the overfitting preset: seconds spent in MLflow calls vs wall time."""
+    """Tracking overhead on the overfitting preset: the local record (written by the training
+    loop) and the wall time against an untracked run (the store is written off the training
+    path, by a background thread)."""
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         store = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
-        _overfitting_run(bench, True, store)  # warm-up: creates and migrates the store
-        for tracked in (False, True):
-            result, wall, epochs = _overfitting_run(bench, tracked, store)
+        _overfitting_run(bench, True, store, Path(tmp, "warm-up"))  # creates and migrates the store
+        walls = {}
+        for i, tracked in enumerate((False, True, False, True)):
+            result, wall, epochs = _overfitting_run(bench, tracked, store, Path(tmp, f"run{i}"))
+            walls.setdefault(tracked, []).append(wall)
             n_metrics = sum(len(r.metrics()) for r in result.history.records)
             share = 100 * result.tracking_seconds / wall
-            rows.append(("mlflow (sqlite)" if tracked else "off", str(epochs), str(n_metrics if tracked else 0),
-                         f"{wall:.2f}", f"{result.history.train_seconds:.2f}",
-                         f"{result.tracking_seconds:.2f}", f"{share:.1f}%"))
-    foot = ["tracking s: time inside MLflow calls during the run (create run, params, dataset, "
-            "buffered per-epoch metrics, summary, artifacts); the once-per-process `import mlflow` "
-            "(~2 s) is not counted", "target: tracking <= 5% of wall time"]
+            rows.append(("record + mlflow (sqlite)" if tracked else "off", str(epochs),
+                         str(n_metrics if tracked else 0), f"{wall:.2f}", f"{result.history.train_seconds:.2f}",
+                         f"{result.tracking_seconds:.3f}", f"{share:.2f}%"))
+    extra = 100 * (min(walls[True]) / min(walls[False]) - 1)
+    foot = ["record s: time the run spent writing its local record (params, per-evaluation metrics, "
+            "dataset, summary, artifacts); the MLflow store is written by a background thread",
+            f"wall time tracked vs off (best of 2 each): {extra:+.1f}%",
+            "target: local record <= 2% of wall time"]
     return Table("Tracking overhead: the overfitting preset (400 epochs, 1,000 images, 6 metrics/epoch)",
-                 ("tracking", "epochs", "metrics", "wall s", "fit s", "tracking s", "share"), rows, foot)
+                 ("tracking", "epochs", "metrics", "wall s", "fit s", "record s", "share"), rows, foot)
 
 
 def _study_run(kind: str, seed: int, store: Path, workers: int, extra: list[str]) -> dict:

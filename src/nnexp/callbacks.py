@@ -21,8 +21,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from nnexp import tracking
-from nnexp.names import PARENT_ENV, SWEEP_ENV, TAG_EXPERIMENT, TAG_SWEEP, TAG_SWEEP_OVERRIDES
-from nnexp.errors import NnexpError
+from nnexp.names import (PARENT_ENV, PARENT_RECORD_ENV, SWEEP_ENV, TAG_BEST_CHILD, TAG_EXPERIMENT, TAG_SWEEP,
+                          TAG_SWEEP_OVERRIDES)
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +70,8 @@ class SweepTracking(Callback):
     GRACE_SECONDS = 60.0  # for the job processes to record their runs
 
     def __init__(self) -> None:
-        self.uri: str | None = None
-        self.parent: str | None = None
+        self.parent_record: str | None = None  # the parent run's local record (picklable: submitit
+        # pickles the launcher, and with it this callback)
         self.config: DictConfig | None = None
         self.previous: dict = {}
 
@@ -94,7 +94,7 @@ class SweepTracking(Callback):
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-        what = "the running jobs are recorded (KILLED, with the metrics logged so far)" if kids else ""
+        what = "the running jobs ended KILLED, with their metrics so far" if kids else ""
         end_interrupted_sweep(self.config, what)
         logging.shutdown()
         sys.stdout.flush()
@@ -102,10 +102,11 @@ class SweepTracking(Callback):
 
     def _runs_still_running(self) -> bool:
         """Whether a child run of the sweep is still RUNNING in the store (True if unknown)."""
-        if not self.parent:
+        parent = tracking.ParentRun.of_record(Path(self.parent_record)) if self.parent_record else None
+        if parent is None or not parent.run_id:
             return True
         try:
-            return tracking.running_children(self.uri, self.parent) > 0
+            return tracking.running_children(parent.uri, parent.run_id) > 0
         except Exception:  # noqa: BLE001 - the store cannot tell: wait for the processes instead
             return True
 
@@ -115,44 +116,60 @@ class SweepTracking(Callback):
             self.previous = {s: signal.signal(s, self._interrupted) for s in (signal.SIGTERM, signal.SIGINT)}
         sweep_id = new_sweep_id()
         os.environ[SWEEP_ENV] = sweep_id
-        os.environ.pop(PARENT_ENV, None)
+        for name in (PARENT_ENV, PARENT_RECORD_ENV):
+            os.environ.pop(name, None)
         if not config.get("tracking", {}).get("enabled", False):
             return
         experiment = config.hydra.runtime.choices.get("experiment") or "sweep"
-        self.uri = tracking.resolve_uri(config.tracking.uri)
-        try:
-            self.parent = tracking.start_parent_run(
-                self.uri, config.tracking.experiment, name=f"{experiment} {sweep_id}",
-                tags={TAG_SWEEP: sweep_id, TAG_EXPERIMENT: str(experiment),
-                      TAG_SWEEP_OVERRIDES: " ".join(config.hydra.overrides.task)[:4000]})
-        except NnexpError as exc:
-            raise SystemExit(f"nnexp.run: error: {exc}") from None
-        os.environ[PARENT_ENV] = self.parent
-        log.info("sweep %s: parent run %s in %s", sweep_id, self.parent, tracking.redact(self.uri))
+        uri = tracking.resolve_uri(config.tracking.uri)
+        tracking.prepare_store(uri, config.tracking.experiment)
+        parent = tracking.ParentRun(
+            uri, config.tracking.experiment, name=f"{experiment} {sweep_id}", run_dir=Path(str(config.hydra.sweep.dir)),
+            tags={TAG_SWEEP: sweep_id, TAG_EXPERIMENT: str(experiment),
+                  TAG_SWEEP_OVERRIDES: " ".join(config.hydra.overrides.task)[:4000]})
+        self.parent_record = os.environ[PARENT_RECORD_ENV] = parent.record_dir
+        if parent.run_id:
+            os.environ[PARENT_ENV] = parent.run_id
+        log.info("sweep %s: %s", sweep_id, parent.location)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         for s, handler in self.previous.items():
             signal.signal(s, handler)
         sweep_id = os.environ.get(SWEEP_ENV)
-        if self.parent:
-            log.info("sweep %s: %s", sweep_id, tracking.end_parent_run(self.uri, self.parent))
-        os.environ.pop(PARENT_ENV, None)
-        os.environ.pop(SWEEP_ENV, None)
+        if self.parent_record:
+            log.info("sweep %s: %s", sweep_id, end_parent(tracking.ParentRun.of_record(Path(self.parent_record)),
+                                                          "FINISHED"))
+        for name in (PARENT_ENV, PARENT_RECORD_ENV, SWEEP_ENV):
+            os.environ.pop(name, None)
+
+
+def end_parent(parent, status: str) -> str:
+    """End a sweep's parent run (its best child as a metric and a tag, when the store answers);
+    one line on what is where."""
+    line = ""
+    if parent.run_id:
+        try:
+            line, best = tracking.children_summary(parent.uri, parent.run_id)
+            if best is not None:
+                parent.log(metrics={"best_validation_accuracy": best.data.metrics["best_validation_accuracy"]},
+                           tags={TAG_BEST_CHILD: best.info.run_id})
+        except Exception as exc:  # noqa: BLE001 - the store went away: the record keeps the run
+            line = f"children unknown (the store did not answer: {tracking.first_line(exc)})"
+    stored = parent.end(status)
+    return f"{line}; {parent.location}" if line and stored else parent.location
 
 
 def end_interrupted_sweep(config: DictConfig, what: str = "") -> None:
     """Ctrl-C or SIGTERM reached the launching process: its jobs are recorded KILLED, so end the
     sweep's parent run KILLED too (Hydra skips on_multirun_end then), with one line that starts
     with ``what`` (e.g. what happened to the job that was running)."""
-    parent = os.environ.pop(PARENT_ENV, None)
-    os.environ.pop(SWEEP_ENV, None)
+    record = os.environ.get(PARENT_RECORD_ENV)
+    for name in (PARENT_ENV, PARENT_RECORD_ENV, SWEEP_ENV):
+        os.environ.pop(name, None)
     head = f"interrupted: {what}; " if what else "interrupted: "
-    if parent and config.get("tracking", {}).get("enabled", False):
-        uri = tracking.resolve_uri(config.tracking.uri)
-        try:
-            log.error("%ssweep ended, %s", head, tracking.end_parent_run(uri, parent, "KILLED"))
-            return
-        except Exception as exc:  # noqa: BLE001 - the store itself failed: say so in one line
-            log.error("%scould not end parent run %s: %s", head, parent, exc)
+    if record and config.get("tracking", {}).get("enabled", False):
+        parent = tracking.ParentRun.of_record(Path(record))
+        if not parent.record.ended():
+            log.error("%ssweep ended, %s", head, end_parent(parent, "KILLED"))
             return
     log.error("%ssweep ended", head)

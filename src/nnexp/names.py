@@ -34,3 +34,12 @@ TIMING_METRICS = ("epoch_seconds", "train_seconds")
 # -- environment variables handed from a sweep to its jobs ---------------------------------------
 PARENT_ENV = "NNEXP_PARENT_RUN_ID"
 SWEEP_ENV = "NNEXP_SWEEP_ID"
+PARENT_RECORD_ENV = "NNEXP_PARENT_RECORD"  # the parent run's local record (when the store is down)
+
+# -- where a run is recorded (tags set on every run; see nnexp.record) ---------------------------
+TAG_RECORD_ID = "nnexp.record_id"
+TAG_RECORD_DIR = "nnexp.record"
+TAG_HOST = "nnexp.host"
+TAG_PID = "nnexp.pid"
+TAG_PID_START = "nnexp.pid_start"
+TAG_REAPED = "nnexp.reaped"

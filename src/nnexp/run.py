@@ -10,8 +10,8 @@ trained as batched populations by the population launcher unless another one is 
 from __future__ import annotations
 
 import logging
-import os
 import sys
+from pathlib import Path
 from typing import Sequence
 
 import hydra
@@ -21,7 +21,6 @@ from omegaconf import DictConfig
 
 from nnexp.entry import die, hydra_cli, is_multirun
 from nnexp.errors import ConfigError, NnexpError
-from nnexp.names import PARENT_ENV, SWEEP_ENV
 
 log = logging.getLogger("nnexp.run")
 
@@ -44,9 +43,13 @@ def run_job(cfg: DictConfig) -> float | None:
     launcher = hc.runtime.choices.get("hydra/launcher", "basic")
     try:
         job = runner.make_job(cfg, experiment=hc.runtime.choices.get("experiment"),
-                              sweep_id=os.environ.get(SWEEP_ENV), parent_run_id=os.environ.get(PARENT_ENV))
+                              run_dir=Path(hc.runtime.output_dir), **runner.sweep_links())
     except ConfigError as exc:
         return _fail(str(exc), multirun)
+    if not multirun and job.config.tracking.enabled:  # a sweep's callback opened the store already
+        from nnexp import tracking
+
+        tracking.prepare_store(tracking.resolve_uri(job.config.tracking.uri), job.config.tracking.experiment)
     progress = job.config.monitor.progress
     if progress is None:
         progress = sys.stderr.isatty() and launcher == "basic"
@@ -55,8 +58,8 @@ def run_job(cfg: DictConfig) -> float | None:
             (result,) = runner.execute(job, progress=progress)
     except NnexpError as exc:
         return _fail(str(exc), multirun)
-    except runner.INTERRUPTIONS:
-        recorded = "the run is recorded (KILLED, with the metrics logged so far)"
+    except runner.INTERRUPTIONS as exc:
+        recorded = runner.recorded_as(exc, "KILLED")
         if multirun and launcher == "basic":  # the sweep's parent run lives in this process: one line for both
             from nnexp.callbacks import end_interrupted_sweep
 
@@ -67,7 +70,7 @@ def run_job(cfg: DictConfig) -> float | None:
         raise SystemExit(130)
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [""])[0]
-        return _fail(f"run failed: {type(exc).__name__}: {first} (traceback saved with the run)", multirun)
+        return _fail(f"run failed: {type(exc).__name__}: {first} ({runner.recorded_as(exc, 'FAILED')})", multirun)
     log.info(result.summary)
     return result.best_validation_accuracy
 

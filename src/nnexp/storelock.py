@@ -23,6 +23,16 @@ def sqlite_path(url: str) -> Path | None:
     return None if path in ("", ":memory:") else Path(path).expanduser()
 
 
+def absolute_url(url: str) -> str:
+    """``sqlite:///relative.db`` as ``sqlite:////abs/relative.db`` (the same file from any
+    working directory); any other URL unchanged."""
+    db = sqlite_path(url)
+    if db is None or db.is_absolute():
+        return url
+    query = url.split("?", 1)[1] if "?" in url else ""
+    return f"sqlite:///{db.resolve()}" + (f"?{query}" if query else "")
+
+
 @contextlib.contextmanager
 def sqlite_lock(url: str) -> Iterator[None]:
     """Hold an exclusive lock on ``DB.lock`` while inside (no-op unless ``url`` is a SQLite file)."""

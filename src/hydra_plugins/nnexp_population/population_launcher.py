@@ -48,12 +48,9 @@ class PopulationLauncher(Launcher):
         _compose_once(hydra_context.config_loader)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        import os
-
         from nnexp import runner
         from nnexp.callbacks import end_interrupted_sweep
         from nnexp.errors import NnexpError
-        from nnexp.names import PARENT_ENV, SWEEP_ENV
 
         assert self.config is not None and self.hydra_context is not None
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
@@ -70,8 +67,8 @@ class PopulationLauncher(Launcher):
             log.info("\t#%d : %s", idx, " ".join(overrides))
             composed.append((list(overrides), cfg))
             try:
-                jobs[offset] = runner.make_job(cfg, sweep_id=os.environ.get(SWEEP_ENV),
-                                               parent_run_id=os.environ.get(PARENT_ENV))
+                jobs[offset] = runner.make_job(cfg, run_dir=sweep_dir / str(cfg.hydra.sweep.subdir),
+                                               **runner.sweep_links())
             except NnexpError as exc:  # like the basic launcher: one line, the sweep goes on
                 log.error("job %d: %s", idx, exc)
 

@@ -61,6 +61,7 @@ def _neuron_run(job: Job, uri: str, experiment: str) -> str:
     z = float(net.weights[0][0, 0] + net.biases[0][0])  # the mirrored neuron's weighted input
     output = 1.0 - 1.0 / (1.0 + np.exp(-z))  # the book's neuron's output, sigma(-z)
     t.finish(history.outcome, summary={"final_output": output}, artifacts={})
+    t.close()
     return t.run_id
 
 
@@ -76,6 +77,7 @@ def _baseline_run(job: Job, uri: str, experiment: str) -> str:
     t = _tracker(job, uri, experiment, {**job.spec, "seed": job.seed})
     acc = BASELINES[job.spec["method"]](train, test, np.random.default_rng(job.seed))
     t.finish(COMPLETED, summary={"test_accuracy": acc, "best_test_accuracy": acc}, artifacts={})
+    t.close()
     return t.run_id
 
 

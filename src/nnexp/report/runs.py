@@ -15,10 +15,10 @@ GOOD_STATUSES = (COMPLETED, EARLY_STOPPED, DIVERGED)
 
 
 def open_client(uri: str):
-    from mlflow.tracking import MlflowClient
-
-    tracking.prepare_store(uri, "nnexp")  # logs the noisy loggers down as well
-    return MlflowClient(uri)
+    if tracking.prepare_store(uri, "nnexp") is None:
+        raise tracking.TrackingError(f"the report reads its runs from the tracking store {tracking.redact(uri)}, "
+                                     "which does not answer")
+    return tracking.client(uri)
 
 
 def find_runs(uri: str, experiment: str) -> dict[str, Any]:

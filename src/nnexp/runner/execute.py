@@ -102,8 +102,8 @@ def run_name(job: Job) -> str:
     return job.run_name or f"{head} eta={c.eta:g} lmbda={c.lmbda:g} mb={c.mini_batch_size} seed={c.seed}"
 
 
-def new_tracker(job: Job):
-    """The job's MLflow tracker, not yet started (None if tracking is off)."""
+def new_tracker(job: Job, uploader):
+    """The job's tracker, not yet started (None if tracking is off)."""
     c = job.config
     if not c.tracking.enabled:
         return None
@@ -113,23 +113,24 @@ def new_tracker(job: Job):
         tags[TAG_SWEEP] = job.sweep_id
     return tracking.RunTracker(
         uri=tracking.resolve_uri(c.tracking.uri), experiment=c.tracking.experiment, run_name=run_name(job),
-        params=flat_params(c), tags=tags, parent_run_id=job.parent_run_id,
-        step_by_images=c.monitor.every_images is not None)
+        params=flat_params(c), tags=tags, parent_run_id=job.parent_run_id, parent_record=job.parent_record,
+        step_by_images=c.monitor.every_images is not None, run_dir=job.run_dir, uploader=uploader)
 
 
 def _open(tracker, splits, job: Job) -> None:
-    """Create the run's record before training: params, tags, dataset input."""
+    """Create the run's record before training: params, tags, dataset input (and the MLflow run
+    if the store answers)."""
     if tracker is None:
         return
     tracker.start()
     tracker.log_dataset(splits)
-    if job.on_start:
+    if job.on_start and tracker.run_id:
         job.on_start(tracker.run_id)
 
 
 def _record_interruption(tracker, exc: BaseException, artifacts: dict) -> None:
     """Ctrl-C / SIGTERM -> KILLED, anything else -> FAILED; the metrics so far are kept."""
-    if tracker is None or tracker.run_id is None:  # interrupted before its record existed
+    if tracker is None or tracker.record is None:  # interrupted before its record existed
         return
     if isinstance(exc, INTERRUPTIONS):
         tracker.fail(KILLED, "KILLED", error="interrupted (Ctrl-C or SIGTERM)", artifacts=dict(artifacts))
@@ -139,7 +140,7 @@ def _record_interruption(tracker, exc: BaseException, artifacts: dict) -> None:
 
 
 def _finish(job: Job, tracker, history: History, net, test, artifacts: dict) -> RunResult:
-    """After training: test accuracy, summary metrics, artifacts, status, the summary line."""
+    """After training: test accuracy, summary metrics, artifacts and status into the record."""
     c = job.config
     result = RunResult(history.outcome, history, tracker.run_id if tracker else None, network=net)
     result.test_accuracy = test_accuracy_of(history, net, test, "test_accuracy" in c.monitor.metrics)
@@ -155,9 +156,19 @@ def _finish(job: Job, tracker, history: History, net, test, artifacts: dict) -> 
         tracker.finish(history.outcome, summary=summary, artifacts=artifacts, mlflow_status="FINISHED",
                        error=history.reason if history.outcome == DIVERGED else None)
         result.tracking_seconds = tracker.seconds_in_tracking
-    where = tracker.location if tracker else "not tracked (tracking=off)"
-    result.summary = summary_line(result, where)
     return result
+
+
+def _where(tracker) -> str:
+    return tracker.location if tracker else "not tracked (tracking=off)"
+
+
+def recorded_as(exc: BaseException, status: str) -> str:
+    """What happened to the runs an exception ended, truthfully: in the store or kept locally."""
+    where = getattr(exc, "where", None)
+    if not where:
+        return "no run was recorded yet"
+    return f"recorded {status} with the metrics so far: " + "; ".join(where)
 
 
 # -- executing ---------------------------------------------------------------------------------
@@ -166,14 +177,16 @@ def execute(jobs: Sequence[Job] | Job, *, progress: bool = False) -> list[RunRes
 
     Raises NnexpError for bad data or config (before any run is created); KeyboardInterrupt /
     Terminated after recording every started run as KILLED; other exceptions after recording
-    them as FAILED. One job is a population of one: the results never depend on grouping."""
+    them as FAILED (the exception's ``where``: each such run's location, see ``interrupted``).
+    One job is a population of one: the results never depend on grouping."""
     jobs = [jobs] if isinstance(jobs, Job) else list(jobs)
     check_compatible([j.config for j in jobs])
     splits, train, val, test = load_splits(jobs[0].config, progress=progress)
     streams = [Streams.from_seed(j.config.seed) for j in jobs]
     nets = [build_network(j.config, s) for j, s in zip(jobs, streams)]
     specs = [train_spec(j.config) for j in jobs]
-    trackers = [new_tracker(j) for j in jobs]
+    uploader = tracking.Uploader()  # the population's runs reach the store off the training path
+    trackers = [new_tracker(j, uploader) for j in jobs]
     artifacts = [{"config.yaml": j.resolved_yaml} if j.resolved_yaml else {} for j in jobs]
     bar = ProgressBar(max(s.epochs for s in specs), progress and len(jobs) == 1)
     # interruptions are caught from before the records exist, so they never leave one RUNNING
@@ -191,14 +204,20 @@ def execute(jobs: Sequence[Job] | Job, *, progress: bool = False) -> list[RunRes
                 histories = fit_population(nets, train, specs, validation=val, test=test, streams=streams,
                                            observers=observers)
             bar.close()
-            results = []
+            results, ended = [], list(trackers)
             with interrupts.deferred():
                 for i, (j, h, net) in enumerate(zip(jobs, histories, nets)):
                     results.append(_finish(j, trackers[i], h, net, test, artifacts[i]))
                     trackers[i] = None  # recorded: an interruption from here on leaves it alone
+                uploader.close()
+            for result, t in zip(results, ended):
+                result.summary = summary_line(result, _where(t))
             return results
         except BaseException as exc:
             bar.close()
             for t, a in zip(trackers, artifacts):
                 _record_interruption(t, exc, a)
+            uploader.close()
+            # where each ended run is now (the store, or only its local record): callers say the truth
+            exc.where = [t.location for t in trackers if t is not None and t.record is not None]
             raise

@@ -11,7 +11,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
 from nnexp import tracking
-from nnexp.names import TAG_STATUS
+from nnexp.names import COMPLETED, TAG_STATUS
 from nnexp.search.backend import finished_trials, make_storage
 from nnexp.search.settings import STAGES
 from nnexp.search.strategy import Context
@@ -75,7 +75,7 @@ def decision_log(ctx: Context, out_dir: Path, command: str) -> Path:
              f"- nuisance: seed-independent here (one seed per trial, {ctx.base.seed})",
              f"- fixed: sizes {ctx.base.sizes}, cost {ctx.base.cost.name}, init {ctx.base.init.name}, "
              f"dataset {ctx.base.dataset.name} ({ctx.n_full} training images)",
-             f"- storage: `{tracking.redact(ctx.storage_url)}`; MLflow parent run: `{ctx.parent_run_id}`",
+             f"- storage: `{tracking.redact(ctx.storage_url)}`; MLflow parent run: `{ctx.parent.run_id if ctx.parent else None}`",
              f"- command: `{command}`", ""]
     for stage in STAGES[s.kind]:
         decision = ctx.decisions.get(stage)
@@ -107,12 +107,12 @@ def write_outputs(ctx: Context) -> None:
     preset = override_file(ctx, out_dir)
     log_path = decision_log(ctx, out_dir, command)
     (out_dir / "decisions.json").write_text(json.dumps(ctx.decisions, indent=2, default=str))
-    if ctx.parent_run_id:
-        uri = tracking.resolve_uri(ctx.base.tracking.uri)
+    if ctx.parent:
         final = ctx.decisions["final"]
-        tracking.finish_study_run(uri, ctx.parent_run_id, out_dir, {
-            "best_validation_accuracy": final["validation_accuracy"],
-            "test_accuracy": final.get("test_accuracy")})
+        ctx.parent.log(metrics={"best_validation_accuracy": final["validation_accuracy"],
+                                "test_accuracy": final.get("test_accuracy")},
+                       tags={TAG_STATUS: COMPLETED}, artifacts_from=out_dir)
+        ctx.parent.end("FINISHED")
     final = ctx.decisions["final"]
     ctx.decisions["_outputs"] = {"preset": str(preset), "log": str(log_path)}
     log.info("study %s: eta %.4g, lambda %.4g, mini-batch %d; validation accuracy %.4f, test accuracy %.4f | "

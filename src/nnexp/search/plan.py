@@ -23,6 +23,7 @@ class Plan:
     sampler: str = "tpe"
     seed: int = 0
     parent_run_id: str | None = None
+    parent_record: str | None = None  # the study's parent run's local record
     experiment: str | None = None
     heartbeat: int = 10
     grace: int = 30

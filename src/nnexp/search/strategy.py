@@ -34,7 +34,7 @@ class Context:
     experiment: str | None
     n_full: int = 0  # training images of the full problem
     n_stage: int = 0  # training images of the stripped-down problem
-    parent_run_id: str | None = None
+    parent: tracking.ParentRun | None = None  # the study's MLflow parent run (None: tracking off)
     decisions: dict = field(default_factory=dict)
     stage_studies: dict = field(default_factory=dict)
 
@@ -42,7 +42,8 @@ class Context:
         s = self.settings
         return Plan(study=self.name, stage=stage, storage=self.storage_url, base=base, space=space,
                     pruner=s.pruner, seed=int(s.seed),
-                    parent_run_id=self.parent_run_id, experiment=self.experiment,
+                    parent_run_id=self.parent.run_id if self.parent else None,
+                    parent_record=self.parent.record_dir if self.parent else None, experiment=self.experiment,
                     heartbeat=int(s.heartbeat_seconds), grace=int(s.grace_seconds),
                     population=int(s.population), **kw)
 
@@ -86,9 +87,10 @@ def record_decision(ctx: Context, stage: str, study, decision: dict) -> dict:
     study.set_user_attr("decision", decision)
     ctx.decisions[stage] = decision
     ctx.stage_studies[stage] = study
-    if ctx.parent_run_id:
-        tracking.log_stage_decision(tracking.resolve_uri(ctx.base.tracking.uri), ctx.parent_run_id,
-                                    stage, decision)
+    if ctx.parent:  # scalar values as params, the summary as a tag
+        ctx.parent.log(params={f"{stage}.{k}": v for k, v in decision.items()
+                               if isinstance(v, (int, float, str)) and k != "summary"},
+                       tags={f"nnexp.decision.{stage}": decision.get("summary", "")})
     log.info("stage %s: %s", stage, decision.get("summary", ""))
     return decision
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
@@ -54,14 +55,14 @@ def run_study(cfg: DictConfig, workers: int | None = None) -> Context:
     meta = meta_study(ctx)
     if base.tracking.enabled:
         uri = tracking.resolve_uri(base.tracking.uri)
-        ctx.parent_run_id = meta.user_attrs.get("mlflow_parent_run_id")
-        if ctx.parent_run_id:
-            tracking.reopen_run(uri, ctx.parent_run_id)
-        else:
-            ctx.parent_run_id = tracking.start_parent_run(
-                uri, base.tracking.experiment, name=f"study {name}",
-                tags={TAG_STUDY: name, TAG_STAGE: "study", TAG_EXPERIMENT: experiment or "none"})
-            meta.set_user_attr("mlflow_parent_run_id", ctx.parent_run_id)
+        tracking.prepare_store(uri, base.tracking.experiment)
+        known = meta.user_attrs.get("mlflow_parent_run_id")  # a resumed study continues its parent run
+        run_dir = Path(hc.runtime.output_dir) if hc else tracking.default_run_dir()
+        ctx.parent = tracking.ParentRun(uri, base.tracking.experiment, name=f"study {name}", run_dir=run_dir,
+                                        run_id=known, tags={TAG_STUDY: name, TAG_STAGE: "study",
+                                                            TAG_EXPERIMENT: experiment or "none"})
+        if ctx.parent.run_id and not known:
+            meta.set_user_attr("mlflow_parent_run_id", ctx.parent.run_id)
     load_decisions(ctx)
     stop_after = settings.stop_after
     log.info("study %s (%s): storage %s, %d worker(s), full problem %d images%s", name, settings.kind,
@@ -71,6 +72,6 @@ def run_study(cfg: DictConfig, workers: int | None = None) -> Context:
     strategy(ctx, stop_after)
     if "final" in ctx.decisions:
         write_outputs(ctx)
-    elif ctx.parent_run_id:
-        tracking.end_parent_run(tracking.resolve_uri(base.tracking.uri), ctx.parent_run_id)
+    elif ctx.parent:
+        ctx.parent.end("FINISHED")
     return ctx

@@ -11,7 +11,7 @@ import os
 import time
 from typing import Sequence
 
-from nnexp import runner
+from nnexp import runner, tracking
 from nnexp.config import RunConfig, validate
 from nnexp.errors import NnexpError
 from nnexp.names import FAILED, PRUNED, TAG_STAGE, TAG_STATUS, TAG_STUDY, TAG_TRIAL
@@ -73,7 +73,10 @@ def _trial_job(trial, plan: Plan):
 
     pruning.__name__ = "the Optuna pruner"
     tags = {TAG_STUDY: plan.study, TAG_STAGE: plan.stage, TAG_TRIAL: str(trial.number)}
+    run_dir = tracking.default_run_dir().resolve()
+    trial.set_user_attr("run_dir", str(run_dir))  # the run's local record: record/ in there
     return runner.Job(config=c, experiment=plan.experiment, tags=tags, parent_run_id=plan.parent_run_id,
+               parent_record=plan.parent_record, run_dir=run_dir,
                observers=[pruning], run_name=f"{plan.study}/{plan.stage} #{trial.number}",
                on_start=lambda rid: trial.set_user_attr("mlflow_run_id", rid))
 

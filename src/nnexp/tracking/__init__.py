@@ -1,0 +1,13 @@
+"""MLflow tracking, the only package outside the report that imports mlflow: every run's
+local record first (``nnexp.record``), the store off the training path (``tracker``), the
+one way records reach the store (``upload``), and catching up (``sync``)."""
+
+from nnexp.tracking.store import (DEFAULT_URI, TrackingError, children_summary, client, first_line, preload,
+                                  redact, resolve_uri, running_children)
+from nnexp.tracking.sync import SyncReport, prepare_store, reap_dead_runs, sync_records
+from nnexp.tracking.tracker import SYNC_HINT, ParentRun, RunTracker, Uploader, default_run_dir
+from nnexp.tracking.upload import upload
+
+__all__ = ["DEFAULT_URI", "ParentRun", "RunTracker", "SYNC_HINT", "SyncReport", "TrackingError", "Uploader",
+           "children_summary", "client", "default_run_dir", "first_line", "preload", "prepare_store",
+           "reap_dead_runs", "redact", "resolve_uri", "running_children", "sync_records", "upload"]

@@ -1,0 +1,144 @@
+"""The MLflow store: opening it (once per process, safely on a fresh SQLite file), reading
+what a sweep's parent needs, and ending runs whose process died.
+
+Runs are written with ``MlflowClient`` (no global "active run"), so that jobs in any
+launcher, nested under a sweep's parent run, behave the same. HTTP requests are short and
+not retried by MLflow (``MLFLOW_HTTP_REQUEST_*``, unless set by the user): a run's local
+record is kept whatever the store does, and the uploader retries on its own schedule.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from nnexp.errors import NnexpError
+from nnexp.names import TAG_STATUS
+from nnexp.storelock import sqlite_lock
+
+log = logging.getLogger(__name__)
+
+DEFAULT_URI = "sqlite:///mlflow.db"
+
+_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^/@:\s]*)(:[^/@\s]*)?@")
+
+
+class TrackingError(NnexpError):
+    """The tracking store cannot be reached or written."""
+
+
+def redact(text: str) -> str:
+    """Hide credentials in any URL inside ``text``: scheme://user:secret@host -> scheme://***@host."""
+    return _CREDENTIALS.sub(lambda m: f"{m.group('scheme')}***@", text)
+
+
+def resolve_uri(configured: str | None = None) -> str:
+    return configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+def preload() -> None:
+    """Import MLflow now (~1 s), e.g. in a worker process that is waiting for its first job."""
+    import mlflow  # noqa: F401
+
+
+#: MLflow's HTTP client defaults retry for minutes with back-off; nnexp keeps every run locally
+#: and retries itself, so a request fails fast (the user's own settings win)
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+
+
+def client(uri: str):
+    for name, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+    from mlflow.tracking import MlflowClient
+
+    for noisy in ("mlflow", "alembic", "urllib3.connectionpool"):  # migration chatter, retry warnings
+        logging.getLogger(noisy).setLevel(logging.ERROR if noisy.startswith("urllib3") else logging.WARNING)
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception in one short line, credentials hidden (a refused or timed-out connection
+    says just that, not urllib3's paragraph)."""
+    text = str(exc).strip()
+    for marker, short in (("Connection refused", "connection refused"), ("NewConnectionError", "connection refused"),
+                          ("timed out", "timed out"), ("Name or service not known", "unknown host")):
+        if marker in text:
+            return short
+    return redact(text.splitlines()[0] if text else type(exc).__name__)[:200]
+
+
+def _artifact_root(uri: str) -> str | None:
+    """Next to a SQLite store, keep artifacts in ./mlartifacts beside the database file."""
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///"):]).expanduser().resolve()
+        return (db.parent / "mlartifacts").as_uri()
+    return None
+
+
+def experiment_id(uri: str, experiment: str) -> str:
+    """The experiment's id, creating the store (and migrating its schema) and the experiment
+    if needed. On a SQLite file this holds a lock beside it: processes that create a fresh
+    store at the same moment otherwise crash on the schema migration or corrupt it."""
+    with sqlite_lock(uri):
+        c = client(uri)
+        exp = c.get_experiment_by_name(experiment)
+        if exp is not None:
+            return exp.experiment_id
+        try:
+            return c.create_experiment(experiment, artifact_location=_artifact_root(uri))
+        except Exception:  # created meanwhile by another process (another machine, a server)
+            exp = c.get_experiment_by_name(experiment)
+            if exp is None:
+                raise
+            return exp.experiment_id
+
+
+def git_commit() -> str | None:
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def param_value(v: Any) -> str:
+    return redact(v if isinstance(v, str) else json.dumps(v) if isinstance(v, (list, dict)) else str(v))
+
+
+def running_children(uri: str, run_id: str) -> int:
+    """How many child runs of ``run_id`` are still RUNNING."""
+    c = client(uri)
+    parent = c.get_run(run_id)
+    children = c.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{run_id}' and attributes.status = 'RUNNING'",
+                                  max_results=1000)
+    return len(children)
+
+
+def children_summary(uri: str, run_id: str) -> tuple[str, Any]:
+    """One line on a parent run's children (how many, their statuses, the best) and the best
+    child (or None)."""
+    c = client(uri)
+    parent = c.get_run(run_id)
+    children = c.search_runs([parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run_id}'",
+                             max_results=10_000)
+    counts: dict[str, int] = {}
+    for r in children:
+        st = r.data.tags.get(TAG_STATUS, r.info.status.lower())
+        counts[st] = counts.get(st, 0) + 1
+    scored = [r for r in children if "best_validation_accuracy" in r.data.metrics]
+    best = max(scored, key=lambda r: r.data.metrics["best_validation_accuracy"], default=None)
+    text = ", ".join(f"{n} {st}" for st, n in sorted(counts.items()))
+    line = f"{len(children)} runs" + (f" ({text})" if text else "")
+    if best is not None:
+        line += (f"; best validation accuracy {best.data.metrics['best_validation_accuracy']:.4f} "
+                 f"in run {best.info.run_id} ({best.info.run_name})")
+    return line, best

@@ -1,0 +1,329 @@
+"""Tracking that never loses a run: the local record first, the store when it can,
+``python -m nnexp.sync`` for the rest. Real components throughout: a real ``mlflow server``
+subprocess (killed and restarted), real SQLite files, real processes and signals."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import free_port
+from mlflow.tracking import MlflowClient
+
+DIGITS = ["dataset=digits", "monitor.progress=false"]
+
+
+class MlflowServer:
+    """``mlflow server`` on a backend store, artifacts proxied; killable and restartable on
+    the same port (the URL a run recorded)."""
+
+    def __init__(self, root: Path, backend: str):
+        self.root, self.backend, self.port = root, backend, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = None
+
+    def start(self, timeout: float = 90) -> "MlflowServer":
+        log = open(self.root / "server.log", "a")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", self.backend,
+             "--artifacts-destination", str(self.root / "served-artifacts"), "--host", "127.0.0.1",
+             "--port", str(self.port), "--workers", "1"],
+            cwd=self.root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(self.url + "/health", timeout=2):
+                    return self
+            except OSError:
+                assert self.proc.poll() is None, (self.root / "server.log").read_text()[-2000:]
+                time.sleep(0.3)
+        raise AssertionError("mlflow server did not start")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path
+
+
+@pytest.fixture
+def server(workdir):
+    srv = MlflowServer(workdir, f"sqlite:///{workdir / 'server.db'}")
+    yield srv
+    srv.kill()
+
+
+def run(module, *args, env=None, timeout=300, **kw):
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})}, **kw)
+
+
+def records(root: Path) -> list[Path]:
+    return sorted(root.rglob("record*/events.jsonl"))
+
+
+def events(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def epochs_recorded(path: Path) -> list[int]:
+    steps = [row[3] for e in events(path) if e["event"] == "metrics" for row in e["rows"]
+             if row[0] == "validation_accuracy"]
+    return steps
+
+
+def runs_of(uri: str, experiment: str = "nnexp"):
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    return client, (client.search_runs([exp.experiment_id], max_results=1000) if exp else [])
+
+
+def wait_for(predicate, timeout: float = 120, what: str = "condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def assert_synced_once(workdir: Path, uri: str, n_runs: int) -> None:
+    first = run("nnexp.sync", env={"MLFLOW_TRACKING_URI": ""})
+    assert first.returncode == 0, first.stderr
+    assert f"{n_runs} uploaded" in first.stdout, first.stdout + first.stderr
+    again = run("nnexp.sync")
+    assert again.returncode == 0 and "0 uploaded" in again.stdout and f"{n_runs} already" in again.stdout, again.stdout
+    assert len(runs_of(uri)[1]) == n_runs
+
+
+# -- the store goes away, or is never there ---------------------------------------------------
+def test_a_server_killed_mid_run_loses_nothing_and_sync_uploads_the_run_once(workdir, server):
+    server.start()
+    env = {"MLFLOW_TRACKING_URI": server.url}
+    untracked = time.perf_counter()
+    assert run("nnexp.run", *DIGITS, "epochs=150", "tracking=off").returncode == 0
+    untracked = time.perf_counter() - untracked
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "nnexp.run", *DIGITS, "epochs=150"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, **env})
+    path = wait_for(lambda: records(workdir), what="the run's record")[0]
+    wait_for(lambda: (path.parent / "store.json").exists() and len(epochs_recorded(path)) >= 3, what="training")
+    server.kill()
+    out, err = proc.communicate(timeout=300)
+    elapsed = time.perf_counter() - t0
+    err = out + err
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    # one line when the store went away, and the truth at the end
+    assert err.count("does not answer") == 1, err
+    summary = [line for line in err.splitlines() if "completed |" in line]
+    assert len(summary) == 1 and "kept locally in" in summary[0] and "python -m nnexp.sync" in summary[0], err
+    assert elapsed < 2 * untracked + 20, (elapsed, untracked)  # not blocked on a dead store
+    # the local record is complete
+    ev = events(path)
+    assert ev[0]["event"] == "start" and ev[-1] == {**ev[-1], "event": "end", "status": "FINISHED"}
+    assert epochs_recorded(path) == list(range(1, 151))
+    assert {e["name"] for e in ev if e["event"] == "artifact"} >= {"model.npz", "history.csv", "config.yaml"}
+    # the server back on the same backend: sync uploads it, once
+    server.start()
+    assert_synced_once(workdir, server.url, 1)
+    client, (r,) = runs_of(server.url)
+    assert r.info.status == "FINISHED" and r.data.tags["nnexp.status"] == "completed"
+    assert [m.step for m in client.get_metric_history(r.info.run_id, "validation_accuracy")] == list(range(1, 151))
+    assert "model.npz" in {a.path for a in client.list_artifacts(r.info.run_id)}
+
+
+def test_a_server_down_from_the_start_gets_the_run_at_sync_time(workdir, server):
+    env = {"MLFLOW_TRACKING_URI": server.url}  # nothing listens there yet
+    out = run("nnexp.run", *DIGITS, "epochs=3", env=env)
+    assert out.returncode == 0, out.stderr
+    text = out.stdout + out.stderr
+    assert "Traceback" not in text and "kept locally in" in text, text
+    assert sum("does not answer" in line or "cannot be reached" in line for line in text.splitlines()) == 1, text
+    server.start()
+    assert_synced_once(workdir, server.url, 1)
+    client, (r,) = runs_of(server.url)
+    assert r.info.status == "FINISHED" and len(client.get_metric_history(r.info.run_id, "validation_accuracy")) == 3
+
+
+def test_a_sweep_whose_server_is_killed_is_synced_parent_and_children_nested(workdir, server):
+    server.start()
+    proc = subprocess.Popen([sys.executable, "-m", "nnexp.run", "-m", *DIGITS, "epochs=120", "seed=0,1,2,3"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "MLFLOW_TRACKING_URI": server.url})
+    def children_training():
+        kids = [p for p in records(workdir) if p.parent.parent.name.isdigit()]  # multirun/.../N/record/
+        return len(kids) == 4 and all(len(epochs_recorded(p)) >= 2 for p in kids)
+
+    wait_for(children_training, what="the sweep's runs")
+    server.kill()
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    server.start()
+    assert_synced_once(workdir, server.url, 5)
+    client, runs = runs_of(server.url)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    kids = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert sorted(k.data.params["seed"] for k in kids) == ["0", "1", "2", "3"]
+    assert all(len(client.get_metric_history(k.info.run_id, "validation_accuracy")) == 120 for k in kids)
+
+
+# -- many processes, one fresh SQLite file ---------------------------------------------------------
+def test_four_runs_started_at_once_on_a_fresh_sqlite_store_are_all_recorded(workdir):
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    procs = [subprocess.Popen([sys.executable, "-m", "nnexp.run", *DIGITS, "epochs=2", f"seed={i}"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for i in range(4)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [e for _, e in outs]
+    assert not any("kept locally" in o + e for o, e in outs), outs
+    _, found = runs_of(uri)
+    assert sorted(r.data.params["seed"] for r in found) == ["0", "1", "2", "3"]
+    assert {r.info.status for r in found} == {"FINISHED"}
+
+
+def test_two_studies_started_at_once_on_a_fresh_optuna_sqlite_storage(workdir):
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlflow.db'}"}
+    args = [sys.executable, "-m", "nnexp.study", "study=tpe", "dataset=digits", "study.epochs=2", "study.n_trials=2",
+            "study.stop_after=search", f"study.storage=sqlite:///{workdir / 'optuna.db'}"]
+    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [e[-3000:] for _, e in outs]
+    import optuna
+
+    study = optuna.load_study(study_name="tpe/search", storage=f"sqlite:///{workdir / 'optuna.db'}")
+    states = [t.state.name for t in study.trials]
+    assert states.count("COMPLETE") >= 2 and "FAIL" not in states and "RUNNING" not in states, states
+
+
+# -- a run killed without warning ------------------------------------------------------------------
+def test_a_sigkilled_run_is_ended_killed_with_its_metrics_by_the_next_command(workdir):
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    proc = subprocess.Popen([sys.executable, "-m", "nnexp.run", *DIGITS, "epochs=2000"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    path = wait_for(lambda: records(workdir), what="the run's record")[0]
+    wait_for(lambda: len(epochs_recorded(path)) >= 5, what="training")
+    proc.kill()
+    proc.communicate(timeout=60)
+    recorded = epochs_recorded(path)
+    _, (r,) = runs_of(uri)
+    assert r.info.status == "RUNNING"  # what the store believes until someone looks
+    out = run("nnexp.run", *DIGITS, "epochs=1", env={"MLFLOW_TRACKING_URI": uri})  # any command on the store
+    assert out.returncode == 0, out.stderr
+    text = out.stdout + out.stderr
+    assert "was still RUNNING" in text and "ended KILLED" in text, text
+    client, found = runs_of(uri)
+    dead = next(x for x in found if x.info.run_id == r.info.run_id)
+    assert dead.info.status == "KILLED" and dead.data.tags["nnexp.status"] == "killed"
+    assert f"process {proc.pid}" in dead.data.tags["nnexp.reaped"]
+    assert [m.step for m in client.get_metric_history(r.info.run_id, "validation_accuracy")] == recorded
+    assert events(path)[-1]["status"] == "KILLED"  # the record says so too
+
+
+def test_a_live_run_of_this_host_is_not_reaped(workdir):
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    proc = subprocess.Popen([sys.executable, "-m", "nnexp.run", *DIGITS, "epochs=2000"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        path = wait_for(lambda: records(workdir), what="the run's record")[0]
+        wait_for(lambda: (path.parent / "store.json").exists(), what="the run in the store")
+        out = run("nnexp.sync")
+        assert out.returncode == 0, out.stderr
+        assert "still RUNNING" not in out.stdout + out.stderr
+        _, found = runs_of(uri)
+        assert [r.info.status for r in found] == ["RUNNING"]
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
+# -- a study whose store goes away --------------------------------------------------------------------
+def test_a_study_whose_server_goes_away_mid_trial_makes_up_no_value(workdir, server):
+    import optuna
+
+    server.start()
+    storage = f"sqlite:///{workdir / 'optuna.db'}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nnexp.study", "study=tpe", "dataset=digits", "study.epochs=60", "study.n_trials=3",
+         "study.pruner=none", "study.patience=1000", "study.stop_after=search", f"study.storage={storage}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "MLFLOW_TRACKING_URI": server.url})
+
+    def a_trial_running():
+        try:
+            trials = optuna.load_study(study_name="tpe/search", storage=storage).trials
+        except Exception:  # noqa: BLE001 - not created yet
+            return False
+        return any(t.state.name == "RUNNING" and "mlflow_run_id" in t.user_attrs for t in trials)
+
+    wait_for(a_trial_running, what="a trial")
+    server.kill()
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    trials = optuna.load_study(study_name="tpe/search", storage=storage).trials
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 3
+    for t in trials:  # each value is what its run measured, as its local record shows
+        rec = Path(t.user_attrs["run_dir"]) / "record" / "events.jsonl"
+        best = max(row[1] for e in events(rec) if e["event"] == "metrics" for row in e["rows"]
+                   if row[0] == "validation_accuracy")
+        assert t.value == best
+    server.start()
+    sync = run("nnexp.sync")
+    assert sync.returncode == 0, sync.stderr
+    client, found = runs_of(server.url)
+    kids = [r for r in found if "nnexp.trial" in r.data.tags]
+    assert sorted(int(k.data.tags["nnexp.trial"]) for k in kids) == [0, 1, 2]
+    parent = next(r for r in found if r.data.tags.get("nnexp.stage") == "study")
+    assert {k.data.tags["mlflow.parentRunId"] for k in kids} == {parent.info.run_id}
+
+
+# -- across machines -------------------------------------------------------------------------------------
+def test_an_mlflow_server_on_postgresql_records_runs_and_sweeps_over_http(workdir, postgres):
+    backend = postgres("mlflowstore").replace("postgresql://", "postgresql+psycopg://")
+    srv = MlflowServer(workdir, backend).start()
+    try:
+        env = {"MLFLOW_TRACKING_URI": srv.url}
+        one = run("nnexp.run", *DIGITS, "epochs=2", env=env)
+        assert one.returncode == 0 and f"({srv.url})" in one.stdout + one.stderr, one.stdout + one.stderr
+        sweep = run("nnexp.run", "-m", *DIGITS, "epochs=1", "eta=0.1,1.0", env=env)
+        assert sweep.returncode == 0, sweep.stderr
+        client, found = runs_of(srv.url)
+        assert len(found) == 4 and {r.info.status for r in found} == {"FINISHED"}
+        parent = next(r for r in found if r.data.tags.get("nnexp.sweep") and "mlflow.parentRunId" not in r.data.tags)
+        kids = [r for r in found if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+        assert sorted(k.data.params["eta"] for k in kids) == ["0.1", "1.0"]
+        single = next(r for r in found if "nnexp.sweep" not in r.data.tags)
+        assert "model.npz" in {a.path for a in client.list_artifacts(single.info.run_id)}  # proxied by the server
+        assert not list(workdir.rglob("mlflow.db"))  # nothing went to a local store instead
+    finally:
+        srv.kill()
+
+
+def test_a_submitit_local_sweep_nests_its_jobs_under_the_parent_run(workdir):
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    out = run("nnexp.run", "-m", "hydra/launcher=submitit_local", *DIGITS, "epochs=1", "seed=0,1",
+              env={"MLFLOW_TRACKING_URI": uri})
+    assert out.returncode == 0, out.stderr[-3000:]
+    _, found = runs_of(uri)
+    parent = next(r for r in found if "mlflow.parentRunId" not in r.data.tags)
+    kids = [r for r in found if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(k.data.params["seed"] for k in kids) == ["0", "1"] and len(found) == 3
+    assert {r.info.status for r in found} == {"FINISHED"}
