@@ -252,6 +252,7 @@ def _runs_with_metrics(db) -> int:
         return 0
 
 
+@pytest.mark.slow  # multi-process robustness: run by .ci/run
 def test_sigterm_to_a_population_sweep_leaves_every_run_killed(tmp_path):
     """The launching process trains a group and waits on a spawned worker: one SIGTERM to it
     ends both groups and the parent run, each recorded KILLED with its metrics."""
@@ -287,6 +288,7 @@ def test_sigterm_to_a_population_sweep_leaves_every_run_killed(tmp_path):
     assert "interrupted: sweep ended, 4 runs (4 killed)" in out + err
 
 
+@pytest.mark.slow  # multi-process robustness: run by .ci/run
 def test_a_killed_launcher_leaves_its_worker_to_record_its_group_and_exit(tmp_path):
     """SIGKILL cannot be caught: the launching process's own group is lost with it, but the
     spawned worker still finishes and records its group, then exits instead of hanging."""

@@ -134,15 +134,10 @@ def assert_one_interrupted_line(code: int, out: str, err: str) -> None:
 def test_sigterm_or_ctrl_c_leaves_the_run_killed_with_its_metrics(store, signum):
     proc = subprocess.Popen([sys.executable, "-m", "nnexp.run", "dataset=digits", "epochs=100000"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
-    runs = []
-    while time.time() < deadline and not runs:
-        time.sleep(0.5)
-        if Path(store[len("sqlite:///"):]).exists():
-            try:
-                _, runs = all_runs(store)
-            except Exception:  # store still being created
-                runs = []
+    deadline = time.time() + 60  # the run's record says when its run exists in the store (created, migrated)
+    while time.time() < deadline and not list(Path.cwd().rglob("record*/store.json")):
+        time.sleep(0.1)
+    _, runs = all_runs(store)
     assert runs, "the run never appeared in the store"
     wait_for_metrics(store, 3)
     proc.send_signal(signum)

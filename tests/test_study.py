@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 
 FAST = ["dataset=digits", "study.eta.epochs=2", "study.lmbda.epochs=8", "study.lmbda.refine_trials=2",
         "study.eta.refine_trials=3", "study.eta.refine_epochs=10", "study.mini_batch.epochs=1",
-        "study.final.epochs=15", "study.patience=4"]
+        "study.final.epochs=15", "study.patience=4", "study.mini_batch.sizes=[10,50]"]
 
 
 @pytest.fixture
@@ -84,17 +84,6 @@ def tpe(*extra):
     return ["study=tpe", "dataset=digits", "study.epochs=5", "study.stop_after=search", *extra]
 
 
-def test_two_workers_on_a_fresh_sqlite_storage_lose_nothing(workdir):
-    out = nnexp("nnexp.study", *tpe("study.n_trials=6"), "--workers", "2")
-    assert out.returncode == 0, out.stderr
-    study = stage(f"sqlite:///{workdir / 'optuna.db'}", "tpe/search")
-    c = counts(study)
-    assert c.get(TrialState.COMPLETE, 0) + c.get(TrialState.PRUNED, 0) == 6 and len(study.trials) == 6
-    assert len({t.user_attrs["worker_pid"] for t in study.trials}) == 2  # really two processes
-    _, kids, _ = children()
-    assert len(kids) == 6 and {k.data.tags["nnexp.trial"] for k in kids} == {str(i) for i in range(6)}
-
-
 def test_trials_trained_as_populations_match_trials_trained_one_by_one(workdir):
     """study.population=3: trials are asked three at a time and trained as one batched
     population; with the same sampler stream they get the values of one-by-one training."""
@@ -148,6 +137,7 @@ def test_divergent_trials_are_recorded_not_fatal(workdir):
     assert {k.data.tags["nnexp.status"] for k in kids if k.data.params["eta"] == "100.0"} == {"diverged"}
 
 
+@pytest.mark.slow  # multi-process robustness: run by .ci/run
 @pytest.mark.parametrize("population", [1, 2])
 def test_a_worker_killed_mid_trial_is_failed_by_heartbeat_and_retried(workdir, population):
     storage = f"sqlite:///{workdir / 'optuna.db'}"
@@ -209,20 +199,25 @@ def test_two_processes_never_pop_the_same_waiting_trial(workdir):
     assert {t.state for t in study.get_trials()} == {TrialState.RUNNING}
 
 
-def test_two_workers_on_postgresql_lose_nothing(workdir, postgres):
-    postgres_url = postgres("nnexp")
-    secret = "s3cret-pw-4711"  # the server trusts local connections: any password works, none may show
-    url = postgres_url.replace("postgres@", f"postgres:{secret}@")
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_two_workers_on_a_fresh_storage_lose_nothing(workdir, backend, request):
+    if backend == "sqlite":
+        url = shown = f"sqlite:///{workdir / 'optuna.db'}"
+    else:
+        shown = request.getfixturevalue("postgres")("nnexp")
+        secret = "s3cret-pw-4711"  # the server trusts local connections: any password works, none may show
+        url = shown.replace("postgres@", f"postgres:{secret}@")
     out = nnexp("nnexp.study", *tpe("study.n_trials=6", f"study.storage={url}"), "--workers", "2")
     assert out.returncode == 0, out.stderr
-    study = stage(postgres_url, "tpe/search")
+    study = stage(shown, "tpe/search")
     c = counts(study)
     assert c.get(TrialState.COMPLETE, 0) + c.get(TrialState.PRUNED, 0) == 6 and len(study.trials) == 6
-    assert len({t.user_attrs["worker_pid"] for t in study.trials}) == 2
-    _, kids, parents = children()
-    assert len(kids) == 6
-    assert secret not in out.stdout + out.stderr  # credentials never printed, by the study or its workers
-    assert "postgresql://***@" in out.stdout + out.stderr  # the storage is named, redacted
+    assert len({t.user_attrs["worker_pid"] for t in study.trials}) == 2  # really two processes
+    _, kids, _ = children()
+    assert len(kids) == 6 and {k.data.tags["nnexp.trial"] for k in kids} == {str(i) for i in range(6)}
+    if backend == "postgresql":
+        assert secret not in out.stdout + out.stderr  # credentials never printed, by the study or its workers
+        assert "postgresql://***@" in out.stdout + out.stderr  # the storage is named, redacted
 
 
 @pytest.mark.parametrize("raw, fragment", [

@@ -47,8 +47,10 @@ def preload() -> None:
 
 
 #: MLflow's HTTP client defaults retry for minutes with back-off; nnexp keeps every run locally
-#: and retries itself, so a request fails fast (the user's own settings win)
-HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+#: and retries itself, so a request fails fast (the user's own settings win); and no "View run"
+#: line per upload
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+                 "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}  # nnexp prints where a run is, once
 
 
 def client(uri: str):

@@ -53,7 +53,10 @@ def reap_dead_runs(uri: str) -> list[str]:
                f"by process {os.getpid()}")
         rec_dir = tags.get(TAG_RECORD_DIR)
         record = RunRecord(Path(rec_dir)) if rec_dir and Path(rec_dir, "events.jsonl").is_file() else None
-        if record is not None and not record.ended():
+        if record is not None and record.ended():  # it ended, but the store did not hear of it: catch up
+            upload(record, uri)
+            continue
+        if record is not None:
             record.tags({TAG_STATUS: KILLED, TAG_REAPED: why})
             record.end("KILLED")
             upload(record, uri)
@@ -83,15 +86,10 @@ def sync_records(paths: list[Path], uri: str | None = None) -> SyncReport:
     report = SyncReport()
     records = [r for r in find_records(paths) if r.events()]
     records.sort(key=lambda r: bool(r.start.get("parent_record") or r.start.get("parent_run_id")))
-    reaped: set[str] = set()
+    targets: set[str] = set()
     for record in records:
         target = absolute_url(uri or record.start["uri"])
-        if target not in reaped:  # dead runs of this host first: their records end KILLED
-            reaped.add(target)
-            try:
-                reap_dead_runs(target)
-            except Exception as exc:  # noqa: BLE001 - reported with the records below
-                log.debug("could not reap dead runs in %s: %s", redact(target), exc)
+        targets.add(target)
         state = record.state()
         if state.get("uri") == target and state.get("done", 0) >= len(record.events()):
             report.current += 1
@@ -103,5 +101,10 @@ def sync_records(paths: list[Path], uri: str | None = None) -> SyncReport:
             continue
         report.uploaded.append(str(record.dir.parent))
         log.info("uploaded %s -> run %s (%s)", record.dir.parent, run_id, redact(target))
+    for target in sorted(targets):  # then the runs whose process died: ended KILLED, records and all
+        try:
+            reap_dead_runs(target)
+        except Exception as exc:  # noqa: BLE001 - the store did not answer: reported with the records above
+            log.debug("could not reap dead runs in %s: %s", redact(target), exc)
     report.seconds = time.perf_counter() - t0
     return report
