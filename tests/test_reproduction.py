@@ -50,3 +50,20 @@ def test_regularized_full_preset_through_the_cli(shared_data_dir, tmp_path):
     print("regularized_full best test accuracy:", max(accs))
     assert len(accs) == 30 and max(accs) >= 0.955  # book: 96.49%
     assert run.data.tags["nnexp.experiment"] == "regularized_full"
+
+
+def test_the_svm_as_the_book_ran_it_scores_the_books_more_data_numbers(shared_data_dir):
+    """fig/more_data.py: svm.SVC() with the defaults of its day (gamma = 1/784), fitted on the
+    first N training images, scored on the validation set. Today's default is another model."""
+    from nnexp import data
+    from nnexp.baselines import accuracy, svm, svm_book
+
+    c = runner.compose([f"dataset.data_dir={shared_data_dir}", "tracking=off"]).config
+    _, train, val, _ = runner.load_splits(c)
+    book = {100: 0.2507, 1000: 0.8387}  # the book's more_data_svm.json
+    for n, expected in book.items():
+        ours = accuracy(svm_book(data.first_n(train, n)), val)
+        today = accuracy(svm(data.first_n(train, n)), val)
+        print(f"SVM on {n} images: as in the book {ours:.4f} (book {expected}), today's default {today:.4f}")
+        assert abs(ours - expected) < 0.03
+        assert today - ours > 0.05  # the modern default is a different (here: better) model

@@ -202,6 +202,36 @@ def test_four_runs_started_at_once_on_a_fresh_sqlite_store_are_all_recorded(work
     assert {r.info.status for r in found} == {"FINISHED"}
 
 
+OPENER = """
+import sys, time
+kind, url, start = sys.argv[1], sys.argv[2], float(sys.argv[3])
+if kind == "mlflow":
+    from nnexp.tracking.store import client, experiment_id
+    client(url)  # imports done before the start line
+    while time.time() < start:
+        pass
+    print(experiment_id(url, "nnexp"))
+else:
+    import optuna
+    from nnexp.search.backend import make_storage
+    while time.time() < start:
+        pass
+    storage = make_storage(url)
+    print(optuna.create_study(study_name="s", storage=storage, load_if_exists=True).study_name)
+"""
+
+
+@pytest.mark.parametrize("kind", ["mlflow", "optuna"])
+def test_four_processes_opening_a_fresh_sqlite_file_at_the_same_instant(workdir, kind):
+    url = f"sqlite:///{workdir / 'fresh.db'}"
+    start = str(time.time() + 6)  # after every process has imported what it needs
+    procs = [subprocess.Popen([sys.executable, "-c", OPENER, kind, url, start], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [e[-1500:] for _, e in outs]
+    assert len({o.strip() for o, _ in outs}) == 1  # one experiment (one study), the same for all
+
+
 def test_two_studies_started_at_once_on_a_fresh_optuna_sqlite_storage(workdir):
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlflow.db'}"}
     args = [sys.executable, "-m", "nnexp.study", "study=tpe", "dataset=digits", "study.epochs=2", "study.n_trials=2",

@@ -142,7 +142,7 @@ def _band_note(frame: pd.DataFrame) -> str:
     return f"\n(mean of {n} seeds; band: min-max)" if n > 1 else ""
 
 
-def more_data_figure(points: pd.DataFrame, path: Path, *, title: str) -> Drawn:
+def more_data_figure(points: pd.DataFrame, path: Path, *, title: str, ylabel: str = "accuracy") -> Drawn:
     """Accuracy vs training-set size (log axis), one line per arm (network, SVM).
     ``points``: columns arm, size, mean, lo, hi, n."""
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
@@ -155,7 +155,7 @@ def more_data_figure(points: pd.DataFrame, path: Path, *, title: str) -> Drawn:
     drawn.curves["accuracy"] = points["arm"].nunique()
     ax.set_xscale("log")
     ax.set_xlabel("training images")
-    ax.set_ylabel("test accuracy")
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend()
     ax.set_title(title + _band_note(points), fontsize=10)

@@ -49,6 +49,10 @@ def _preset(overrides: Sequence[str]) -> str | None:
     return next((o.split("=", 1)[1] for o in overrides if o.startswith("+experiment=")), None)
 
 
+#: a baseline run scores both splits (part of its identity: runs from before did not)
+SCORED = {"scored": ["validation", "test"]}
+
+
 def plan_jobs(figures: dict, names: Sequence[str], seeds: int, extra: Sequence[str],
               svm_max_size: int | None = None) -> list[Job]:
     """Every run the named figures need, with its identity."""
@@ -69,8 +73,8 @@ def plan_jobs(figures: dict, names: Sequence[str], seeds: int, extra: Sequence[s
             for method in fig["methods"]:
                 for seed in (range(seeds) if method == "random" else [0]):
                     # the SVM is the slow one: capped like more_data's (SVC fits grow ~quadratically)
-                    size = min(limit, base.train_size) if method == "svm" else None
-                    spec = {"method": method, "train_size": size, **data_id}
+                    size = min(limit, base.train_size) if method.startswith("svm") else None
+                    spec = {"method": method, "train_size": size, **data_id, **SCORED}
                     jobs.append(Job(name, method, seed, "baseline", identity_hash({"baseline": spec, "seed": seed}),
                                     spec=spec, experiment="baseline"))
             continue
@@ -78,10 +82,11 @@ def plan_jobs(figures: dict, names: Sequence[str], seeds: int, extra: Sequence[s
         if kind == "more_data":
             variants = [(arm, [f"dataset.train_size={n}"]) for n in fig["sizes"] for arm in fig["arms"]]
             for n in fig["sizes"]:
-                if n <= limit:
-                    spec = {"method": "svm", "train_size": n, **data_id}
-                    jobs.append(Job(name, f"SVM@{n}", 0, "baseline", identity_hash({"baseline": spec, "seed": 0}),
-                                    spec=spec, experiment="more_data_svm"))
+                for method in fig.get("baselines", []) if n <= limit else []:
+                    spec = {"method": method, "train_size": n, **data_id, **SCORED}
+                    jobs.append(Job(name, f"{method}@{n}", 0, "baseline",
+                                    identity_hash({"baseline": spec, "seed": 0}), spec=spec,
+                                    experiment="more_data_svm"))
         for arm, more in variants:
             for seed in range(seeds):
                 overrides = [*arm["overrides"], *more, *extra, f"seed={seed}"]

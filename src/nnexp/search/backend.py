@@ -9,6 +9,7 @@ from typing import Any, Sequence
 
 from nnexp.errors import NnexpError
 from nnexp.search.plan import Plan
+from nnexp.storelock import sqlite_lock
 from nnexp.tracking import redact
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
@@ -38,8 +39,9 @@ def make_storage(url: str, heartbeat: int = 10, grace: int = 30):
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
     kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
     try:
-        return RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=heartbeat, grace_period=grace,
-                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2))
+        with sqlite_lock(url):  # two commands creating a fresh SQLite storage at once race on its schema
+            return RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=heartbeat, grace_period=grace,
+                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2))
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise NnexpError(f"cannot open Optuna storage {redact(url)}: {redact(first)}") from None

@@ -60,8 +60,10 @@ def client(uri: str):
 
     for noisy in ("mlflow", "alembic", "urllib3.connectionpool"):  # migration chatter, retry warnings
         logging.getLogger(noisy).setLevel(logging.ERROR if noisy.startswith("urllib3") else logging.WARNING)
-
-    return MlflowClient(tracking_uri=uri)
+    # a client on a SQLite file creates (and migrates) the store on construction: processes that do
+    # this at the same moment on a fresh file crash on the migration or corrupt it (measured)
+    with sqlite_lock(uri):
+        return MlflowClient(tracking_uri=uri)
 
 
 def first_line(exc: BaseException) -> str:
@@ -84,11 +86,9 @@ def _artifact_root(uri: str) -> str | None:
 
 
 def experiment_id(uri: str, experiment: str) -> str:
-    """The experiment's id, creating the store (and migrating its schema) and the experiment
-    if needed. On a SQLite file this holds a lock beside it: processes that create a fresh
-    store at the same moment otherwise crash on the schema migration or corrupt it."""
-    with sqlite_lock(uri):
-        c = client(uri)
+    """The experiment's id, creating the store (see ``client``) and the experiment if needed."""
+    c = client(uri)
+    with sqlite_lock(uri):  # get-or-create, one process at a time
         exp = c.get_experiment_by_name(experiment)
         if exp is not None:
             return exp.experiment_id
