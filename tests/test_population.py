@@ -87,6 +87,29 @@ def test_a_diverging_and_an_early_stopping_member_leave_the_others_unchanged(mon
             np.testing.assert_array_equal(net.weights[0], ref_net.weights[0])
 
 
+def test_a_pruned_member_stops_and_the_others_finish_as_they_would_alone():
+    """study.population=K: the pruner stops one member (its observer says "pruned"); the others
+    keep every value they have alone."""
+    from nnexp.train import PRUNED
+
+    specs = [TrainSpec(epochs=6, mini_batch_size=10, eta=eta, lmbda=lmbda, monitor=Monitor(metrics=ALL))
+             for _, eta, lmbda, _ in MEMBERS[:3]]
+    streams = [Streams.from_seed(seed) for seed, *_ in MEMBERS[:3]]
+    nets = [init_network([8, 10, 3], s.init, init=m[3]) for s, m in zip(streams, MEMBERS[:3])]
+    prune_at_2 = lambda record, net: PRUNED if record.epoch == 2 else None  # noqa: E731
+    histories = fit_population(nets, TRAIN, specs, validation=VAL, test=TEST, streams=streams,
+                               observers=[[], [prune_at_2], []])
+    assert histories[1].outcome == PRUNED and [r.epoch for r in histories[1].records] == [1, 2]
+    alone = single(MEMBERS[1][0], MEMBERS[1][3], specs[1])[1]
+    for a, b in zip(histories[1].records, alone.records):  # up to the pruning, the same values
+        assert (a.validation_accuracy, a.training_cost) == (b.validation_accuracy, b.training_cost)
+    for i in (0, 2):
+        seed, _, _, init = MEMBERS[i]
+        ref_net, ref = single(seed, init, specs[i])
+        assert_same_history(histories[i], ref)
+        np.testing.assert_array_equal(nets[i].weights[0], ref_net.weights[0])
+
+
 def test_incompatible_members_are_refused():
     streams = [Streams.from_seed(0), Streams.from_seed(1)]
     nets = [init_network([8, 10, 3], streams[0].init), init_network([8, 5, 3], streams[1].init)]

@@ -319,3 +319,20 @@ def test_a_trial_that_cannot_be_trained_is_fail_never_a_made_up_value(workdir, m
     trials = optuna.load_study(study_name="s/stage", storage=storage).trials
     assert trials and all(t.state == TrialState.FAIL and t.value is None for t in trials)
     assert all(t.user_attrs["nnexp.status"] == "failed" and "No space" in t.user_attrs["reason"] for t in trials)
+
+
+@pytest.mark.parametrize("kind", ["tpe", "random"])
+def test_a_sampler_study_ends_with_its_final_stage_on_the_best_trial(workdir, kind):
+    out = nnexp("nnexp.study", f"study={kind}", "dataset=digits", "study.epochs=3", "study.n_trials=3",
+                "study.final.epochs=4")
+    assert out.returncode == 0, out.stderr
+    storage = f"sqlite:///{workdir / 'optuna.db'}"
+    search = stage(storage, f"{kind}/search")
+    best = max((t for t in search.trials if t.value is not None), key=lambda t: t.value)
+    final = stage(storage, f"{kind}/final").user_attrs["decision"]
+    chosen = (final["eta"], final["lmbda"], final["mini_batch_size"])
+    assert chosen == (best.params["eta"], best.params["lmbda"], best.params["mini_batch_size"])  # the search's best
+    (run,) = stage(storage, f"{kind}/final").trials  # trained once, on the full problem, and measured once
+    assert run.state == TrialState.COMPLETE and final["validation_accuracy"] == run.value
+    assert 0 < final["test_accuracy"] <= 1
+    assert (workdir / "studies" / kind / "decisions.md").is_file()
