@@ -147,6 +147,39 @@ def test_a_server_killed_mid_run_loses_nothing_and_sync_uploads_the_run_once(wor
 
 
 @pytest.mark.slow  # multi-process robustness: run by .ci/run
+def test_one_line_when_the_server_goes_away_and_one_when_it_is_back(workdir, server):
+    import threading
+
+    server.start()
+    proc = subprocess.Popen([sys.executable, "-m", "nnexp.run", *DIGITS, "epochs=100000"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "MLFLOW_TRACKING_URI": server.url})
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
+    reader.start()
+    try:
+        path = wait_for(lambda: records(workdir), what="the run's record")[0]
+        wait_for(lambda: (path.parent / "store.json").exists(), what="the run in the store")
+        server.kill()
+        wait_for(lambda: any("does not answer" in line for line in lines), what="the outage line")
+        server.start()
+        wait_for(lambda: any("answers again:" in line for line in lines), timeout=120, what="the line it is back")
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    reader.join(timeout=10)
+    text = "".join(lines)
+    assert proc.returncode == 130, text
+    assert text.count("does not answer") == 1 and text.count("answers again:") == 1, text
+    said = [line for line in lines if "interrupted: " in line]
+    assert len(said) == 1 and "recorded KILLED" in said[0] and server.url in said[0], text  # in the store: true
+    client, (r,) = runs_of(server.url)
+    assert r.info.status == "KILLED"
+    assert [m.step for m in client.get_metric_history(r.info.run_id, "validation_accuracy")] == epochs_recorded(path)
+
+
+@pytest.mark.slow  # multi-process robustness: run by .ci/run
 def test_a_server_down_from_the_start_gets_the_run_at_sync_time(workdir, server):
     env = {"MLFLOW_TRACKING_URI": server.url}  # nothing listens there yet
     out = run("nnexp.run", *DIGITS, "epochs=3", env=env)
