@@ -78,9 +78,10 @@ ALLOWED = {  # layer -> the nnexp layers it may import (besides itself)
     "nnexp.runner": {"nnexp.runner", "nnexp.train", "nnexp.engine", "nnexp.config", "nnexp.data", "nnexp.errors",
                      "nnexp.names", "nnexp.tracking"},
     "nnexp.search": {"nnexp.runner", "nnexp.config", "nnexp.errors", "nnexp.names", "nnexp.tracking",
-                     "nnexp.figures", "nnexp.storelock"},
+                     "nnexp.figures", "nnexp.storelock", "nnexp.stats"},
     "nnexp.report": {"nnexp.runner", "nnexp.config", "nnexp.errors", "nnexp.names", "nnexp.tracking",
-                     "nnexp.figures", "nnexp.baselines", "nnexp.data", "nnexp.engine", "nnexp.train"},
+                     "nnexp.figures", "nnexp.baselines", "nnexp.data", "nnexp.engine", "nnexp.train",
+                     "nnexp.stats"},
     "hydra_plugins": {"nnexp.runner", "nnexp.callbacks", "nnexp.errors", "nnexp.names"},
 }
 

@@ -11,8 +11,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-FAST = ["dataset=digits", "study.eta.epochs=2", "study.lmbda.epochs=8", "study.lmbda.refine_trials=2",
-        "study.eta.refine_trials=3", "study.eta.refine_epochs=10", "study.mini_batch.epochs=1",
+FAST = ["dataset=digits", "study.eta.epochs=2", "study.lmbda.epochs=8",
+        "study.eta.refine_epochs=10", "study.mini_batch.epochs=1",
         "study.final.epochs=15", "study.patience=4", "study.mini_batch.sizes=[10,50]"]
 
 
@@ -70,14 +70,17 @@ def test_broad_strategy_resumes_runs_every_stage_and_its_preset_reproduces(workd
     client, kids, parents = children()
     (parent,) = parents
     assert parent.info.status == "FINISHED" and "nnexp.decision.final" in parent.data.tags
-    n_trials = sum(len(stage(storage, f"broad_strategy/{s}").trials) for s in decisions)
-    assert len(kids) == n_trials and all(k.data.tags["mlflow.parentRunId"] == parent.info.run_id for k in kids)
-    assert {k.data.tags["nnexp.stage"] for k in kids} == set(decisions)
+    # every trial of every problem a stage ran on trains 3 seed replicates, each its own child run
+    names = [name for s in decisions for _, name in decisions[s]["studies"]]
+    n_runs = 3 * sum(len(stage(storage, name).trials) for name in names)
+    assert len(kids) == n_runs and all(k.data.tags["mlflow.parentRunId"] == parent.info.run_id for k in kids)
+    assert {k.data.tags["nnexp.stage"] for k in kids} == {n.split("/", 1)[1] for n in names}
+    assert {k.data.tags["nnexp.replicate"] for k in kids} == {"0", "1", "2"}
     assert "decisions.md" in {a.path for a in client.list_artifacts(parent.info.run_id)}
     # the preset reproduces the reported validation accuracy
     rerun = nnexp("nnexp.run", "--config-dir", str(out), "+experiment=broad_strategy", "tracking=off")
     assert rerun.returncode == 0, rerun.stderr
-    assert f"best validation accuracy {final['validation_accuracy']:.4f}" in rerun.stdout
+    assert f"best validation accuracy {final['validation_accuracies'][0]:.4f}" in rerun.stdout  # seed 0's
 
 
 def tpe(*extra):
@@ -227,7 +230,9 @@ def test_two_workers_on_a_fresh_storage_lose_nothing(workdir, backend, request):
     ({"pruner": "medain"}, "unknown study.pruner 'medain'"),
     ({"kind": "sampler", "space": {}}, "a sampler study needs study.space"),
     ({"stop_after": "lmbda"}, "unknown stage 'lmbda' for study.stop_after"),
-    ({"eta": {"refine_range": [3.0, 0.1]}}, "study.eta.refine_range must be [low, high]"),
+    ({"eta": {"refine_step": 0.5}}, "study.eta.refine_step and study.lmbda.refine_step must be > 1"),
+    ({"replicates": 0}, "study.replicates must be a whole number >= 1"),
+    ({"ladder": [{"name": "stripped"}]}, "study.ladder: every rung needs its own name"),
 ])
 def test_study_settings_are_typed_and_bad_values_are_one_line(raw, fragment):
     from nnexp.errors import ConfigError
@@ -242,7 +247,8 @@ def test_study_settings_fill_defaults_from_the_schema():
     from nnexp.search import to_settings
 
     s = to_settings({"name": "x", "eta": {"epochs": 5}})
-    assert (s.eta.epochs, s.eta.refine_range, s.lmbda.start, s.study) == (5, [0.03, 3.0], 1.0, "x")
+    assert (s.eta.epochs, s.eta.refine_step, s.lmbda.start, s.study, s.replicates) == (5, 2.0, 1.0, "x", 3)
+    assert [r.name for r in s.ladder] == ["all_classes", "few_hidden", "full"]
 
 
 def test_hopeless_trials_are_pruned_by_the_default_median_pruner(workdir):

@@ -50,15 +50,21 @@ def accuracy_vs_time(curves: dict[Any, list], path: Path, *, label: str) -> Path
                           ylabel="validation accuracy", title="Validation accuracy vs real elapsed time")
 
 
-def accuracy_vs_param(xs: Sequence[float], ys: Sequence[float], path: Path, *, xlabel: str,
-                      title: str) -> Path:
+def accuracy_vs_param(points: dict[float, list[float]], path: Path, *, xlabel: str, title: str) -> Path:
+    """Best validation accuracy against a hyper-parameter: every seed replicate as a dot, the
+    mean over replicates as the line."""
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    order = sorted(range(len(xs)), key=lambda i: xs[i])
-    ax.plot([xs[i] for i in order], [ys[i] for i in order], marker="o")
+    xs = sorted(points)
+    for x in xs:
+        ax.scatter([x] * len(points[x]), points[x], color="tab:blue", alpha=0.4, s=14)
+    ax.plot(xs, [sum(points[x]) / len(points[x]) for x in xs], marker="o", color="tab:blue",
+            label="mean over seeds" if any(len(v) > 1 for v in points.values()) else None)
     ax.set_xscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel("best validation accuracy")
     ax.set_title(title)
+    if any(len(v) > 1 for v in points.values()):
+        ax.legend()
     return _save(fig, path)
 
 
@@ -67,23 +73,22 @@ def study_stage_figure(stage: str, trials: list, path: Path) -> Path | None:
     def fixed(t):
         return t.params or t.system_attrs.get("fixed_params", {})
 
+    def scored(name: str) -> dict[float, list[float]]:
+        return {float(fixed(t)[name]): t.user_attrs.get("replicate_values") or [t.value]
+                for t in trials if t.value is not None and name in fixed(t)}
+
     if stage == "eta_threshold":
         return eta_cost_curves({float(fixed(t)["eta"]): t.user_attrs.get("curve", []) for t in trials}, path)
-    if stage in ("lmbda_walk", "lmbda_refine", "eta_refine"):
-        name = "eta" if stage == "eta_refine" else "lmbda"
-        pts = [(float(fixed(t)[name]), t.value) for t in trials if t.value is not None and name in fixed(t)]
-        if not pts:
+    if stage in ("lmbda_walk", "lmbda_refine", "eta_refine", "search"):
+        name = "eta" if stage in ("eta_refine", "search") else "lmbda"
+        points = scored(name)
+        if not points:
             return None
-        return accuracy_vs_param(*zip(*pts), path, xlabel=f"{name}{' (full-data units)' if name == 'lmbda' else ''}",
+        return accuracy_vs_param(points, path, xlabel=f"{name}{' (full-data units)' if name == 'lmbda' else ''}",
                                  title=f"{stage}: validation accuracy vs {name}")
     if stage == "mini_batch":
         return accuracy_vs_time({int(fixed(t)["mini_batch_size"]): t.user_attrs.get("curve", []) for t in trials},
                                 path, label="mini-batch")
-    if stage == "search":
-        pts = [(float(t.params["eta"]), t.value) for t in trials if t.value is not None and "eta" in t.params]
-        if not pts:
-            return None
-        return accuracy_vs_param(*zip(*pts), path, xlabel="eta", title="search: validation accuracy vs eta")
     return None
 
 

@@ -20,6 +20,7 @@ TAG_SWEEP = "nnexp.sweep"
 TAG_STUDY = "nnexp.study"
 TAG_STAGE = "nnexp.stage"
 TAG_TRIAL = "nnexp.trial"
+TAG_REPLICATE = "nnexp.replicate"  # a study trial's seed replicate: 0, 1, ...
 TAG_ERROR = "nnexp.error"
 TAG_DATASET_SHA256 = "nnexp.dataset_sha256"
 TAG_BEST_CHILD = "nnexp.best_child"

@@ -13,7 +13,8 @@ import pandas as pd
 from nnexp.report.plan import Job
 from nnexp.baselines import LABELS
 from nnexp.report.runs import curves_frame, final_value
-from nnexp.report.stats import band, mean_std, paired_difference, per_seed
+from nnexp.report.stats import band, paired_difference, per_seed
+from nnexp.stats import mean_std
 
 MLFLOW_UI = "http://127.0.0.1:5000"
 

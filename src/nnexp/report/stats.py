@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import math
-from typing import Sequence
-
-import numpy as np
 import pandas as pd
 
 from nnexp.errors import ConfigError
+from nnexp.stats import paired_interval
 
 def band(frame: pd.DataFrame) -> pd.DataFrame:
     """Mean over seeds with a min-max band, per arm, metric and step."""
@@ -28,18 +25,7 @@ def per_seed(frame: pd.DataFrame, metric: str, agg: str) -> pd.DataFrame:
     return sub.groupby(["arm", "seed"])["value"].agg(AGGS[agg]).reset_index()
 
 
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    v = np.asarray(values, dtype=float)
-    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
-
-
 def paired_difference(summary: pd.DataFrame, a: str, b: str) -> dict:
     """b - a over the seeds both arms share: mean, std and a 95% t-interval."""
-    from scipy import stats
-
     wide = summary.pivot(index="seed", columns="arm", values="value").dropna(subset=[a, b])
-    d = (wide[b] - wide[a]).to_numpy()
-    n = len(d)
-    mean, std = mean_std(d) if n else (math.nan, math.nan)
-    half = float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n)) if n > 1 else math.nan
-    return {"a": a, "b": b, "n": n, "mean": mean, "std": std, "lo": mean - half, "hi": mean + half}
+    return {"a": a, "b": b, **paired_interval(wide[a].to_numpy(), wide[b].to_numpy())}

@@ -14,23 +14,29 @@ from nnexp import tracking
 from nnexp.names import COMPLETED, TAG_STATUS
 from nnexp.search.backend import finished_trials, make_storage
 from nnexp.search.settings import STAGES
-from nnexp.search.strategy import Context
+from nnexp.search.strategy import RULE, Context
 
 log = logging.getLogger("nnexp.study")
 
 
 def load_decisions(ctx: Context) -> None:
-    """Decisions of finished stages, read back from the storage (this is what resumes)."""
+    """Decisions of finished stages, read back from the storage (this is what resumes), with the
+    studies of every problem each stage ran on."""
     import optuna
 
-    existing = {s.study_name for s in optuna.get_all_study_summaries(make_storage(ctx.storage_url))}
+    storage = make_storage(ctx.storage_url)
+    existing = {s.study_name for s in optuna.get_all_study_summaries(storage)}
     for stage in STAGES[ctx.settings.kind]:
         name = f"{ctx.name}/{stage}"
-        if name in existing:
-            study = optuna.load_study(study_name=name, storage=make_storage(ctx.storage_url))
-            ctx.stage_studies[stage] = study
-            if "decision" in study.user_attrs:
-                ctx.decisions[stage] = study.user_attrs["decision"]
+        if name not in existing:
+            continue
+        study = optuna.load_study(study_name=name, storage=storage)
+        decision = study.user_attrs.get("decision")
+        if decision is None:
+            continue
+        ctx.decisions[stage] = decision
+        ctx.stage_studies[stage] = [(rung, optuna.load_study(study_name=n, storage=storage))
+                                    for rung, n in decision.get("studies", [["", name]]) if n in existing]
 
 
 def meta_study(ctx: Context):
@@ -51,8 +57,9 @@ def override_file(ctx: Context, out_dir: Path) -> Path:
     header = [
         "# @package _global_",
         f"# Chosen by the study '{ctx.name}' ({ctx.settings.kind}); storage {tracking.redact(ctx.storage_url)}.",
-        f"# Final stage: best validation accuracy {final['validation_accuracy']:.4f}, "
-        f"test accuracy {final.get('test_accuracy') or float('nan'):.4f} (measured once).",
+        f"# Final stage ({len(final.get('test_accuracies', [0]))} seed(s)): best validation accuracy "
+        f"{final['validation_accuracy']:.4f}, test accuracy {final.get('test_accuracy') or float('nan'):.4f} "
+        f"± {final.get('test_accuracy_std') or 0.0:.4f} (mean ± std, measured once).",
         f"# Reproduce: python -m nnexp.run --config-dir {out_dir} +experiment={slug(ctx.name)}",
     ]
     defaults = {"defaults": [{f"override /{g}": opt} for g, opt in groups.items()]}
@@ -72,32 +79,66 @@ def decision_log(ctx: Context, out_dir: Path, command: str) -> Path:
     s = ctx.settings
     lines = [f"# Study `{ctx.name}` ({s.kind})", "", f"**Question.** {s.question}", "",
              f"- scientific hyper-parameters: {', '.join(s.scientific)}",
-             f"- nuisance: seed-independent here (one seed per trial, {ctx.base.seed})",
+             f"- nuisance: the seed; every grid trial and the final stage train seeds {ctx.base.seed} to "
+             f"{ctx.base.seed + s.replicates - 1}",
              f"- fixed: sizes {ctx.base.sizes}, cost {ctx.base.cost.name}, init {ctx.base.init.name}, "
              f"dataset {ctx.base.dataset.name} ({ctx.n_full} training images)",
              f"- storage: `{tracking.redact(ctx.storage_url)}`; MLflow parent run: `{ctx.parent.run_id if ctx.parent else None}`",
              f"- command: `{command}`", ""]
+    lines += [f"**How a grid stage decides.** Each value trains {s.replicates} seed(s) as one population; values are "
+              f"compared by their mean over the same seeds, and {RULE}. A stage whose values tie (all at 100%, or "
+              "best and worst within noise) escalates to the next larger problem.", ""]
     for stage in STAGES[s.kind]:
         decision = ctx.decisions.get(stage)
-        study = ctx.stage_studies.get(stage)
-        if decision is None or study is None:
+        studies = ctx.stage_studies.get(stage)
+        if decision is None or not studies:
             continue
-        trials = finished_trials(study)
-        lines += [f"## {stage}", "", f"**Decision:** {decision.get('summary', '')}", ""]
+        lines += [f"## {stage}", "", f"**Question.** {decision.get('question', '')}", ""]
+        lines += [f"**Problem.** {' → '.join(rung for rung, _ in studies)}", ""]
+        lines += _evidence_lines(decision)
+        lines += [f"**Decision.** {decision.get('summary', '')}", ""]
         lines += [f"- note: {n}" for n in decision.get("notes", [])]
-        lines += ["| trial | params | status | best validation accuracy | images |", "|---|---|---|---|---|"]
-        for t in sorted(trials, key=lambda t: t.number):
-            params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items())
-            val = "" if t.value is None else f"{t.value:.4f}"
-            lines.append(f"| {t.number} | {params} | {t.user_attrs.get(TAG_STATUS, t.state.name.lower())} "
-                         f"| {val} | {t.user_attrs.get('images', '')} |")
-        png = figures.study_stage_figure(stage, trials, out_dir / f"{stage}.png")
-        if png:
-            lines += ["", f"![{stage}]({png.name})"]
-        lines.append("")
+        lines += [f"- diverged or failed runs: {100 * decision.get('diverged_share', 0.0):.0f}%", ""]
+        for rung, study in studies:
+            trials = finished_trials(study)
+            lines += [f"Trials on {rung} (Optuna study `{study.study_name}`):", "",
+                      "| trial | params | status | validation accuracy (per seed) | mean | images |",
+                      "|---|---|---|---|---|---|"]
+            for t in sorted(trials, key=lambda t: t.number):
+                params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                   for k, v in t.params.items())
+                per_seed = ", ".join(f"{v:.4f}" for v in t.user_attrs.get("replicate_values", []))
+                val = "" if t.value is None else f"{t.value:.4f}"
+                lines.append(f"| {t.number} | {params} | {t.user_attrs.get(TAG_STATUS, t.state.name.lower())} "
+                             f"| {per_seed} | {val} | {t.user_attrs.get('images', '')} |")
+            png = figures.study_stage_figure(stage, trials, out_dir / f"{stage}{'' if rung == studies[0][0] else '@' + rung}.png")
+            if png:
+                lines += ["", f"![{stage} on {rung}]({png.name})"]
+            lines.append("")
     path = out_dir / "decisions.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def _evidence_lines(d: dict) -> list[str]:
+    """A grid stage's evidence: each value's mean ± std over seeds, the chosen value's paired
+    difference against the runner-up and against the default, and the rule applied."""
+    if "means" not in d:
+        if d.get("decreasing"):
+            return ["**Evidence.** training cost decreasing over the first epochs, for every seed? "
+                    + ", ".join(f"eta {k}: {'yes' if v else 'no'}" for k, v in d["decreasing"].items()), ""]
+        return []
+    rows = ["**Evidence.** " + d.get("evidence", ""), "", "| value | mean | std over seeds |", "|---|---|---|"]
+    rows += [f"| {k} | {v:.4f} | {d['stds'][k]:.4f} |" for k, v in d["means"].items()]
+    rows.append("")
+    for key, label in (("vs_runner_up", f"best {d['best']:.4g} vs runner-up {d.get('runner_up') or 0:.4g}"),
+                       ("vs_default", f"best {d['best']:.4g} vs default {d['default']:.4g}")):
+        iv = d.get(key)
+        if iv:
+            rows.append(f"- {label}: {100 * iv['mean']:+.2f} pp, 95% interval [{100 * iv['lo']:+.2f}, "
+                        f"{100 * iv['hi']:+.2f}] over {iv['n']} seeds")
+    rows += [f"- rule: {d.get('why', '')}", ""]
+    return rows
 
 
 def write_outputs(ctx: Context) -> None:
@@ -115,7 +156,9 @@ def write_outputs(ctx: Context) -> None:
         ctx.parent.end("FINISHED")
     final = ctx.decisions["final"]
     ctx.decisions["_outputs"] = {"preset": str(preset), "log": str(log_path)}
-    log.info("study %s: eta %.4g, lambda %.4g, mini-batch %d; validation accuracy %.4f, test accuracy %.4f | "
+    log.info("study %s: eta %.4g, lambda %.4g, mini-batch %d; validation accuracy %.4f, test accuracy %.4f "
+             "± %.4f over %d seed(s) | "
              "reproduce: python -m nnexp.run --config-dir %s +experiment=%s | decisions: %s",
              ctx.name, final["eta"], final["lmbda"], final["mini_batch_size"], final["validation_accuracy"],
-             final.get("test_accuracy") or float("nan"), out_dir, slug(ctx.name), log_path)
+             final.get("test_accuracy") or float("nan"), final.get("test_accuracy_std") or 0.0,
+             len(final.get("test_accuracies", [0])), out_dir, slug(ctx.name), log_path)

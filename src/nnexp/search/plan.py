@@ -28,3 +28,5 @@ class Plan:
     heartbeat: int = 10
     grace: int = 30
     population: int = 1  # trials asked at once and trained as one batched population
+    replicates: int = 1  # seeds per trial (seed, seed + 1, ...), trained as one population; value: their mean
+    alone: bool = False  # train every run by itself: its wall clock is a single run's (the mini-batch stage)

@@ -20,14 +20,21 @@ SAMPLERS = ("tpe", "random")
 
 
 @dataclass
-class Stripped:
-    """The stripped-down problem the early stages run on (the book: 0s and 1s, no hidden layer,
-    monitoring every 1,000 images on 100 validation images)."""
+class Rung:
+    """A problem a stage runs on. Stages start on the stripped-down problem (the book: 0s and 1s,
+    no hidden layer, monitoring every 1,000 images on 100 validation images) and escalate up the
+    ladder while their trials tie, building back up to the configured network."""
 
-    classes: list[int] = field(default_factory=lambda: [0, 1])
-    hidden: list[int] = field(default_factory=list)
-    every_images: int = 1000
-    validation_sample: int | None = 100
+    name: str = "stripped"
+    classes: list[int] | None = field(default_factory=lambda: [0, 1])  # None: the configured data
+    hidden: list[int] | None = field(default_factory=list)  # None: the configured hidden layers
+    every_images: int | None = 1000  # None: once an epoch
+    validation_sample: int | None = 100  # None: the whole validation set
+
+
+def _ladder() -> list[Rung]:
+    return [Rung("all_classes", None, [], None, 1000), Rung("few_hidden", None, [10], None, None),
+            Rung("full", None, None, None, None)]
 
 
 @dataclass
@@ -35,26 +42,26 @@ class EtaStage:
     decades: list[float] = field(default_factory=lambda: [0.001, 0.01, 0.1, 1.0, 10.0, 100.0])
     refine: list[float] = field(default_factory=lambda: [2.0, 5.0])  # inside the threshold's decade
     epochs: int = 3  # "the first few epochs"
-    refine_trials: int = 6  # eta_refine: TPE trials on the full problem
-    refine_range: list[float] = field(default_factory=lambda: [0.03, 3.0])  # x eta, log scale
+    refine_step: float = 2.0  # eta_refine on the full network: eta / step, eta, eta x step, walked on
+    refine_max_steps: int = 2  # ... beyond the edge at most this often
     refine_epochs: int = 30
 
 
 @dataclass
 class LmbdaStage:
     start: float = 1.0  # in full-data units
-    max_steps: int = 3
-    refine_trials: int = 6
+    max_steps: int = 3  # the walk in factors of 10 beyond the first three decades
+    refine_step: float = 3.0  # lmbda_refine: lambda / step, lambda, lambda x step
     epochs: int = 30
 
 
 @dataclass
 class MiniBatchStage:
     sizes: list[int] = field(default_factory=lambda: [1, 10, 20, 50, 100])
-    base: int = 10  # eta was tuned at this size; a trial uses eta * size / base
+    base: int = 10  # eta was tuned at this size; a trial uses eta * size / base; ties keep it
     epochs: int = 2
     evaluations_per_epoch: int = 10
-    validation_sample: int | None = 1000
+    validation_sample: int | None = None  # None: the whole validation set (curves not noise-dominated)
 
 
 @dataclass
@@ -75,7 +82,9 @@ class StudySettings:
     pruner: str = "median"
     patience: int = 10
     scientific: list[str] = field(default_factory=lambda: ["eta", "lmbda", "mini_batch_size"])
-    stripped: Stripped = field(default_factory=Stripped)
+    replicates: int = 3  # seeds per trial of a grid stage and of the final stage, trained as one population
+    stripped: Rung = field(default_factory=Rung)
+    ladder: list[Rung] = field(default_factory=_ladder)
     eta: EtaStage = field(default_factory=EtaStage)
     lmbda: LmbdaStage = field(default_factory=LmbdaStage)
     mini_batch: MiniBatchStage = field(default_factory=MiniBatchStage)
@@ -131,6 +140,9 @@ def validate(s: StudySettings) -> None:
     check(s.stop_after is None or s.stop_after in STAGES[s.kind],
           f"unknown stage '{s.stop_after}' for study.stop_after; stages: {', '.join(STAGES[s.kind])}")
     check(s.kind != "sampler" or bool(s.space), "a sampler study needs study.space (eta, lmbda, mini_batch_size)")
-    check(len(s.eta.refine_range) == 2 and 0 < s.eta.refine_range[0] < s.eta.refine_range[1],
-          f"study.eta.refine_range must be [low, high] with 0 < low < high, got {s.eta.refine_range}")
+    check(s.replicates >= 1, f"study.replicates must be a whole number >= 1 (seeds per trial), got {s.replicates!r}")
+    check(s.eta.refine_step > 1 and s.lmbda.refine_step > 1,
+          "study.eta.refine_step and study.lmbda.refine_step must be > 1 (factors)")
+    check(len({r.name for r in [s.stripped, *s.ladder]}) == len(s.ladder) + 1,
+          "study.ladder: every rung needs its own name (it names the rung's Optuna study)")
     check(s.heartbeat_seconds >= 1 and s.grace_seconds >= 1, "study.heartbeat_seconds and grace_seconds must be >= 1")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from omegaconf import OmegaConf
 
@@ -15,13 +15,32 @@ from nnexp.config import RunConfig
 from nnexp.errors import ConfigError
 from nnexp.names import DIVERGED, FAILED, TAG_STATUS
 from nnexp.search.backend import best_of, finished_trials
-from nnexp.search.settings import StudySettings
+from nnexp.search.settings import Rung, StudySettings
 from nnexp.search.plan import Plan
 from nnexp.search.trials import fixed_params, run_stage, run_stage_budget, trial_config
+from nnexp.stats import includes_zero, mean_std, paired_interval
 
 log = logging.getLogger("nnexp.study")
 
 TRAINING_METRICS = ["training_cost", "training_accuracy", "validation_cost", "validation_accuracy"]
+
+
+#: what each stage asks (the decision log's first line per stage)
+QUESTIONS = {
+    "eta_threshold": "Above which learning rate does the training cost stop decreasing over the first "
+                     "epochs? (The book: eta = half that threshold.)",
+    "lmbda_walk": "Which decade of the regularization parameter lambda gives the best validation accuracy, "
+                  "starting from lambda = 1 and moving by factors of 10?",
+    "lmbda_refine": "Does lambda / step or lambda x step do better than the decade's value?",
+    "eta_refine": "Building back up to the configured network: does another learning rate (factors of "
+                  "refine_step around threshold / 2) do better there?",
+    "mini_batch": "Which mini-batch size raises validation accuracy fastest in wall-clock time?",
+    "final": "What validation and test accuracy does the chosen configuration reach? (Its seeds, measured once.)",
+    "search": "Which eta, lambda and mini-batch size does the sampler find best?",
+}
+#: how a grid stage decides between values compared over the same seeds
+RULE = ("the default (the book's starting value, or the previous stage's choice) stays unless another value "
+        "beats it by a paired 95% interval above zero; then the best mean is taken")
 
 
 @dataclass
@@ -32,39 +51,61 @@ class Context:
     storage_url: str
     workers: int
     experiment: str | None
+    count_images: Callable[[list | None], int] = lambda classes: 0  # training images with these classes
     n_full: int = 0  # training images of the full problem
     n_stage: int = 0  # training images of the stripped-down problem
     parent: tracking.ParentRun | None = None  # the study's MLflow parent run (None: tracking off)
     decisions: dict = field(default_factory=dict)
-    stage_studies: dict = field(default_factory=dict)
+    stage_studies: dict = field(default_factory=dict)  # stage -> [(rung, Optuna study), ...]
 
     def plan(self, stage: str, base: RunConfig, space: dict, **kw) -> Plan:
         s = self.settings
+        kw.setdefault("population", int(s.population))
         return Plan(study=self.name, stage=stage, storage=self.storage_url, base=base, space=space,
                     pruner=s.pruner, seed=int(s.seed),
                     parent_run_id=self.parent.run_id if self.parent else None,
                     parent_record=self.parent.record_dir if self.parent else None, experiment=self.experiment,
-                    heartbeat=int(s.heartbeat_seconds), grace=int(s.grace_seconds),
-                    population=int(s.population), **kw)
+                    heartbeat=int(s.heartbeat_seconds), grace=int(s.grace_seconds), **kw)
+
+    def rungs(self) -> list[Rung]:
+        """The ladder from the stripped-down problem to the configured one, without repeats."""
+        out, seen = [], set()
+        for r in [self.settings.stripped, *self.settings.ladder]:
+            c = rung_base(self, r, 1, early_stopping=False)
+            key = (tuple(c.dataset.classes or ()), c.dataset.train_size, tuple(c.sizes), c.monitor.validation_sample)
+            if key not in seen:
+                seen.add(key)
+                out.append(r)
+        return out
+
+    def lmbda_scale(self, rung: Rung) -> float:
+        """A lambda in full-data units on this rung's training set (the book's lambda / n)."""
+        return self.count_images(rung.classes) / self.n_full
 
 
-def stripped_base(ctx: Context, epochs: int, *, early_stopping: bool) -> RunConfig:
-    """The stripped-down problem: some classes, no hidden layer, frequent cheap monitoring."""
-    s = ctx.settings.stripped
+def rung_base(ctx: Context, rung: Rung, epochs: int, *, early_stopping: bool) -> RunConfig:
+    """The run config of a rung of the ladder: its classes, hidden layers and monitoring."""
     c = copy.deepcopy(ctx.base)
-    c.dataset.classes = list(s.classes)
-    c.dataset.train_size = None
-    c.sizes = [c.sizes[0], *s.hidden, c.sizes[-1]]
+    if rung.classes is not None:
+        c.dataset.classes, c.dataset.train_size = list(rung.classes), None
+    if rung.hidden is not None:
+        c.sizes = [c.sizes[0], *rung.hidden, c.sizes[-1]]
     c.epochs, c.budget_images = epochs, None
     c.schedule.name = "constant"
     c.early_stopping.name = "no_improvement" if early_stopping else "off"
     c.early_stopping.patience = int(ctx.settings.patience)
-    # evaluate at least ~5 times an epoch on tiny problems (e.g. digits' 0s and 1s)
-    every = min(int(s.every_images), max(1, ctx.n_stage // 5))
-    c.monitor.metrics, c.monitor.every_images = ["training_cost", "validation_accuracy"], every
-    c.monitor.validation_sample = s.validation_sample
+    c.monitor.metrics = ["training_cost", "validation_accuracy"]
+    every = None
+    if rung.every_images:  # evaluate at least ~5 times an epoch on tiny problems (e.g. digits' 0s and 1s)
+        every = min(int(rung.every_images), max(1, ctx.count_images(rung.classes) // 5))
+    c.monitor.every_images, c.monitor.validation_sample = every, rung.validation_sample
     c.tracking.log_model = False
     return c
+
+
+def stripped_base(ctx: Context, epochs: int, *, early_stopping: bool) -> RunConfig:
+    """The stripped-down problem: some classes, no hidden layer, frequent cheap monitoring."""
+    return rung_base(ctx, ctx.settings.stripped, epochs, early_stopping=early_stopping)
 
 
 def full_base(ctx: Context, epochs: int, *, schedule: str, early_stopping: bool) -> RunConfig:
@@ -83,14 +124,18 @@ def stage_done(ctx: Context, stage: str) -> dict | None:
     return ctx.decisions.get(stage)
 
 
-def record_decision(ctx: Context, stage: str, study, decision: dict) -> dict:
-    study.set_user_attr("decision", decision)
+def record_decision(ctx: Context, stage: str, studies: list, decision: dict) -> dict:
+    """Store the decision with the stage's first study (this is what resumes) and log it.
+    ``studies``: [(rung name, Optuna study)] in the order they ran."""
+    decision = {"question": QUESTIONS.get(stage, ""), **decision,
+                "studies": [[rung, study.study_name] for rung, study in studies]}
+    studies[0][1].set_user_attr("decision", decision)
     ctx.decisions[stage] = decision
-    ctx.stage_studies[stage] = study
+    ctx.stage_studies[stage] = studies
     if ctx.parent:  # scalar values as params, the summary as a tag
         ctx.parent.log(params={f"{stage}.{k}": v for k, v in decision.items()
-                               if isinstance(v, (int, float, str)) and k != "summary"},
-                       tags={f"nnexp.decision.{stage}": decision.get("summary", "")})
+                               if isinstance(v, (int, float, str)) and k not in ("summary", "question", "rule")},
+                       tags={f"nnexp.decision.{stage}": decision.get("summary", "")[:4000]})
     log.info("stage %s: %s", stage, decision.get("summary", ""))
     return decision
 
@@ -99,15 +144,67 @@ def _grid_scores(study, name: str) -> dict[float, Any]:
     return {float(fixed_params(t)[name]): t for t in finished_trials(study) if name in fixed_params(t)}
 
 
-def decreasing(trial) -> bool:
-    """Did the training cost decrease over the first epochs, rather than oscillate or rise?
+def replicate_scores(trial) -> list[float]:
+    """The trial's best validation accuracy per seed replicate (seed, seed + 1, ...)."""
+    return list(trial.user_attrs.get("replicate_values") or [trial.value or 0.0])
 
-    Decreasing: the cost ends lower than it started, and the rises along the way add up to
-    less than half the net fall (oscillation shows as large rises). A diverged run never did.
+
+def diverged_share(trials) -> float:
+    """The share of a stage's runs (replicates counted one by one) that diverged or failed."""
+    statuses = [s for t in trials for s in (t.user_attrs.get("replicate_statuses")
+                                            or [t.user_attrs.get(TAG_STATUS)])]
+    return sum(s in (DIVERGED, FAILED) for s in statuses) / len(statuses) if statuses else 0.0
+
+
+def weigh(scores: dict[float, list[float]], default: float) -> dict:
+    """Compare a grid stage's values over the same seeds and decide (``RULE``).
+
+    ``tie``: the stage has no signal on this problem, i.e. every score is at the ceiling (100%),
+    or the best value's paired interval against the worst includes zero.
     """
-    if trial.user_attrs.get(TAG_STATUS) in (DIVERGED, FAILED):
-        return False
-    costs = [row[2] for row in trial.user_attrs.get("curve", [])]
+    means = {v: mean_std(x)[0] for v, x in scores.items()}
+    ranked = sorted(means, key=lambda v: (-means[v], v != default))
+    best, worst = ranked[0], ranked[-1]
+    out = {"means": {f"{v:.6g}": means[v] for v in sorted(means)},
+           "stds": {f"{v:.6g}": mean_std(scores[v])[1] for v in sorted(means)},
+           "best": best, "default": default}
+    if len(ranked) > 1:
+        out["runner_up"] = ranked[1]
+        out["vs_runner_up"] = paired_interval(scores[ranked[1]], scores[best])
+    ceiling = all(x >= 1.0 for xs in scores.values() for x in xs)
+    spread = paired_interval(scores[worst], scores[best]) if len(ranked) > 1 else None
+    out["tie"] = bool(ceiling or spread is None or includes_zero(spread))
+    out["tie_reason"] = ("every trial scored 100%: saturated" if ceiling else
+                         f"the best and the worst value differ by {_pp(spread)}, an interval that includes zero"
+                         if out["tie"] and spread else "")
+    chosen, why = best, f"{_fmt(best)} has the best mean"
+    if out["tie"] and default in scores:
+        chosen, why = default, f"the values tie ({out['tie_reason']}): the default {_fmt(default)} stays"
+    elif default in scores and best != default:
+        vs = paired_interval(scores[default], scores[best])
+        out["vs_default"] = vs
+        if includes_zero(vs):
+            chosen, why = default, (f"the default {_fmt(default)} is kept: {_fmt(best)} beats it by {_pp(vs)}, "
+                                    "an interval that includes zero")
+        else:
+            why = f"{_fmt(best)} beats the default {_fmt(default)} by {_pp(vs)}"
+    out["chosen"], out["why"] = chosen, why
+    return out
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.4g}"
+
+
+def _pp(interval: dict) -> str:
+    """A paired difference in accuracy as percentage points with its 95% interval."""
+    return (f"{100 * interval['mean']:+.2f} pp (95% interval {100 * interval['lo']:+.2f} to "
+            f"{100 * interval['hi']:+.2f}, {interval['n']} seeds)")
+
+
+def cost_decreasing(costs: list) -> bool:
+    """Did the training cost decrease, rather than oscillate or rise? It ends lower than it
+    started, and the rises along the way add up to less than half the net fall."""
     if len(costs) < 2 or any(c is None for c in costs):
         return False
     net = costs[0] - costs[-1]
@@ -115,75 +212,148 @@ def decreasing(trial) -> bool:
     return net > 0 and rises < 0.5 * net
 
 
+def decreasing(trial) -> bool:
+    """Did the training cost decrease over the first epochs for every seed replicate? (A mean
+    over seeds would smooth an oscillation away; a diverged run never decreased.)"""
+    statuses = trial.user_attrs.get("replicate_statuses") or [trial.user_attrs.get(TAG_STATUS)]
+    if any(s in (DIVERGED, FAILED) for s in statuses):
+        return False
+    curves = trial.user_attrs.get("replicate_curves") or [trial.user_attrs.get("curve", [])]
+    return all(cost_decreasing([row[2] for row in c]) for c in curves)
+
+
+def _grid_plan(ctx: Context, stage: str, base: RunConfig, name: str, n_values: int, **kw) -> Plan:
+    """A grid stage: every value trains its seed replicates, all values as one population."""
+    return ctx.plan(stage, base, {name: {"low": 1e-8, "high": 1e8, "log": True}}, prune=False,
+                    replicates=int(ctx.settings.replicates), population=max(1, n_values), **kw)
+
+
 def stage_eta_threshold(ctx: Context) -> dict:
     s = ctx.settings.eta
     base = stripped_base(ctx, int(s.epochs), early_stopping=False)
     base.lmbda = 0.0  # the book: find eta first, with no regularization
-    plan = ctx.plan("eta_threshold", base, {"eta": {"low": 1e-6, "high": 1e6, "log": True}}, prune=False)
     decades = sorted(float(v) for v in s.decades)
     values = [{"eta": v} for v in decades]
+    plan = _grid_plan(ctx, "eta_threshold", base, "eta", len(values))
     study = run_stage(plan, len(values), ctx.workers, values)
     trend = {eta: decreasing(t) for eta, t in _grid_scores(study, "eta").items()}
     threshold = next((eta for eta in decades if not trend[eta]), None)
     notes = []
     if threshold is None:
         threshold = decades[-1] * 10
-        notes.append("the cost decreased at every eta tried; threshold taken one decade above")
+        notes.append("the cost decreased at every eta tried (the top of the range): threshold taken one decade "
+                     "above; extend study.eta.decades")
     elif threshold == decades[0]:
-        notes.append("the cost did not decrease even at the smallest eta: extend study.eta.decades")
+        notes.append("the cost did not decrease even at the smallest eta (the bottom of the range): "
+                     "extend study.eta.decades")
     else:  # refine inside the decade below the threshold
         refine = [{"eta": threshold / 10 * float(r)} for r in s.refine]
+        plan.population = len(refine)
         study = run_stage(plan, len(values) + len(refine), ctx.workers, values + refine)
         trend = {eta: decreasing(t) for eta, t in _grid_scores(study, "eta").items()}
         threshold = min(eta for eta, down in trend.items() if not down and eta >= threshold / 10)
     eta = threshold / 2
-    summary = f"threshold eta {threshold:.4g} (cost stops decreasing), so eta = {eta:.4g}"
-    return record_decision(ctx, "eta_threshold", study, {
-        "threshold": threshold, "eta": eta, "summary": summary, "notes": notes,
+    trials = finished_trials(study)
+    summary = (f"threshold eta {threshold:.4g} (the smallest eta whose training cost stops decreasing for "
+               f"at least one of {ctx.settings.replicates} seeds), so eta = {eta:.4g}")
+    return record_decision(ctx, "eta_threshold", [(ctx.settings.stripped.name, study)], {
+        "threshold": threshold, "eta": eta, "summary": summary, "notes": notes, "evidence": "decreasing",
+        "problem": ctx.settings.stripped.name, "diverged_share": diverged_share(trials),
         "decreasing": {f"{k:.6g}": v for k, v in sorted(trend.items())}})
 
 
-def stage_lmbda(ctx: Context, eta: float) -> dict:
-    s = ctx.settings.lmbda
-    base = stripped_base(ctx, int(s.epochs), early_stopping=True)
-    base.eta = eta
-    scale = ctx.n_stage / ctx.n_full
-    plan = ctx.plan("lmbda_walk", base, {"lmbda": {"low": 1e-8, "high": 1e8, "log": True}},
-                    lmbda_scale=scale, prune=False)
-    start = float(s.start)
-    values = [{"lmbda": start}, {"lmbda": start * 10}, {"lmbda": start / 10}]
+def walk(ctx: Context, stage: str, plan: Plan, name: str, default: float, step: float, max_steps: int,
+         fixed: dict | None = None) -> tuple[Any, dict, list[dict]]:
+    """A grid walk: default / step, default, default x step; while the chosen value lies at an
+    edge of the values tried, one more step beyond it (at most ``max_steps``). Returns the study,
+    the last weighing and the notes."""
+    fixed = fixed or {}
+    values = [{name: default / step, **fixed}, {name: default, **fixed}, {name: default * step, **fixed}]
     study = run_stage(plan, len(values), ctx.workers, values)
-    scores = lambda: {k: t.value for k, t in _grid_scores(study, "lmbda").items()}  # noqa: E731
-    sc = scores()
-    best = max(sc, key=sc.get)
-    direction = 10.0 if best > start else 0.1 if best < start else None
-    steps = 1 if direction else 0
-    while direction and steps < int(s.max_steps):
-        nxt = best * direction
-        values.append({"lmbda": nxt})
-        study = run_stage(plan, len(values), ctx.workers, values)
-        sc = scores()
-        if sc[nxt] <= sc[best]:
+    scores = lambda: {k: replicate_scores(t) for k, t in _grid_scores(study, name).items()}  # noqa: E731
+    w, notes, steps = weigh(scores(), default), [], 0
+    while not w["tie"]:
+        tried = sorted(float(v[name]) for v in values)
+        chosen = w["chosen"]
+        if chosen not in (tried[0], tried[-1]):
             break
-        best, steps = nxt, steps + 1
-    walk = record_decision(ctx, "lmbda_walk", study, {
-        "lmbda": best, "lmbda_stage": best * scale, "scores": {f"{k:.6g}": v for k, v in sorted(sc.items())},
-        "summary": f"best decade lambda {best:.4g} (full-data units; {best * scale:.4g} on "
-                   f"{ctx.n_stage} images), validation accuracy {sc[best]:.4f}"})
-    return walk
+        if steps >= max_steps:
+            notes.append(f"{name} {_fmt(chosen)} is at the edge of the values tried after {steps} step(s) "
+                         f"beyond the first three: widen the search (study settings for {stage})")
+            break
+        nxt = chosen * step if chosen == tried[-1] else chosen / step
+        notes.append(f"{name} {_fmt(chosen)} was at the edge of the values tried: {name} {_fmt(nxt)} tried too")
+        values.append({name: nxt, **fixed})
+        plan.population = 1
+        study = run_stage(plan, len(values), ctx.workers, values)
+        w, steps = weigh(scores(), chosen), steps + 1  # the incumbent is now the default
+    return study, w, notes
 
 
-def stage_sampler_refine(ctx: Context, stage: str, base: RunConfig, space: dict, n: int,
-                         start: dict, **kw) -> dict:
-    """TPE inside a range, starting from the current value (its first trial)."""
-    plan = ctx.plan(stage, base, space, **kw)
-    study = run_stage(plan, n, ctx.workers, first=start)
-    best = best_of(finished_trials(study))
-    params, value = (dict(best.params), best.value) if best else (start, 0.0)
-    name = next(iter(space))
-    return record_decision(ctx, stage, study, {
-        **params, "validation_accuracy": value,
-        "summary": f"{name} {params[name]:.4g}, validation accuracy {value:.4f} ({n} TPE trials)"})
+def _evidence(w: dict, scores_name: str) -> dict:
+    return {"evidence": scores_name, "means": w["means"], "stds": w["stds"], "best": w["best"],
+            "runner_up": w.get("runner_up"), "vs_runner_up": w.get("vs_runner_up"),
+            "default": w["default"], "vs_default": w.get("vs_default"), "rule": RULE, "why": w["why"]}
+
+
+def stage_lmbda(ctx: Context, eta: float) -> dict:
+    """lambda by factors of 10 from its start, on the smallest problem where it is not a tie:
+    a tie escalates up the ladder (the book's building back up)."""
+    s = ctx.settings.lmbda
+    start = float(s.start)
+    rungs, studies, notes = ctx.rungs(), [], []
+    for i, rung in enumerate(rungs):
+        base = rung_base(ctx, rung, int(s.epochs), early_stopping=True)
+        base.eta = eta
+        stage = "lmbda_walk" if i == 0 else f"lmbda_walk@{rung.name}"
+        plan = _grid_plan(ctx, stage, base, "lmbda", 3, lmbda_scale=ctx.lmbda_scale(rung))
+        study, w, walk_notes = walk(ctx, "lmbda_walk", plan, "lmbda", start, 10.0, int(s.max_steps))
+        studies.append((rung.name, study))
+        if w["tie"] and i + 1 < len(rungs):
+            notes.append(f"on {rung.name} the trials tie ({w['tie_reason']}): escalated to {rungs[i + 1].name}")
+            continue
+        if w["tie"]:
+            notes.append(f"on {rung.name}, the configured problem, the trials still tie ({w['tie_reason']}): "
+                         f"lambda stays at its start {_fmt(start)}")
+        notes += walk_notes
+        break
+    best = w["chosen"]
+    trials = finished_trials(study)
+    summary = (f"lambda {_fmt(best)} (full-data units) on {rung.name}: {w['why']}"
+               if not w["tie"] else f"lambda {_fmt(best)}: no value differed on any problem up to {rung.name}")
+    return record_decision(ctx, "lmbda_walk", studies, {
+        "lmbda": best, "lmbda_stage": best * ctx.lmbda_scale(rung), "problem": rung.name,
+        "tie": w["tie"], "notes": notes, "diverged_share": diverged_share(trials),
+        **_evidence(w, "best validation accuracy"), "summary": summary})
+
+
+def stage_lmbda_refine(ctx: Context, eta: float) -> dict:
+    """lambda / step and lambda x step around the walk's choice, on the problem it was chosen on."""
+    walked, s = ctx.decisions["lmbda_walk"], ctx.settings.lmbda
+    rung = next(r for r in ctx.rungs() if r.name == walked["problem"])
+    base = rung_base(ctx, rung, int(s.epochs), early_stopping=True)
+    base.eta = eta
+    plan = _grid_plan(ctx, "lmbda_refine", base, "lmbda", 3, lmbda_scale=ctx.lmbda_scale(rung))
+    study, w, notes = walk(ctx, "lmbda_refine", plan, "lmbda", float(walked["lmbda"]), float(s.refine_step), 1)
+    return record_decision(ctx, "lmbda_refine", [(rung.name, study)], {
+        "lmbda": w["chosen"], "problem": rung.name, "tie": w["tie"], "notes": notes,
+        "diverged_share": diverged_share(finished_trials(study)), **_evidence(w, "best validation accuracy"),
+        "summary": f"lambda {_fmt(w['chosen'])} on {rung.name}: {w['why']}"})
+
+
+def stage_eta_refine(ctx: Context, eta: float, lmbda: float) -> dict:
+    """Building back up (the book): re-adjust eta on the configured network, lambda fixed."""
+    s = ctx.settings.eta
+    base = full_base(ctx, int(s.refine_epochs), schedule="constant", early_stopping=True)
+    base.lmbda = lmbda
+    plan = _grid_plan(ctx, "eta_refine", base, "eta", 3)
+    study, w, notes = walk(ctx, "eta_refine", plan, "eta", eta, float(s.refine_step), int(s.refine_max_steps))
+    if w["tie"]:
+        notes.append(f"no eta differed on the configured network ({w['tie_reason']}): eta stays {_fmt(eta)}")
+    return record_decision(ctx, "eta_refine", [("full", study)], {
+        "eta": w["chosen"], "lmbda": lmbda, "problem": "full", "tie": w["tie"], "notes": notes,
+        "diverged_share": diverged_share(finished_trials(study)), **_evidence(w, "best validation accuracy"),
+        "summary": f"eta {_fmt(w['chosen'])} on the configured network: {w['why']}"})
 
 
 def acc_at(curve: list, horizon: float) -> float:
@@ -193,81 +363,77 @@ def acc_at(curve: list, horizon: float) -> float:
 
 
 def stage_mini_batch(ctx: Context, eta: float, lmbda: float) -> dict:
+    """The book: the size that improves validation accuracy fastest in real elapsed time. Each run
+    trains by itself (a single run's clock), is scored on the whole validation set, and the sizes
+    are compared at the shortest run's training time, seed by seed."""
     s = ctx.settings.mini_batch
     base = full_base(ctx, int(s.epochs), schedule="constant", early_stopping=False)
-    base.eta = eta
+    base.eta, base.lmbda = eta, lmbda
     base.monitor.metrics = ["training_cost", "validation_accuracy"]
     base.monitor.every_images = max(1, ctx.n_full // int(s.evaluations_per_epoch))
     base.monitor.validation_sample = s.validation_sample
     sizes = [int(m) for m in s.sizes if int(m) <= ctx.n_full]
-    plan = ctx.plan("mini_batch", base, {"mini_batch_size": {"choices": sizes}, "lmbda": {"low": 1e-8, "high": 1e8, "log": True}},
-                    eta_base_mb=int(s.base), prune=False)
-    values = [{"mini_batch_size": m, "lmbda": lmbda} for m in sizes]
+    plan = ctx.plan("mini_batch", base, {"mini_batch_size": {"choices": sizes}}, eta_base_mb=int(s.base),
+                    prune=False, replicates=int(ctx.settings.replicates), alone=True)
+    values = [{"mini_batch_size": m} for m in sizes]
     study = run_stage(plan, len(values), ctx.workers, values)
     trials = {int(fixed_params(t)["mini_batch_size"]): t for t in finished_trials(study)}
-    horizon = min(t.user_attrs.get("train_seconds", 0.0) for t in trials.values())
-    score = {m: acc_at(t.user_attrs.get("curve", []), horizon) for m, t in trials.items()}
-    best = max(sorted(score), key=lambda m: (score[m], m))
-    return record_decision(ctx, "mini_batch", study, {
-        "mini_batch_size": best, "eta": eta * best / int(s.base), "horizon_seconds": horizon,
-        "accuracy_at_horizon": {str(m): v for m, v in sorted(score.items())},
-        "summary": f"mini-batch {best} (validation accuracy {score[best]:.4f} after {horizon:.2f} s "
-                   f"of training, the shortest trial's time)"})
+    curves = {m: t.user_attrs.get("replicate_curves") or [t.user_attrs.get("curve", [])] for m, t in trials.items()}
+    horizon = min(c[-1][1] for cs in curves.values() for c in cs if c)
+    scores = {m: [acc_at(c, horizon) for c in cs] for m, cs in curves.items()}
+    default = int(s.base) if int(s.base) in scores else min(scores)
+    w = weigh(scores, default)
+    best = int(w["chosen"])
+    notes = []
+    if best in (min(sizes), max(sizes)) and best != default:
+        notes.append(f"mini-batch {best} is at the edge of the sizes tried: extend study.mini_batch.sizes")
+    if w["tie"]:
+        notes.append(f"the sizes tie at {horizon:.3g} s ({w['tie_reason']}): the base size {default} stays")
+    return record_decision(ctx, "mini_batch", [("full", study)], {
+        "mini_batch_size": best, "eta": eta * best / int(s.base), "horizon_seconds": horizon, "tie": w["tie"],
+        "notes": notes, "problem": "full", "diverged_share": diverged_share(list(trials.values())),
+        **_evidence(w, f"validation accuracy after {horizon:.3g} s of training (the shortest run's time)"),
+        "summary": f"mini-batch {best}, eta {eta * best / int(s.base):.4g}: {w['why']} "
+                   f"(validation accuracy after {horizon:.3g} s of training)"})
 
 
 def stage_final(ctx: Context, eta: float, lmbda: float, mini_batch: int, schedule: str) -> dict:
+    """The chosen configuration on the full problem, its seed replicates as one population; the
+    test set is scored here only, once."""
     s = ctx.settings.final
     base = full_base(ctx, int(s.epochs), schedule=schedule, early_stopping=True)
     base.eta, base.lmbda, base.mini_batch_size = eta, lmbda, mini_batch
-    plan = ctx.plan("final", base, {}, prune=False)
+    plan = ctx.plan("final", base, {}, prune=False, replicates=int(ctx.settings.replicates))
     study = run_stage(plan, 1, 1)
     (trial,) = finished_trials(study)[:1]
     c = trial_config(plan, {})
-    return record_decision(ctx, "final", study, {
+    tests = trial.user_attrs.get("test_accuracies") or [trial.user_attrs.get("test_accuracy", float("nan"))]
+    test_mean, test_std = mean_std(tests)
+    n = len(tests)
+    return record_decision(ctx, "final", [("full", study)], {
         "eta": eta, "lmbda": lmbda, "mini_batch_size": mini_batch, "schedule": schedule,
-        "validation_accuracy": trial.value, "test_accuracy": trial.user_attrs.get("test_accuracy"),
+        "validation_accuracy": trial.value, "validation_accuracies": replicate_scores(trial),
+        "test_accuracy": test_mean, "test_accuracy_std": test_std, "test_accuracies": tests,
+        "seeds": trial.user_attrs.get("seeds", [c.seed]),
         "images": trial.user_attrs.get("images"), "mlflow_run_id": trial.user_attrs.get("mlflow_run_id"),
-        "config": OmegaConf.to_container(OmegaConf.structured(c)),
-        "summary": f"full problem: best validation accuracy {trial.value:.4f}, test accuracy "
-                   f"{trial.user_attrs.get('test_accuracy', float('nan')):.4f} (measured once)"})
+        "config": OmegaConf.to_container(OmegaConf.structured(c)), "problem": "full",
+        "diverged_share": diverged_share([trial]),
+        "summary": f"full problem, {n} seed(s): best validation accuracy {trial.value:.4f}, test accuracy "
+                   f"{test_mean:.4f} ± {test_std:.4f} (mean ± std, measured once)"})
 
 
 def broad_strategy(ctx: Context, stop_after: str | None) -> None:
+    d = ctx.decisions
     stages = [
         ("eta_threshold", lambda: stage_eta_threshold(ctx)),
-        ("lmbda_walk", lambda: stage_lmbda(ctx, ctx.decisions["eta_threshold"]["eta"])),
-        ("lmbda_refine", lambda: _lmbda_refine(ctx)),
-        ("eta_refine", lambda: _eta_refine(ctx)),
-        ("mini_batch", lambda: stage_mini_batch(ctx, ctx.decisions["eta_refine"]["eta"],
-                                                ctx.decisions["lmbda_refine"]["lmbda"])),
-        ("final", lambda: stage_final(ctx, ctx.decisions["mini_batch"]["eta"],
-                                      ctx.decisions["lmbda_refine"]["lmbda"],
-                                      ctx.decisions["mini_batch"]["mini_batch_size"], "halve_on_plateau")),
+        ("lmbda_walk", lambda: stage_lmbda(ctx, d["eta_threshold"]["eta"])),
+        ("lmbda_refine", lambda: stage_lmbda_refine(ctx, d["eta_threshold"]["eta"])),
+        ("eta_refine", lambda: stage_eta_refine(ctx, d["eta_threshold"]["eta"], d["lmbda_refine"]["lmbda"])),
+        ("mini_batch", lambda: stage_mini_batch(ctx, d["eta_refine"]["eta"], d["lmbda_refine"]["lmbda"])),
+        ("final", lambda: stage_final(ctx, d["mini_batch"]["eta"], d["lmbda_refine"]["lmbda"],
+                                      d["mini_batch"]["mini_batch_size"], "halve_on_plateau")),
     ]
     _run_stages(ctx, stages, stop_after)
-
-
-def _lmbda_refine(ctx: Context) -> dict:
-    walk, s = ctx.decisions["lmbda_walk"], ctx.settings.lmbda
-    base = stripped_base(ctx, int(s.epochs), early_stopping=True)
-    base.eta = ctx.decisions["eta_threshold"]["eta"]
-    best = walk["lmbda"]
-    return stage_sampler_refine(
-        ctx, "lmbda_refine", base, {"lmbda": {"low": best / 10, "high": best * 10, "log": True}},
-        int(s.refine_trials), {"lmbda": best}, lmbda_scale=ctx.n_stage / ctx.n_full)
-
-
-def _eta_refine(ctx: Context) -> dict:
-    """Build back up (the book): re-tune eta on the full problem, lambda fixed, from eta down."""
-    s = ctx.settings.eta
-    lmbda = ctx.decisions["lmbda_refine"]["lmbda"]
-    eta = ctx.decisions["eta_threshold"]["eta"]
-    base = full_base(ctx, int(s.refine_epochs), schedule="constant", early_stopping=True)
-    base.lmbda = lmbda
-    low, high = s.refine_range
-    return stage_sampler_refine(
-        ctx, "eta_refine", base, {"eta": {"low": eta * float(low), "high": eta * float(high), "log": True}},
-        int(s.refine_trials), {"eta": eta})
 
 
 def sampler_study(ctx: Context, stop_after: str | None) -> None:
@@ -282,7 +448,7 @@ def sampler_study(ctx: Context, stop_after: str | None) -> None:
         best = best_of(finished_trials(study))
         params = {**{"eta": base.eta, "lmbda": base.lmbda, "mini_batch_size": base.mini_batch_size},
                   **(best.params if best else {})}
-        return record_decision(ctx, "search", study, {
+        return record_decision(ctx, "search", [("full", study)], {
             **params, "validation_accuracy": best.value if best else None,
             "trials": len(finished_trials(study)),
             "summary": f"best of {len(finished_trials(study))} {plan.sampler} trials: "

@@ -49,8 +49,17 @@ def run_study(cfg: DictConfig, workers: int | None = None) -> Context:
     ctx = Context(name=name, settings=settings, base=base, storage_url=storage_url,
                   workers=int(workers or settings.workers), experiment=experiment)
     ctx.n_full = _n_images(base)
+    counted = {None: ctx.n_full}
+
+    def count_images(classes) -> int:
+        key = None if classes is None else tuple(classes)
+        if key not in counted:
+            counted[key] = _n_images(base, classes)
+        return counted[key]
+
+    ctx.count_images = count_images
     if settings.kind == "broad_strategy":
-        ctx.n_stage = _n_images(base, settings.stripped.classes)
+        ctx.n_stage = count_images(settings.stripped.classes)
     make_storage(storage_url)  # create the schema once, before any worker starts
     meta = meta_study(ctx)
     if base.tracking.enabled:

@@ -14,7 +14,7 @@ from typing import Sequence
 from nnexp import runner, tracking
 from nnexp.config import RunConfig, validate
 from nnexp.errors import NnexpError
-from nnexp.names import FAILED, PRUNED, TAG_STAGE, TAG_STATUS, TAG_STUDY, TAG_TRIAL
+from nnexp.names import DIVERGED, FAILED, PRUNED, TAG_REPLICATE, TAG_STAGE, TAG_STATUS, TAG_STUDY, TAG_TRIAL
 from nnexp.search.backend import Heartbeat, finished_trials, make_storage, open_study
 from nnexp.search.plan import Plan
 from nnexp.storelock import sqlite_lock
@@ -54,9 +54,19 @@ def _curve(history) -> list[list[float]]:
     return out[::step] if out[-1:] == out[::step][-1:] else out[::step] + out[-1:]
 
 
-def _trial_job(trial, plan: Plan):
-    """The trial's job: its run config, tags, MLflow run name, and the pruning observer that
-    reports validation accuracy at every evaluation."""
+def mean_curve(curves: list[list]) -> list[list]:
+    """The replicates' curves averaged row by row, up to the shortest (None where any is None)."""
+    n = min((len(c) for c in curves), default=0)
+    out = []
+    for rows in zip(*(c[:n] for c in curves)):
+        out.append([None if any(r[j] is None for r in rows) else sum(r[j] for r in rows) / len(rows)
+                    for j in range(len(rows[0]))])
+    return out
+
+
+def _trial_jobs(trial, plan: Plan) -> list:
+    """The trial's jobs, one per seed replicate: run config, tags, MLflow run name, and (a single
+    replicate only) the pruning observer that reports validation accuracy at every evaluation."""
 
     params = {name: _suggest(trial, name, dist) for name, dist in plan.space.items()}
     c = trial_config(plan, params)
@@ -72,13 +82,26 @@ def _trial_job(trial, plan: Plan):
         return PRUNED if plan.prune and trial.should_prune() else None
 
     pruning.__name__ = "the Optuna pruner"
-    tags = {TAG_STUDY: plan.study, TAG_STAGE: plan.stage, TAG_TRIAL: str(trial.number)}
-    run_dir = tracking.default_run_dir().resolve()
-    trial.set_user_attr("run_dir", str(run_dir))  # the run's local record: record/ in there
-    return runner.Job(config=c, experiment=plan.experiment, tags=tags, parent_run_id=plan.parent_run_id,
-               parent_record=plan.parent_record, run_dir=run_dir,
-               observers=[pruning], run_name=f"{plan.study}/{plan.stage} #{trial.number}",
-               on_start=lambda rid: trial.set_user_attr("mlflow_run_id", rid))
+    jobs, run_dirs = [], []
+    for r in range(plan.replicates):
+        cr = copy.deepcopy(c)
+        cr.seed = c.seed + r
+        tags = {TAG_STUDY: plan.study, TAG_STAGE: plan.stage, TAG_TRIAL: str(trial.number)}
+        name = f"{plan.study}/{plan.stage} #{trial.number}"
+        if plan.replicates > 1:
+            tags[TAG_REPLICATE] = str(r)
+            name += f" seed {cr.seed}"
+        run_dir = tracking.default_run_dir().resolve()
+        run_dirs.append(str(run_dir))
+        jobs.append(runner.Job(
+            config=cr, experiment=plan.experiment, tags=tags, parent_run_id=plan.parent_run_id,
+            parent_record=plan.parent_record, run_dir=run_dir,
+            observers=[pruning] if plan.replicates == 1 else [], run_name=name,
+            on_start=(lambda rid: trial.set_user_attr("mlflow_run_id", rid)) if r == 0 else None))
+    trial.set_user_attr("run_dir", run_dirs[0])  # the run's local record: record/ in there
+    if plan.replicates > 1:
+        trial.set_user_attr("seeds", [j.config.seed for j in jobs])
+    return jobs
 
 
 def _trial_failed(trial, exc: BaseException) -> BaseException:
@@ -88,42 +111,57 @@ def _trial_failed(trial, exc: BaseException) -> BaseException:
     return exc
 
 
-def _trial_value(trial, c: RunConfig, result) -> float:
-    """Record the run's outcome on the trial; raises ``TrialPruned`` for a pruned run."""
+def _trial_value(trial, c: RunConfig, results: list) -> float:
+    """Record the outcome of the trial's runs (its seed replicates) on the trial; its value is
+    their mean best validation accuracy. Raises ``TrialPruned`` for a pruned run."""
     import optuna
 
-    h = result.history
-    trial.set_user_attr(TAG_STATUS, result.status)
-    trial.set_user_attr("reason", h.reason[:500])
-    trial.set_user_attr("images", h.records[-1].images_seen if h.records else 0)
-    trial.set_user_attr("train_seconds", h.train_seconds)
-    trial.set_user_attr("curve", _curve(h) if h.records else [])
-    if result.test_accuracy is not None and "test_accuracy" not in c.monitor.metrics:
-        trial.set_user_attr("test_accuracy", result.test_accuracy)
-    if result.status == PRUNED:
-        raise optuna.TrialPruned(h.reason)
-    return h.best_validation_accuracy or 0.0
+    hs = [r.history for r in results]
+    statuses = [r.status for r in results]
+    status = next((s for s in statuses if s in (PRUNED, DIVERGED)), statuses[0])
+    values = [h.best_validation_accuracy or 0.0 for h in hs]
+    trial.set_user_attr(TAG_STATUS, status)
+    trial.set_user_attr("reason", "; ".join(dict.fromkeys(h.reason for h in hs if h.reason))[:500])
+    trial.set_user_attr("images", max((h.records[-1].images_seen if h.records else 0) for h in hs))
+    trial.set_user_attr("train_seconds", sum(h.train_seconds for h in hs) / len(hs))
+    curves = [_curve(h) if h.records else [] for h in hs]
+    trial.set_user_attr("curve", mean_curve(curves) if len(curves) > 1 else curves[0])
+    tests = [r.test_accuracy for r in results if r.test_accuracy is not None]
+    if tests and "test_accuracy" not in c.monitor.metrics:
+        trial.set_user_attr("test_accuracy", sum(tests) / len(tests))
+    if len(results) > 1:
+        trial.set_user_attr("replicate_values", values)
+        trial.set_user_attr("replicate_curves", curves)
+        trial.set_user_attr("replicate_statuses", statuses)
+        if tests:
+            trial.set_user_attr("test_accuracies", tests)
+    if status == PRUNED:
+        raise optuna.TrialPruned(hs[0].reason)
+    return sum(values) / len(values)
 
 
 def _population_outcomes(plan: Plan, members: list) -> list:
-    """Train the members [(trial, job)] of one compatible group together (one member: alone);
-    each trial's outcome: its value, the ``TrialPruned`` that ended it, or the exception that
-    kept it from being trained."""
+    """Train the jobs of one compatible group [(trial, job)] together (``plan.alone``: each by
+    itself); each trial's outcome, in order of first appearance: its value, the ``TrialPruned``
+    that ended it, or the exception that kept it from being trained."""
     import optuna
 
-    if len(members) > 1:
-        log.info("%s/%s: trials %s trained as one population of %d", plan.study, plan.stage,
-                 ", ".join(str(t.number) for t, _ in members), len(members))
+    trials = list({t.number: t for t, _ in members}.values())
+    if len(members) > 1 and not plan.alone:
+        log.info("%s/%s: trial(s) %s trained as one population of %d", plan.study, plan.stage,
+                 ", ".join(str(t.number) for t in trials), len(members))
     try:
-        results = runner.execute([job for _, job in members])
+        jobs = [job for _, job in members]
+        results = [runner.execute([j])[0] for j in jobs] if plan.alone else runner.execute(jobs)
     except NnexpError:
         raise
     except Exception as exc:  # failed trials are data for the study, not the end of it
-        return [_trial_failed(trial, exc) for trial, _ in members]
+        return [_trial_failed(trial, exc) for trial in trials]
     out = []
-    for (trial, job), result in zip(members, results):
+    for trial in trials:
+        mine = [(job, res) for (t, job), res in zip(members, results) if t.number == trial.number]
         try:
-            out.append(_trial_value(trial, job.config, result))
+            out.append(_trial_value(trial, mine[0][0].config, [res for _, res in mine]))
         except optuna.TrialPruned as exc:
             out.append(exc)
     return out
@@ -172,12 +210,13 @@ def optimize(study, plan: Plan, storage, n_trials: int) -> None:
             groups: dict[tuple, list] = {}
             try:
                 for trial in batch:
-                    job = _trial_job(trial, plan)
-                    groups.setdefault(runner.group_key(job.config), []).append((trial, job))
+                    for job in _trial_jobs(trial, plan):
+                        groups.setdefault(runner.group_key(job.config), []).append((trial, job))
                 outcomes = {}
                 for members in groups.values():
-                    for (trial, _), outcome in zip(members, _population_outcomes(plan, members)):
-                        outcomes[trial.number] = outcome
+                    numbers = list(dict.fromkeys(t.number for t, _ in members))
+                    for number, outcome in zip(numbers, _population_outcomes(plan, members)):
+                        outcomes[number] = outcome
             except BaseException:  # nothing was told yet: the whole batch ends FAIL
                 for trial in batch:
                     study.tell(trial, state=TrialState.FAIL)
