@@ -220,3 +220,33 @@ def test_the_tracked_neuron_curves_are_the_books_neuron(store):
                                            key=lambda m: m.step)]
         expected = book_neuron_costs(p["cost"], float(p["w"]), float(p["b"]), float(p["eta"]), int(p["epochs"]))
         assert tracked == pytest.approx(expected, rel=1e-9, abs=1e-12), p
+
+
+def test_the_report_with_no_figure_names_builds_every_figure_more_data_on_chosen_sizes(store):
+    """Every figure of figures.yaml, full_data and more_data included, on digits with a small
+    image budget; more_data on the training-set sizes asked for (--sizes), with both SVMs."""
+    small = ["-o", "dataset=digits", "-o", "budget_images=2400", "--sizes", "100,300", "--out", "every"]
+    out = report("--seeds", "1", *small, cwd=store)
+    assert out.returncode == 0, out.stdout + out.stderr
+    names = list(load_figures())
+    assert f"report: {len(names)} figures ({', '.join(names)})" in out.stdout
+    page = (store / "every" / "index.md").read_text()
+    assert page.count("\n## ") >= len(names)
+    for name in names:
+        assert (store / "every" / f"{name}.png").stat().st_size > 10_000
+    section = json_section(store / "every" / "more_data.json")
+    assert section["curves"] == {"accuracy": 3}  # the network and both SVMs
+    rows = {row[0]: row for row in section["table"]}
+    assert "SVM as in the book, 100 images" in rows and rows["SVM as in the book, 100 images"][1] == "25.07%"
+    assert not any("1,000 images" in what or "50,000" in what for what in rows)  # sizes not run: no row
+    from nnexp.report import find_runs, plan_jobs
+
+    jobs = plan_jobs(load_figures(), ["more_data"], 1, small[1:4:2], sizes=[100, 300])
+    assert sorted(j.arm for j in jobs) == sorted(f"{a}@{n}" for a in ("network", "svm_book", "svm") for n in (100, 300))
+    assert all(j.key in find_runs(os.environ["MLFLOW_TRACKING_URI"], "nnexp") for j in jobs)
+
+
+def json_section(path):
+    import json
+
+    return json.loads(path.read_text())

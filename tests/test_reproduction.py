@@ -69,3 +69,27 @@ def test_the_svm_as_the_book_ran_it_scores_the_books_more_data_numbers(shared_da
         print(f"SVM on {n} images: as in the book {ours:.4f} (book {expected}), today's default {today:.4f}")
         assert abs(ours - expected) < 0.03
         assert today - ours > 0.05  # the modern default is a different (here: better) model
+
+
+def test_the_lambda_stage_decides_on_a_signal_it_can_show(shared_data_dir, tmp_path):
+    """The broad strategy on MNIST up to the lambda walk: on the 0/1 problem every lambda scores
+    100%, so the stage escalates; where it decides, the scores differ, and the chosen lambda is
+    the one its paired 95% interval supports (the start value unless beaten above zero)."""
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    out = subprocess.run([sys.executable, "-m", "nnexp.study", "study.stop_after=lmbda_walk", "tracking=off",
+                          f"dataset.data_dir={shared_data_dir}", f"study.storage={storage}"],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=900)
+    assert out.returncode == 0, out.stderr[-2000:]
+    walk = optuna.load_study(study_name="broad_strategy/lmbda_walk", storage=storage).user_attrs["decision"]
+    print("lambda walk:", walk["summary"], "| notes:", walk["notes"], "| means:", walk["means"])
+    stripped = optuna.load_study(study_name=walk["studies"][0][1], storage=storage).trials
+    assert {v for t in stripped for v in t.user_attrs["replicate_values"]} == {1.0}  # saturated: no signal
+    assert walk["problem"] != "stripped" and any("escalated to" in n for n in walk["notes"])
+    assert len(set(walk["means"].values())) > 1  # the scores it decided on are not all equal
+    iv = walk.get("vs_default")
+    if walk["tie"] or (iv and iv["lo"] <= 0 <= iv["hi"]):
+        assert walk["lmbda"] == walk["default"] == 1.0
+    else:
+        assert walk["lmbda"] == walk["best"] and iv["lo"] > 0

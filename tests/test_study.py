@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -45,25 +46,44 @@ def children(parent_name="study"):
         [r for r in runs if r.data.tags.get("nnexp.stage") == "study"]
 
 
-def test_broad_strategy_resumes_runs_every_stage_and_its_preset_reproduces(workdir):
-    storage = f"sqlite:///{workdir / 'optuna.db'}"
-    first = nnexp("nnexp.study", *FAST, "study.stop_after=lmbda_walk")
+GRID_STAGES = ("lmbda_walk", "lmbda_refine", "eta_refine", "mini_batch")
+ALL_STAGES = ("eta_threshold", *GRID_STAGES, "final")
+
+
+@pytest.fixture(scope="module")
+def digits_study(tmp_path_factory):
+    """The broad strategy on digits, stopped after lmbda_walk and resumed (one run for the module)."""
+    d = tmp_path_factory.mktemp("broad")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{d / 'mlflow.db'}"}
+
+    def study(*args):
+        return subprocess.run([sys.executable, "-m", "nnexp.study", *args], capture_output=True, text=True,
+                              timeout=600, cwd=d, env=env)
+
+    storage = f"sqlite:///{d / 'optuna.db'}"
+    first = study(*FAST, "study.stop_after=lmbda_walk")
     assert first.returncode == 0, first.stderr
-    assert "stopping after stage lmbda_walk" in first.stdout
     early = {s: len(stage(storage, f"broad_strategy/{s}").trials) for s in ("eta_threshold", "lmbda_walk")}
-    second = nnexp("nnexp.study", *FAST)
+    second = study(*FAST)
     assert second.returncode == 0, second.stderr
+    decisions = {s: stage(storage, f"broad_strategy/{s}").user_attrs["decision"] for s in ALL_STAGES}
+    return SimpleNamespace(dir=d, storage=storage, uri=env["MLFLOW_TRACKING_URI"], first=first, second=second,
+                           early=early, decisions=decisions)
+
+
+def test_broad_strategy_resumes_runs_every_stage_and_its_preset_reproduces(digits_study, monkeypatch):
+    st, storage, decisions = digits_study, digits_study.storage, digits_study.decisions
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", st.uri)
+    assert "stopping after stage lmbda_walk" in st.first.stdout
     for s in ("eta_threshold", "lmbda_walk"):  # resumed: nothing repeated
-        assert f"stage {s}: done earlier" in second.stdout
-        assert len(stage(storage, f"broad_strategy/{s}").trials) == early[s]
-    decisions = {s: stage(storage, f"broad_strategy/{s}").user_attrs["decision"]
-                 for s in ("eta_threshold", "lmbda_walk", "lmbda_refine", "eta_refine", "mini_batch", "final")}
+        assert f"stage {s}: done earlier" in st.second.stdout
+        assert len(stage(storage, f"broad_strategy/{s}").trials) == st.early[s]
     eta_stage = decisions["eta_threshold"]
     assert eta_stage["eta"] < eta_stage["threshold"]
     assert eta_stage["decreasing"][f"{eta_stage['threshold']:.6g}"] is False
     final = decisions["final"]
     assert final["validation_accuracy"] > 0.85 and final["test_accuracy"] > 0.8
-    out = workdir / "studies" / "broad_strategy"
+    out = st.dir / "studies" / "broad_strategy"
     assert {"decisions.md", "eta_threshold.png", "mini_batch.png"} <= {p.name for p in out.iterdir()}
     assert "## eta_threshold" in (out / "decisions.md").read_text()
     # one parent run, one child per trial, the decision log on the parent
@@ -78,9 +98,55 @@ def test_broad_strategy_resumes_runs_every_stage_and_its_preset_reproduces(workd
     assert {k.data.tags["nnexp.replicate"] for k in kids} == {"0", "1", "2"}
     assert "decisions.md" in {a.path for a in client.list_artifacts(parent.info.run_id)}
     # the preset reproduces the reported validation accuracy
-    rerun = nnexp("nnexp.run", "--config-dir", str(out), "+experiment=broad_strategy", "tracking=off")
+    rerun = subprocess.run([sys.executable, "-m", "nnexp.run", "--config-dir", str(out), "+experiment=broad_strategy",
+                            "tracking=off"], capture_output=True, text=True, timeout=600, cwd=st.dir)
     assert rerun.returncode == 0, rerun.stderr
     assert f"best validation accuracy {final['validation_accuracies'][0]:.4f}" in rerun.stdout  # seed 0's
+
+
+
+
+def test_a_stage_whose_trials_tie_escalates_instead_of_deciding(digits_study):
+    """On digits' 0s and 1s every lambda scores 100%: lambda is not chosen there."""
+    walk = digits_study.decisions["lmbda_walk"]
+    (first_rung, first_study), *higher = walk["studies"]
+    stripped = stage(digits_study.storage, first_study).trials
+    assert first_rung == "stripped" and stripped
+    assert all(t.user_attrs["replicate_values"] == [1.0, 1.0, 1.0] for t in stripped)  # saturated
+    assert higher and walk["problem"] == higher[-1][0] != "stripped"
+    assert any("escalated to" in n for n in walk["notes"])
+    decided_on = stage(digits_study.storage, higher[-1][1]).trials
+    assert len({t.value for t in decided_on}) > 1  # where it decided, the scores differ
+
+
+def test_every_decision_follows_its_paired_interval_and_the_log_shows_it(digits_study):
+    md = (digits_study.dir / "studies" / "broad_strategy" / "decisions.md").read_text()
+    for name in GRID_STAGES:
+        d = digits_study.decisions[name]
+        iv, chosen = d.get("vs_default"), float(d[_param(name)])
+        if d["tie"] or (iv and iv["lo"] <= 0 <= iv["hi"]):  # no evidence against the default: it stays
+            assert chosen == float(d["default"]), (name, d["why"])
+        else:  # the best mean, and where it is not the default, an interval above zero
+            assert chosen == float(d["best"]) and (iv is None or iv["lo"] > 0), (name, d["why"])
+        section = md.split(f"## {name}\n", 1)[1].split("\n## ", 1)[0]
+        assert "95% interval [" in section and "- rule: " in section and "**Question.**" in section
+    final = digits_study.decisions["final"]
+    assert len(final["test_accuracies"]) == 3 and final["seeds"] == [0, 1, 2]
+    assert final["test_accuracy"] == pytest.approx(sum(final["test_accuracies"]) / 3)
+
+
+def _param(stage_name):
+    return {"lmbda_walk": "lmbda", "lmbda_refine": "lmbda", "eta_refine": "eta", "mini_batch": "mini_batch_size"}[stage_name]
+
+
+def test_replicates_train_as_one_population_of_seeds_times_values(digits_study):
+    out = digits_study.first.stdout + digits_study.first.stderr
+    assert "broad_strategy/lmbda_walk: trial(s) 0, 1, 2 trained as one population of 9" in out
+    for _, name in digits_study.decisions["lmbda_walk"]["studies"]:
+        trials = stage(digits_study.storage, name).trials
+        assert len({t.user_attrs["worker_pid"] for t in trials}) == 1  # one process
+        assert all(t.user_attrs["seeds"] == [0, 1, 2] for t in trials)
+        assert all(t.value == pytest.approx(sum(t.user_attrs["replicate_values"]) / 3) for t in trials)
 
 
 def tpe(*extra):

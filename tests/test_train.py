@@ -69,14 +69,15 @@ def test_larger_lambda_gives_smaller_weights():
     assert norms[0] > norms[1] > norms[2]
 
 
-def test_penalty_in_cost_is_scaled_by_training_set_size():
-    # validation cost includes the same penalty term as training cost (n = training size)
+def test_penalty_in_each_cost_is_scaled_by_the_size_of_the_set_scored():
+    # the book's network2.total_cost: (lambda / 2n) sum w^2 with n = len(data) of the set scored
     spec = TrainSpec(epochs=1, mini_batch_size=10, eta=0.0, lmbda=30.0, monitor=Monitor(metrics=ALL))
     net, h = run(spec)
-    penalty = 0.5 * 30.0 / len(TRAIN.x) * sum(float((w ** 2).sum()) for w in net.weights)
+    squares = sum(float((w ** 2).sum()) for w in net.weights)
     _, h0 = run(TrainSpec(epochs=1, mini_batch_size=10, eta=0.0, lmbda=0.0, monitor=Monitor(metrics=ALL)))
-    assert h.records[0].validation_cost - h0.records[0].validation_cost == pytest.approx(penalty)
-    assert h.records[0].training_cost - h0.records[0].training_cost == pytest.approx(penalty)
+    assert len(VAL.x) != len(TRAIN.x)  # else the test could not tell the two scalings apart
+    assert h.records[0].validation_cost - h0.records[0].validation_cost == pytest.approx(0.5 * 30.0 / len(VAL.x) * squares)
+    assert h.records[0].training_cost - h0.records[0].training_cost == pytest.approx(0.5 * 30.0 / len(TRAIN.x) * squares)
 
 
 def test_dropout_is_off_at_evaluation_time():

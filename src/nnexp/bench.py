@@ -397,57 +397,126 @@ def tracking_section(bench: Bench) -> Table:
                  ("tracking", "epochs", "metrics", "wall s", "fit s", "record s", "share"), rows, foot)
 
 
-def _study_run(kind: str, seed: int, store: Path, workers: int, extra: list[str]) -> dict:
-    """One study, in this process, on its own storage; returns what the table needs."""
+#: the study benchmark's methods: nnexp.study overrides of each
+STUDY_METHODS = {
+    "broad_strategy": ["study=broad_strategy"],
+    "tpe_median": ["study=tpe", "study.pruner=median"],
+    "tpe_hyperband": ["study=tpe", "study.pruner=hyperband"],
+    "random": ["study=random", "study.pruner=none"],
+}
+
+
+def _study_run(method: str, seed: int, store: Path, workers: int, extra: list[str]) -> dict:
+    """One study, in this process, on its own storage; what the table and the anytime plot need.
+
+    Anytime: after every finished trial on the full problem (the configured network, all classes,
+    the whole validation set), the best validation accuracy found so far, against the wall
+    seconds since the study started. The final stage is not tuning: its start ends the budget.
+    """
+    from datetime import datetime
+
     from hydra import compose, initialize_config_module
 
     from nnexp.search import finished_trials, run_study
 
-    overrides = [f"study={kind}", f"seed={seed}", f"study.seed={seed}", f"study.study_name={kind}-{seed}",
-                 f"study.storage=sqlite:///{store / 'optuna.db'}", f"study.output_dir={store / kind / str(seed)}",
+    overrides = [*STUDY_METHODS[method], f"seed={seed}", f"study.seed={seed}", f"study.study_name={method}-{seed}",
+                 f"study.storage=sqlite:///{store / 'optuna.db'}", f"study.output_dir={store / method / str(seed)}",
                  f"tracking.uri=sqlite:///{store / 'mlflow.db'}", *extra]
     with initialize_config_module(version_base="1.3", config_module="nnexp.conf"):
         cfg = compose("study", overrides=overrides)
+    started = datetime.now()
     start = time.perf_counter()
     ctx = run_study(cfg, workers)
     wall = time.perf_counter() - start
-    tuning = [t for stage, st in ctx.stage_studies.items() if stage != "final" for t in finished_trials(st)]
+    final_trial = finished_trials(ctx.stage_studies["final"][0][1])[0]
+    tuning_s = (final_trial.datetime_start - started).total_seconds()
+    points, trials = [], 0
+    for stage, studies in ctx.stage_studies.items():
+        for rung, st in studies:
+            if stage == "final":
+                continue
+            done = finished_trials(st)
+            trials += len(done)
+            if rung == "full":
+                points += [((t.datetime_complete - started).total_seconds(), t.value) for t in done
+                           if t.value is not None]
+    curve, best = [], 0.0
+    for t, v in sorted(points):
+        best = max(best, v)
+        curve.append((t, best))
     final = ctx.decisions["final"]
-    return {"trials": len(tuning), "images": sum(t.user_attrs.get("images", 0) for t in tuning),
-            "val": final["validation_accuracy"], "test": final.get("test_accuracy"), "wall": wall,
+    return {"trials": trials, "tuning_s": tuning_s, "wall": wall, "curve": curve, "best": best,
+            "val": final["validation_accuracy"], "test": final.get("test_accuracy"),
+            "test_std": final.get("test_accuracy_std"), "tests": final.get("test_accuracies", []),
             "params": (final["eta"], final["lmbda"], final["mini_batch_size"])}
 
 
+def _best_at(curve: list, seconds: float) -> float | None:
+    seen = [v for t, v in curve if t <= seconds]
+    return seen[-1] if seen else None
+
+
 def study_section(bench: Bench) -> Table:
-    """broad_strategy vs TPE vs random search, the baselines given the broad strategy's budget
-    (training images used by its tuning trials), 3 seeds each; the final run is not counted."""
+    """Is the broad strategy better than what one would otherwise use? The broad strategy, TPE with
+    median pruning, TPE with Hyperband pruning and random search, each with 3 study seeds; every
+    other method gets the broad strategy's tuning wall clock (same seed) as its budget. Anytime
+    curves (best validation accuracy found so far vs wall seconds) and the final choice's test
+    accuracy over its seeds."""
+    import statistics
     import tempfile as _tempfile
+
+    from nnexp import figures
 
     extra = ["dataset=digits", f"sizes=[{bench.n_in},30,10]"] if bench.dataset != "MNIST" else []
     if bench.data_dir:
         extra.append(f"dataset.data_dir={bench.data_dir}")
     seeds = (0,) if bench.quick else (0, 1, 2)
-    rows = []
+    if bench.quick:  # a smoke test: one study seed, short stages
+        extra += ["study.eta.epochs=2", "study.lmbda.epochs=6", "study.eta.refine_epochs=6", "study.epochs=6",
+                  "study.mini_batch.epochs=1", "study.final.epochs=6", "study.patience=3",
+                  "study.mini_batch.sizes=[10,50]"]
+    rows, results = [], {m: [] for m in STUDY_METHODS}
     with _tempfile.TemporaryDirectory() as tmp:
         for seed in seeds:
             broad = _study_run("broad_strategy", seed, Path(tmp), bench.workers, extra)
-            results = {"broad_strategy": broad}
-            for kind in ("tpe", "random"):
-                results[kind] = _study_run(kind, seed, Path(tmp), bench.workers,
-                                           extra + [f"study.budget_images={broad['images']}", "study.n_trials=200"])
-            for kind, r in results.items():
+            results["broad_strategy"].append(broad)
+            budget = broad["tuning_s"]
+            for method in list(STUDY_METHODS)[1:]:
+                results[method].append(_study_run(method, seed, Path(tmp), bench.workers,
+                                                  extra + [f"study.budget_seconds={budget:.1f}", "study.n_trials=1000"]))
+            for method in STUDY_METHODS:
+                r = results[method][-1]
                 eta, lmbda, mb = r["params"]
-                rows.append((kind, str(seed), str(r["trials"]), f"{r['images'] / 1e6:.2f}", f"{r['val']:.4f}",
-                             _num(r["test"], ".4f"), f"{eta:.3g}/{lmbda:.3g}/{mb}", f"{r['wall']:.0f}"))
+                rows.append((method, str(seed), f"{r['tuning_s']:.0f}", str(r["trials"]), _num(r["best"], ".4f"),
+                             f"{eta:.3g}/{lmbda:.3g}/{mb}", f"{r['val']:.4f}",
+                             f"{_num(r['test'], '.4f')} ± {_num(r['test_std'], '.4f')}"))
                 print("  " + "  ".join(rows[-1]), flush=True)
-    return Table(f"Studies on {bench.dataset}: broad strategy vs TPE vs random search "
-                 f"({bench.workers} worker(s))",
-                 ("study", "seed", "tuning trials", "images (M)", "final val acc", "final test acc",
-                  "eta/lambda/mb", "wall s"), rows,
-                 ["images: training images used by the tuning trials (the broad strategy's early stages "
-                  "run on the 0/1 problem); TPE and random get the broad strategy's budget",
-                  "final: the chosen settings on the full problem, halve_on_plateau + early stopping; "
-                  "test accuracy measured once"])
+    budget = statistics.mean(r["tuning_s"] for r in results["broad_strategy"])
+    summary = []
+    for method, rs in results.items():
+        tests = [r["test"] for r in rs if r["test"] is not None]
+        at = {f: [_best_at(r["curve"], f * r0["tuning_s"]) for r, r0 in zip(rs, results["broad_strategy"])]
+              for f in (0.25, 0.5, 1.0)}
+        cells = [f"{statistics.mean([v for v in vs if v is not None]):.4f}" if any(v is not None for v in vs) else "-"
+                 for vs in at.values()]
+        sd = statistics.stdev(tests) if len(tests) > 1 else 0.0
+        summary.append(f"  {method:15s} best validation found at 25% / 50% / 100% of the budget: "
+                       f"{' / '.join(cells)}; final test accuracy over study seeds "
+                       f"{statistics.mean(tests):.4f} ± {sd:.4f}" if tests else f"  {method}: no final")
+    png = Path("bench_study_anytime.png").resolve()
+    figures.anytime_figure({m: [r["curve"] for r in rs] for m, rs in results.items()}, png,
+                           title=f"Studies on {bench.dataset}: best validation accuracy found so far "
+                                 f"(full problem), {len(seeds)} study seed(s)")
+    return Table(f"Studies on {bench.dataset}: broad strategy vs TPE (median, Hyperband pruning) vs random "
+                 f"search at equal wall clock ({bench.workers} worker(s); budget: the broad strategy's tuning "
+                 f"time, mean {budget:.0f} s)",
+                 ("study", "seed", "tuning s", "trials", "best val found", "eta/lambda/mb", "final val acc",
+                  "final test acc (mean ± std over its seeds)"), rows,
+                 ["best val found: the best validation accuracy of a full-problem trial (the broad strategy's: "
+                  "a mean over its seed replicates; the samplers': one seed, so a max over noisier values)",
+                  "final: the chosen settings on the full problem with halve_on_plateau + early stopping, "
+                  "seed replicates as one population; test accuracy measured once", *summary,
+                  f"anytime plot: {png}"])
 
 
 def study_population_section(bench: Bench) -> Table:

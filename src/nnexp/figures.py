@@ -68,6 +68,24 @@ def accuracy_vs_param(points: dict[float, list[float]], path: Path, *, xlabel: s
     return _save(fig, path)
 
 
+def anytime_figure(curves: dict[str, list[list]], path: Path, *, title: str) -> Path:
+    """Best validation accuracy found so far against wall seconds, per method: one line per
+    study seed, (seconds, best) steps."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (method, runs) in enumerate(curves.items()):
+        for j, curve in enumerate(runs):
+            if curve:
+                ts, vs = zip(*curve)
+                ax.step(ts, vs, where="post", color=colors[i % len(colors)], alpha=0.8,
+                        label=method if j == 0 else None)
+    ax.set_xlabel("wall-clock seconds since the study started")
+    ax.set_ylabel("best validation accuracy so far")
+    ax.set_title(title, fontsize=10)
+    ax.legend()
+    return _save(fig, path)
+
+
 def study_stage_figure(stage: str, trials: list, path: Path) -> Path | None:
     """The plot that justifies a study stage's decision, from its finished Optuna trials."""
     def fixed(t):

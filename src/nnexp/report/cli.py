@@ -25,6 +25,16 @@ from nnexp.report.runs import find_runs
 
 log = logging.getLogger("nnexp.report")
 
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected sizes like 100,1000, got '{text}'") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"sizes must be positive whole numbers, got '{text}'")
+    return sizes
+
+
 def parse_args(argv: Sequence[str] | None, names: Sequence[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m nnexp.report",
                                 description="Regenerate the book's figures from MLflow runs (sweeps/figures.yaml).")
@@ -37,6 +47,8 @@ def parse_args(argv: Sequence[str] | None, names: Sequence[str]) -> argparse.Nam
     p.add_argument("--workers", type=int, default=2, help="processes for missing runs (default 2)")
     p.add_argument("--svm-max-size", type=int, default=None,
                    help="largest training set for the SVM in more_data (default in figures.yaml)")
+    p.add_argument("--sizes", type=_sizes, default=None, metavar="N,N,...",
+                   help="training-set sizes of the more_data figure (default in figures.yaml), e.g. 100,1000")
     p.add_argument("--tracking-uri", default=None, help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     p.add_argument("--experiment", default="nnexp", help="MLflow experiment (default nnexp)")
     args = p.parse_args(argv)
@@ -55,7 +67,7 @@ def run(args: argparse.Namespace, figures: dict) -> int:
     names = args.figures or list(figures)
     uri = tracking.resolve_uri(args.tracking_uri)
     start = time.perf_counter()
-    jobs = plan_jobs(figures, names, args.seeds, args.override, args.svm_max_size)
+    jobs = plan_jobs(figures, names, args.seeds, args.override, args.svm_max_size, args.sizes)
     found = find_runs(uri, args.experiment)
     missing = [j for j in jobs if j.key not in found]
     if missing and args.no_run:

@@ -31,7 +31,10 @@ class Section:
     curves: dict
 
 
-def _fmt(x: float) -> str:
+def _fmt(x: float | None) -> str:
+    """An accuracy as a percentage, another number to 4 digits; no number (no book value): a dash."""
+    if x is None:
+        return "—"
     return f"{x:.2%}" if abs(x) <= 1.5 else f"{x:.4g}"
 
 
@@ -51,7 +54,7 @@ def build_figure(name: str, fig: dict, jobs: Sequence[Job], found: dict, uri: st
             s = per_seed(frame, spec["metric"], spec["agg"])
             vals = s[s.arm == spec["arm"]]["value"].tolist()
             m, sd = mean_std(vals)
-            table.append((f"{spec['arm']}: {spec['what']}", _fmt(spec["book"]), f"{_fmt(m)} ± {_fmt(sd)}", str(len(vals))))
+            table.append((f"{spec['arm']}: {spec['what']}", _fmt(spec.get("book")), f"{_fmt(m)} ± {_fmt(sd)}", str(len(vals))))
         for spec in fig.get("compare", []):
             d = paired_difference(per_seed(frame, spec["metric"], spec["agg"]), spec["a"], spec["b"])
             ci = f", 95% CI [{d['lo']:+.4f}, {d['hi']:+.4f}]" if d["n"] > 1 else " (one seed: no interval)"
@@ -66,9 +69,11 @@ def build_figure(name: str, fig: dict, jobs: Sequence[Job], found: dict, uri: st
         drawn = figures.more_data_figure(pts, png, title=fig["title"], ylabel=f"final {metric.replace('_', ' ')}")
         for spec in fig.get("numbers", []):
             arm = LABELS.get(spec["arm"], spec["arm"])
+            if spec["size"] not in set(frame["size"]):  # a size this report did not run (--sizes)
+                continue
             vals = frame[(frame.arm == arm) & (frame["size"] == spec["size"])]["value"].tolist()
             got = f"{_fmt(mean_std(vals)[0])} ± {_fmt(mean_std(vals)[1])}" if vals else "not run"
-            table.append((spec["what"], _fmt(spec["book"]), got, str(len(vals))))
+            table.append((spec["what"], _fmt(spec.get("book")), got, str(len(vals))))
         comparisons += _smallest_size_finding(pts)
     else:  # baselines
         frame = pd.DataFrame([(arm, seed, final_value(r, "test_accuracy")) for (arm, seed), r in runs.items()],
@@ -79,7 +84,7 @@ def build_figure(name: str, fig: dict, jobs: Sequence[Job], found: dict, uri: st
         for spec in fig.get("numbers", []):
             v = frame[frame.arm == spec["arm"]]["value"].tolist()
             on = f" (on {sizes[spec['arm']]:,} images)" if sizes.get(spec["arm"]) else ""
-            table.append((spec["what"], _fmt(spec["book"]), f"{_fmt(mean_std(v)[0])} ± {_fmt(mean_std(v)[1])}{on}",
+            table.append((spec["what"], _fmt(spec.get("book")), f"{_fmt(mean_std(v)[0])} ± {_fmt(mean_std(v)[1])}{on}",
                           str(len(v))))
     commands = sorted({j.command for j in jobs if j.kind == "run"}) or [f"python -m nnexp.report {name}"]
     run_list = [(arm, seed, r.info.run_id, r.info.experiment_id) for (arm, seed), r in sorted(runs.items())]

@@ -54,8 +54,9 @@ SCORED = {"scored": ["validation", "test"]}
 
 
 def plan_jobs(figures: dict, names: Sequence[str], seeds: int, extra: Sequence[str],
-              svm_max_size: int | None = None) -> list[Job]:
-    """Every run the named figures need, with its identity."""
+              svm_max_size: int | None = None, sizes: Sequence[int] | None = None) -> list[Job]:
+    """Every run the named figures need, with its identity. ``sizes``: the training-set sizes
+    of the more_data figure (default: the figure's)."""
     jobs: list[Job] = []
     base, _ = compose_run(list(extra))
     data_id = {"dataset": base.dataset.name, "dtype": base.dtype}
@@ -65,7 +66,8 @@ def plan_jobs(figures: dict, names: Sequence[str], seeds: int, extra: Sequence[s
         limit = svm_max_size if svm_max_size is not None else fig.get("svm_max_size", 10_000)
         if kind == "neuron":
             for arm in fig["arms"]:
-                spec = {k: arm[k] for k in ("cost", "w", "b")} | {"eta": fig["eta"], "epochs": fig["epochs"]}
+                spec = {k: arm[k] for k in ("cost", "w", "b")} | {"eta": arm.get("eta", fig["eta"]),
+                                                                 "epochs": fig["epochs"]}
                 jobs.append(Job(name, arm["label"], 0, "neuron", identity_hash({"neuron": spec}), spec=spec,
                                 experiment="learning_slowdown"))
             continue
@@ -80,8 +82,9 @@ def plan_jobs(figures: dict, names: Sequence[str], seeds: int, extra: Sequence[s
             continue
         variants = [(arm, []) for arm in fig["arms"]]
         if kind == "more_data":
-            variants = [(arm, [f"dataset.train_size={n}"]) for n in fig["sizes"] for arm in fig["arms"]]
-            for n in fig["sizes"]:
+            chosen = list(sizes or fig["sizes"])
+            variants = [(arm, [f"dataset.train_size={n}"]) for n in chosen for arm in fig["arms"]]
+            for n in chosen:
                 for method in fig.get("baselines", []) if n <= limit else []:
                     spec = {"method": method, "train_size": n, **data_id, **SCORED}
                     jobs.append(Job(name, f"{method}@{n}", 0, "baseline",

@@ -93,6 +93,7 @@ class StudySettings:
     sampler: str = "tpe"
     n_trials: int = 20
     budget_images: int | None = None
+    budget_seconds: float | None = None  # wall clock of the search (the benchmark's equal budgets)
     epochs: int = 30
     space: dict[str, Any] = field(default_factory=dict)
     stop_after: str | None = None

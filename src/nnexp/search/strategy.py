@@ -178,12 +178,11 @@ def weigh(scores: dict[float, list[float]], default: float) -> dict:
                          f"the best and the worst value differ by {_pp(spread)}, an interval that includes zero"
                          if out["tie"] and spread else "")
     chosen, why = best, f"{_fmt(best)} has the best mean"
-    if out["tie"] and default in scores:
-        chosen, why = default, f"the values tie ({out['tie_reason']}): the default {_fmt(default)} stays"
-    elif default in scores and best != default:
-        vs = paired_interval(scores[default], scores[best])
-        out["vs_default"] = vs
-        if includes_zero(vs):
+    if default in scores and best != default:
+        vs = out["vs_default"] = paired_interval(scores[default], scores[best])
+        if out["tie"]:
+            chosen, why = default, f"the values tie ({out['tie_reason']}): the default {_fmt(default)} stays"
+        elif includes_zero(vs):
             chosen, why = default, (f"the default {_fmt(default)} is kept: {_fmt(best)} beats it by {_pp(vs)}, "
                                     "an interval that includes zero")
         else:
@@ -403,6 +402,10 @@ def stage_final(ctx: Context, eta: float, lmbda: float, mini_batch: int, schedul
     s = ctx.settings.final
     base = full_base(ctx, int(s.epochs), schedule=schedule, early_stopping=True)
     base.eta, base.lmbda, base.mini_batch_size = eta, lmbda, mini_batch
+    if schedule == "halve_on_plateau":  # the schedule ends the run (the book: at a small fraction of
+        # eta0); early stopping with the schedule's own patience would end it at the first plateau,
+        # before eta was ever halved: it waits for three halvings without improvement
+        base.early_stopping.patience = 3 * int(ctx.settings.patience)
     plan = ctx.plan("final", base, {}, prune=False, replicates=int(ctx.settings.replicates))
     study = run_stage(plan, 1, 1)
     (trial,) = finished_trials(study)[:1]
@@ -444,7 +447,7 @@ def sampler_study(ctx: Context, stop_after: str | None) -> None:
         base = full_base(ctx, int(s.epochs), schedule="constant", early_stopping=True)
         space = {k: dict(v) for k, v in s.space.items()}
         plan = ctx.plan("search", base, space, sampler=s.sampler)
-        study = run_stage_budget(plan, int(s.n_trials), ctx.workers, s.budget_images)
+        study = run_stage_budget(plan, int(s.n_trials), ctx.workers, s.budget_images, s.budget_seconds)
         best = best_of(finished_trials(study))
         params = {**{"eta": base.eta, "lmbda": base.lmbda, "mini_batch_size": base.mini_batch_size},
                   **(best.params if best else {})}

@@ -336,15 +336,20 @@ def _launch(plan: Plan, workers: int, new: list[dict], n_run: int) -> None:
         raise others[0]
 
 
-def run_stage_budget(plan: Plan, n_trials: int, workers: int, budget_images: int | None):
-    """Sampler stage with an optional budget in training images (for fair comparisons)."""
-    if not budget_images:
+def run_stage_budget(plan: Plan, n_trials: int, workers: int, budget_images: int | None,
+                     budget_seconds: float | None = None):
+    """Sampler stage with optional budgets (for fair comparisons): no new trials once the finished
+    ones used ``budget_images`` training images, or once ``budget_seconds`` of wall clock passed
+    since the stage started (a trial running then finishes)."""
+    if not budget_images and not budget_seconds:
         return run_stage(plan, n_trials, workers)
+    start = time.perf_counter()
     study, n = None, 0
     while n < n_trials:
         n = min(n_trials, n + workers)
         study = run_stage(plan, n, workers)
         used = sum(t.user_attrs.get("images", 0) for t in finished_trials(study))
-        if used >= budget_images:
+        if (budget_images and used >= budget_images) or \
+                (budget_seconds and time.perf_counter() - start >= budget_seconds):
             break
     return study

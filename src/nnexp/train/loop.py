@@ -48,14 +48,16 @@ class _Member:
         self.clock = 0.0  # training seconds since the previous evaluation
         self.active = True
 
-    def record(self, images_seen: int, n_train: int, evaluated: dict[str, tuple[float, float]]) -> Record:
+    def record(self, images_seen: int, n_train: int, evaluated: dict[str, tuple[float, float, int]]) -> Record:
         spec = self.spec
         rec = Record(epoch=images_seen / n_train, images_seen=images_seen, eta=self.eta, epoch_seconds=self.clock)
         if spec.monitor.every_images is None:
             rec.epoch = round(rec.epoch)  # whole epochs: a clean MLflow step
-        penalty = PENALTIES[spec.penalty].value(self.net.weights, spec.lmbda, n_train)
-        for split, (cost, acc) in evaluated.items():
+        for split, (cost, acc, n) in evaluated.items():
             if f"{split}_cost" in spec.monitor.metrics:
+                # the book's network2.total_cost adds (lambda / 2n) sum w^2 with n = the size of the
+                # set being scored (the training set for the training cost, 10,000 for the test cost)
+                penalty = PENALTIES[spec.penalty].value(self.net.weights, spec.lmbda, n)
                 setattr(rec, f"{split}_cost", cost + penalty)
             if f"{split}_accuracy" in spec.monitor.metrics:
                 setattr(rec, f"{split}_accuracy", acc)
@@ -178,7 +180,7 @@ class _Loop:
             wanted = any(f"{split}_{k}" in m.spec.monitor.metrics for k in ("cost", "accuracy"))
             if wanted and split in m.sets:
                 x, labels = m.sets[split]
-                out[split] = evaluate(m.net, self._columns(x), labels)
+                out[split] = (*evaluate(m.net, self._columns(x), labels), len(labels))
         return m.record(self.images_seen, self.n, out)
 
     def evaluate_members(self, which: Sequence[int]) -> None:
