@@ -14,7 +14,7 @@ def table_rows(text: str, first_layer: int) -> list[list[str]]:
 
 
 def test_quick_digits_run_prints_positive_engine_reference_and_ratio(capsys):
-    bench.main(["--quick", "--dataset", "digits", "--epochs", "1"])
+    bench.main(["--quick", "--dataset", "digits", "--epochs", "1", "--only", "sgd"])
     out = capsys.readouterr().out
     assert "digits training set" in out and "BLAS:" in out and "num_threads=1" in out and "kernel=" in out
     assert "reference/engine" in out and "extrapolated" in out
@@ -63,3 +63,25 @@ def test_reference_update_equals_engine_step(sizes):
     for b_ref, b in zip(ref.biases, net.biases):
         np.testing.assert_allclose(b_ref[:, 0], b, rtol=0, atol=1e-10)
     assert not np.allclose(ref.weights[0].T, init_network(sizes, np.random.default_rng(3)).weights[0])
+
+
+def test_the_study_section_compares_four_methods_at_equal_wall_clock(capsys, tmp_path, monkeypatch):
+    """--only study --quick on digits: the broad strategy, TPE (median, Hyperband) and random
+    search, each given the broad strategy's tuning seconds; a row per method with the final
+    choice's test accuracy over its seeds, a summary per method, the anytime plot."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'm.db'}")
+    bench.main(["--quick", "--dataset", "digits", "--only", "study", "--workers", "1"])
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line.split() for line in out.splitlines()
+            if line.split()[:1] and line.split()[0] in bench.STUDY_METHODS and line.split()[1:2] == ["0"]}
+    assert set(rows) == set(bench.STUDY_METHODS), out
+    budget = float(rows["broad_strategy"][2])
+    for method, row in rows.items():
+        tuning, trials, best = float(row[2]), int(row[3]), float(row[4])
+        mean, std = float(row[-3]), float(row[-1])
+        assert trials > 0 and 0 < best <= 1 and 0.5 < mean <= 1 and std >= 0, row
+        if method != "broad_strategy":  # no new trial after the budget: at most one trial's time beyond it
+            assert tuning >= 0.9 * budget - 1, (method, tuning, budget)
+    assert sum("best validation found at 25% / 50% / 100% of the budget" in line for line in out.splitlines()) == 4
+    assert (tmp_path / "bench_study_anytime.png").stat().st_size > 10_000

@@ -146,7 +146,15 @@ def test_learning_slowdown_runs_show_the_slowdown(store):
     cost = {(r.data.params["cost"], r.data.params["w"]): [m.value for m in sorted(
         client.get_metric_history(r.info.run_id, "training_cost"), key=lambda m: m.step)] for r in runs}
     quad, ce = cost[("quadratic", "2.0")], cost[("cross_entropy", "2.0")]
-    assert quad[150] > 0.8 * quad[0] and ce[150] < 0.5 * ce[0]
+
+    def fall(c, a, b):  # the share of the cost lost between epochs a and b
+        return (c[a] - c[b]) / c[a]
+
+    # the book's rates (quadratic 0.15, cross-entropy 0.005): the badly wrong neuron with the
+    # quadratic cost barely moves at first and then learns (the slowdown); with the
+    # cross-entropy it learns from the start, at a thirtieth of the learning rate
+    assert fall(ce, 0, 50) > 5 * fall(quad, 0, 50)
+    assert fall(quad, 150, 200) > 10 * fall(quad, 0, 50)
 
 
 def test_the_page_renders_in_headless_chromium(store):

@@ -254,7 +254,7 @@ def test_valid_overrides_pass_the_check_and_compose_to_what_they_say():
     c = runner.compose(["+experiment=multiple_eta", "dataset.train_size=100", "regularization=dropout",
                         "schedule=halve_on_plateau"]).config
     assert (c.dataset.train_size, c.regularization.dropout, c.regularization.penalty) == (100, 0.5, "none")
-    assert (c.schedule.name, c.init.name, c.lmbda) == ("halve_on_plateau", "large", 5.0)
+    assert (c.schedule.name, c.init.name, c.lmbda) == ("halve_on_plateau", "scaled", 5.0)
 
 
 def test_figure_sweeps_reference_real_presets_and_valid_overrides():
@@ -351,7 +351,7 @@ def test_a_preset_sweep_gives_three_children_tagged_with_the_preset(store, launc
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert sorted(float(r.data.params["eta"]) for r in children) == [0.025, 0.25, 2.5]
     assert {r.data.tags["nnexp.experiment"] for r in runs} == {"multiple_eta"}  # parent and children
-    assert {r.data.params["init"] for r in children} == {"large"}
+    assert {r.data.params["init"] for r in children} == {"scaled"}  # network2's default, as fig/multiple_eta.py
     assert all(r.info.status == "FINISHED" for r in runs)
 
 

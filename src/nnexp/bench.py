@@ -471,19 +471,21 @@ def study_section(bench: Bench) -> Table:
     if bench.data_dir:
         extra.append(f"dataset.data_dir={bench.data_dir}")
     seeds = (0,) if bench.quick else (0, 1, 2)
-    if bench.quick:  # a smoke test: one study seed, short stages
-        extra += ["study.eta.epochs=2", "study.lmbda.epochs=6", "study.eta.refine_epochs=6", "study.epochs=6",
-                  "study.mini_batch.epochs=1", "study.final.epochs=6", "study.patience=3",
-                  "study.mini_batch.sizes=[10,50]"]
+    quick = {"broad_strategy": ["study.eta.epochs=2", "study.lmbda.epochs=6", "study.eta.refine_epochs=6",
+                                "study.mini_batch.epochs=1", "study.mini_batch.sizes=[10,50]"],
+             "sampler": ["study.epochs=6"]} if bench.quick else {}  # a smoke test: short stages
+    if bench.quick:
+        extra += ["study.final.epochs=6", "study.patience=3"]
     rows, results = [], {m: [] for m in STUDY_METHODS}
     with _tempfile.TemporaryDirectory() as tmp:
         for seed in seeds:
-            broad = _study_run("broad_strategy", seed, Path(tmp), bench.workers, extra)
+            broad = _study_run("broad_strategy", seed, Path(tmp), bench.workers, extra + quick.get("broad_strategy", []))
             results["broad_strategy"].append(broad)
             budget = broad["tuning_s"]
             for method in list(STUDY_METHODS)[1:]:
                 results[method].append(_study_run(method, seed, Path(tmp), bench.workers,
-                                                  extra + [f"study.budget_seconds={budget:.1f}", "study.n_trials=1000"]))
+                                                  extra + quick.get("sampler", []) +
+                                                  [f"study.budget_seconds={budget:.1f}", "study.n_trials=1000"]))
             for method in STUDY_METHODS:
                 r = results[method][-1]
                 eta, lmbda, mb = r["params"]

@@ -7,7 +7,7 @@ from nnexp.report.launch import launch
 from nnexp.report.page import Section, build_figure, write_page
 from nnexp.report.plan import Job, compose_run, load_figures, plan_jobs
 from nnexp.report.runs import curves_frame, find_runs
-from nnexp.report.stats import band, mean_std, paired_difference, per_seed
+from nnexp.report.stats import band, paired_difference, per_seed
 
 __all__ = ["Job", "Section", "band", "build_figure", "compose_run", "curves_frame", "find_runs", "launch",
-           "load_figures", "main", "mean_std", "paired_difference", "per_seed", "plan_jobs", "run", "write_page"]
+           "load_figures", "main", "paired_difference", "per_seed", "plan_jobs", "run", "write_page"]
