@@ -408,3 +408,17 @@ def test_a_sampler_study_ends_with_its_final_stage_on_the_best_trial(workdir, ki
     assert run.state == TrialState.COMPLETE and final["validation_accuracy"] == run.value
     assert 0 < final["test_accuracy"] <= 1
     assert (workdir / "studies" / kind / "decisions.md").is_file()
+
+
+def test_a_choice_at_the_edge_of_the_values_tried_walks_on(workdir):
+    """lambda started far too high (1000): a smaller value wins at the edge, so the walk tries
+    one more decade beyond it, and the decision log says so."""
+    storage = f"sqlite:///{workdir / 'optuna.db'}"
+    out = nnexp("nnexp.study", *FAST, "study.stop_after=lmbda_walk", "study.lmbda.start=1000", "tracking=off")
+    assert out.returncode == 0, out.stderr
+    walk = stage(storage, "broad_strategy/lmbda_walk").user_attrs["decision"]
+    decided = stage(storage, walk["studies"][-1][1]).trials
+    tried = sorted(t.params["lmbda"] for t in decided)
+    assert any("was at the edge of the values tried" in n for n in walk["notes"]), walk["notes"]
+    assert len(tried) > 3 and tried[0] < 100  # walked below the first three decades (100, 1000, 10000)
+    assert walk["lmbda"] < 1000  # the start was beaten by an interval above zero, then walked on

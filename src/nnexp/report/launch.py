@@ -72,7 +72,7 @@ def _baseline_run(job: Job, uri: str, experiment: str) -> str:
     from nnexp.baselines import BASELINES, accuracy
     from nnexp.runner import load_splits
 
-    c, _ = compose_run([f"dataset={job.spec['dataset']}", f"dtype={job.spec['dtype']}"])
+    c, _ = compose_run([f"dataset={job.spec['dataset']}", f"dtype={job.spec['dtype']}", *job.overrides])
     splits, train, val, test = load_splits(c)
     if job.spec["train_size"]:
         train = data.first_n(train, int(job.spec["train_size"]))

@@ -60,6 +60,7 @@ def plan_jobs(figures: dict, names: Sequence[str], seeds: int, extra: Sequence[s
     jobs: list[Job] = []
     base, _ = compose_run(list(extra))
     data_id = {"dataset": base.dataset.name, "dtype": base.dtype}
+    where = [o for o in extra if o.startswith("dataset.data_dir=")]  # where a baseline reads its data
     for name in names:
         fig = figures[name]
         kind = fig["kind"]
@@ -78,7 +79,7 @@ def plan_jobs(figures: dict, names: Sequence[str], seeds: int, extra: Sequence[s
                     size = min(limit, base.train_size) if method.startswith("svm") else None
                     spec = {"method": method, "train_size": size, **data_id, **SCORED}
                     jobs.append(Job(name, method, seed, "baseline", identity_hash({"baseline": spec, "seed": seed}),
-                                    spec=spec, experiment="baseline"))
+                                    overrides=where, spec=spec, experiment="baseline"))
             continue
         variants = [(arm, []) for arm in fig["arms"]]
         if kind == "more_data":
@@ -88,7 +89,7 @@ def plan_jobs(figures: dict, names: Sequence[str], seeds: int, extra: Sequence[s
                 for method in fig.get("baselines", []) if n <= limit else []:
                     spec = {"method": method, "train_size": n, **data_id, **SCORED}
                     jobs.append(Job(name, f"{method}@{n}", 0, "baseline",
-                                    identity_hash({"baseline": spec, "seed": 0}), spec=spec,
+                                    identity_hash({"baseline": spec, "seed": 0}), overrides=where, spec=spec,
                                     experiment="more_data_svm"))
         for arm, more in variants:
             for seed in range(seeds):

@@ -87,7 +87,7 @@ def decision_log(ctx: Context, out_dir: Path, command: str) -> Path:
              f"- command: `{command}`", ""]
     lines += [f"**How a grid stage decides.** Each value trains {s.replicates} seed(s) as one population; values are "
               f"compared by their mean over the same seeds, and {RULE}. A stage whose values tie (all at 100%, or "
-              "best and worst within noise) escalates to the next larger problem.", ""]
+              "none shown worse than the best) escalates to the next larger problem.", ""]
     for stage in STAGES[s.kind]:
         decision = ctx.decisions.get(stage)
         studies = ctx.stage_studies.get(stage)

@@ -160,7 +160,7 @@ def weigh(scores: dict[float, list[float]], default: float) -> dict:
     """Compare a grid stage's values over the same seeds and decide (``RULE``).
 
     ``tie``: the stage has no signal on this problem, i.e. every score is at the ceiling (100%),
-    or the best value's paired interval against the worst includes zero.
+    or no value is shown worse than the best (each one's paired interval against it includes zero).
     """
     means = {v: mean_std(x)[0] for v, x in scores.items()}
     ranked = sorted(means, key=lambda v: (-means[v], v != default))
@@ -173,10 +173,11 @@ def weigh(scores: dict[float, list[float]], default: float) -> dict:
         out["vs_runner_up"] = paired_interval(scores[ranked[1]], scores[best])
     ceiling = all(x >= 1.0 for xs in scores.values() for x in xs)
     spread = paired_interval(scores[worst], scores[best]) if len(ranked) > 1 else None
-    out["tie"] = bool(ceiling or spread is None or includes_zero(spread))
+    shown_worse = [v for v in ranked[1:] if not includes_zero(paired_interval(scores[v], scores[best]))]
+    out["tie"] = bool(ceiling or not shown_worse)
     out["tie_reason"] = ("every trial scored 100%: saturated" if ceiling else
-                         f"the best and the worst value differ by {_pp(spread)}, an interval that includes zero"
-                         if out["tie"] and spread else "")
+                         f"no value is shown worse than the best: every paired interval includes zero (best vs "
+                         f"worst {_pp(spread)})" if out["tie"] and spread else "")
     chosen, why = best, f"{_fmt(best)} has the best mean"
     if default in scores and best != default:
         vs = out["vs_default"] = paired_interval(scores[default], scores[best])
