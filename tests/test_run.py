@@ -74,9 +74,12 @@ def test_single_run_on_digits_is_fully_tracked(store):
     assert "mlflow.source.git.commit" in run.data.tags or not (REPO / ".git").exists()
 
 
-def test_multirun_gives_a_parent_and_nested_children_and_divergence_is_contained(store):
-    out = nnexp_run("-m", "dataset=digits", "epochs=2", "eta=0.1,0.5,1000")
-    assert out.returncode == 0, out.stderr
+def test_multirun_gives_a_parent_and_nested_children_and_a_bad_or_diverging_job_is_contained(store):
+    """On the default (population) launcher: a diverging job is recorded, a bad job is one line,
+    and the others run."""
+    out = nnexp_run("-m", "dataset=digits", "epochs=2", "eta=0.1,0.5,1000,-1")
+    assert out.returncode == 0 and "Traceback" not in out.stderr + out.stdout, out.stderr
+    assert "eta must be a positive number, got -1.0" in out.stdout
     client, runs = all_runs(store)
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]

@@ -479,15 +479,15 @@ def study_section(bench: Bench) -> Table:
     rows, results = [], {m: [] for m in STUDY_METHODS}
     with _tempfile.TemporaryDirectory() as tmp:
         for seed in seeds:
-            broad = _study_run("broad_strategy", seed, Path(tmp), bench.workers, extra + quick.get("broad_strategy", []))
-            results["broad_strategy"].append(broad)
-            budget = broad["tuning_s"]
-            for method in list(STUDY_METHODS)[1:]:
-                results[method].append(_study_run(method, seed, Path(tmp), bench.workers,
-                                                  extra + quick.get("sampler", []) +
-                                                  [f"study.budget_seconds={budget:.1f}", "study.n_trials=1000"]))
+            budget = None  # the broad strategy's tuning time for this seed: the samplers' budget
             for method in STUDY_METHODS:
-                r = results[method][-1]
+                print(f"  {method}, study seed {seed}: running"
+                      + (f" (budget {budget:.0f} s)" if budget is not None else "") + " ...", flush=True)
+                own = quick.get("broad_strategy" if budget is None else "sampler", [])
+                limit = [] if budget is None else [f"study.budget_seconds={budget:.1f}", "study.n_trials=1000"]
+                r = _study_run(method, seed, Path(tmp), bench.workers, extra + own + limit)
+                results[method].append(r)
+                budget = r["tuning_s"] if budget is None else budget
                 eta, lmbda, mb = r["params"]
                 rows.append((method, str(seed), f"{r['tuning_s']:.0f}", str(r["trials"]), _num(r["best"], ".4f"),
                              f"{eta:.3g}/{lmbda:.3g}/{mb}", f"{r['val']:.4f}",
