@@ -214,11 +214,20 @@ def test_tracking_off_creates_no_store(tmp_path, monkeypatch):
     (["dataset=digits", "eta=-1"], "eta must be a positive number"),
     (["dataset=digits", "mini_batch_size=5000"], "larger than the training set"),
 ])
-def test_bad_input_is_one_line(store, args, fragment):
-    out = nnexp_run(*args)
-    assert out.returncode == 2
-    lines = out.stderr.strip().splitlines()
+def test_bad_input_is_one_line(store, args, fragment, capsys):
+    from nnexp.run import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and fragment in lines[0] and lines[0].startswith("nnexp.run: error:")
+
+
+def test_bad_input_from_the_command_line_is_one_line_and_exit_code_2(store):
+    out = nnexp_run("dataset=digits", "eta=-1")
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.strip() == "nnexp.run: error: eta must be a positive number, got -1.0", out.stderr
 
 
 @pytest.mark.parametrize("preset", PRESETS)
