@@ -501,10 +501,10 @@ def study_section(bench: Bench) -> Table:
               for f in (0.25, 0.5, 1.0)}
         cells = [f"{statistics.mean([v for v in vs if v is not None]):.4f}" if any(v is not None for v in vs) else "-"
                  for vs in at.values()]
-        sd = statistics.stdev(tests) if len(tests) > 1 else 0.0
+        final = (f"final test accuracy over study seeds {statistics.mean(tests):.4f} ± {statistics.stdev(tests):.4f}"
+                 if len(tests) > 1 else f"final test accuracy (one study seed) {tests[0]:.4f}" if tests else "no final")
         summary.append(f"  {method:15s} best validation found at 25% / 50% / 100% of the budget: "
-                       f"{' / '.join(cells)}; final test accuracy over study seeds "
-                       f"{statistics.mean(tests):.4f} ± {sd:.4f}" if tests else f"  {method}: no final")
+                       f"{' / '.join(cells)}; {final}")
     png = Path("bench_study_anytime.png").resolve()
     figures.anytime_figure({m: [r["curve"] for r in rs] for m, rs in results.items()}, png,
                            title=f"Studies on {bench.dataset}: best validation accuracy found so far "

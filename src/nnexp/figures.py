@@ -12,6 +12,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+def _wrap(title: str, width: int = 72) -> str:
+    """A long title on as many lines as it needs, so that none is cut at the figure's edge."""
+    import textwrap
+
+    return "\n".join(part for line in title.splitlines() for part in textwrap.wrap(line, width))
+
+
 def _save(fig, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -33,7 +40,7 @@ def _curves_by_key(curves: dict[Any, list], path: Path, *, x: int, y: int, label
         ax.set_yscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_title(title)
+    ax.set_title(_wrap(title))
     ax.legend(fontsize=8)
     return _save(fig, path)
 
@@ -62,7 +69,7 @@ def accuracy_vs_param(points: dict[float, list[float]], path: Path, *, xlabel: s
     ax.set_xscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel("best validation accuracy")
-    ax.set_title(title)
+    ax.set_title(_wrap(title))
     if any(len(v) > 1 for v in points.values()):
         ax.legend()
     return _save(fig, path)
@@ -81,7 +88,7 @@ def anytime_figure(curves: dict[str, list[list]], path: Path, *, title: str) -> 
                         label=method if j == 0 else None)
     ax.set_xlabel("wall-clock seconds since the study started")
     ax.set_ylabel("best validation accuracy so far")
-    ax.set_title(title, fontsize=10)
+    ax.set_title(_wrap(title), fontsize=10)
     ax.legend()
     return _save(fig, path)
 
@@ -155,7 +162,7 @@ def curves_figure(bands: pd.DataFrame, panels: Sequence[str], path: Path, *, tit
             ax.legend(fontsize=8)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    fig.suptitle(title + _band_note(bands), fontsize=10)
+    fig.suptitle(_wrap(title + _band_note(bands)), fontsize=10)
     _save(fig, path)
     return drawn
 
@@ -181,7 +188,7 @@ def more_data_figure(points: pd.DataFrame, path: Path, *, title: str, ylabel: st
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend()
-    ax.set_title(title + _band_note(points), fontsize=10)
+    ax.set_title(_wrap(title + _band_note(points)), fontsize=10)
     _save(fig, path)
     return drawn
 
@@ -195,6 +202,6 @@ def bars_figure(values: pd.DataFrame, path: Path, *, title: str) -> Drawn:
         ax.text(i, v + 0.01, f"{v:.2%}", ha="center", fontsize=9)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("test accuracy")
-    ax.set_title(title, fontsize=10)
+    ax.set_title(_wrap(title), fontsize=10)
     _save(fig, path)
     return Drawn(Path(path), {"bars": len(values)})

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import html
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -38,6 +39,19 @@ def _fmt(x: float | None) -> str:
     return f"{x:.2%}" if abs(x) <= 1.5 else f"{x:.4g}"
 
 
+def _over_seeds(vals: Sequence[float]) -> str:
+    """nnexp's number for a table row: mean ± std over the seeds, the value alone for one seed."""
+    if not vals:
+        return "not run"
+    m, sd = mean_std(vals)
+    return _fmt(m) if len(vals) == 1 else f"{_fmt(m)} ± {_fmt(sd)}"
+
+
+def _natural(text: str) -> list:
+    """Sort key that orders numbers inside text by value (network@100 < network@1000 < ...)."""
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", text)]
+
+
 def build_figure(name: str, fig: dict, jobs: Sequence[Job], found: dict, uri: str, out: Path) -> Section:
     from nnexp import figures
 
@@ -53,13 +67,13 @@ def build_figure(name: str, fig: dict, jobs: Sequence[Job], found: dict, uri: st
         for spec in fig.get("numbers", []):
             s = per_seed(frame, spec["metric"], spec["agg"])
             vals = s[s.arm == spec["arm"]]["value"].tolist()
-            m, sd = mean_std(vals)
-            table.append((f"{spec['arm']}: {spec['what']}", _fmt(spec.get("book")), f"{_fmt(m)} ± {_fmt(sd)}", str(len(vals))))
+            table.append((f"{spec['arm']}: {spec['what']}", _fmt(spec.get("book")), _over_seeds(vals), str(len(vals))))
         for spec in fig.get("compare", []):
             d = paired_difference(per_seed(frame, spec["metric"], spec["agg"]), spec["a"], spec["b"])
-            ci = f", 95% CI [{d['lo']:+.4f}, {d['hi']:+.4f}]" if d["n"] > 1 else " (one seed: no interval)"
-            comparisons.append(f"{spec['b']} minus {spec['a']}, {spec['agg']} {spec['metric']}: "
-                               f"{d['mean']:+.4f} ± {d['std']:.4f} over {d['n']} paired seeds{ci}")
+            spread = (f" ± {d['std']:.4f} over {d['n']} paired seeds, 95% CI [{d['lo']:+.4f}, {d['hi']:+.4f}]"
+                      if d["n"] > 1 else " on one seed (no interval)")
+            comparisons.append(f"paired: {spec['b']} minus {spec['a']}, {spec['agg']} {spec['metric']}: "
+                               f"{d['mean']:+.4f}{spread}")
     elif kind == "more_data":
         metric = fig.get("metric", "validation_accuracy")
         frame = pd.DataFrame([(LABELS.get(arm.split("@")[0], arm.split("@")[0]), int(arm.split("@")[1]), seed,
@@ -72,8 +86,7 @@ def build_figure(name: str, fig: dict, jobs: Sequence[Job], found: dict, uri: st
             if spec["size"] not in set(frame["size"]):  # a size this report did not run (--sizes)
                 continue
             vals = frame[(frame.arm == arm) & (frame["size"] == spec["size"])]["value"].tolist()
-            got = f"{_fmt(mean_std(vals)[0])} ± {_fmt(mean_std(vals)[1])}" if vals else "not run"
-            table.append((spec["what"], _fmt(spec.get("book")), got, str(len(vals))))
+            table.append((spec["what"], _fmt(spec.get("book")), _over_seeds(vals), str(len(vals))))
         comparisons += _smallest_size_finding(pts)
     else:  # baselines
         frame = pd.DataFrame([(arm, seed, final_value(r, "test_accuracy")) for (arm, seed), r in runs.items()],
@@ -84,10 +97,10 @@ def build_figure(name: str, fig: dict, jobs: Sequence[Job], found: dict, uri: st
         for spec in fig.get("numbers", []):
             v = frame[frame.arm == spec["arm"]]["value"].tolist()
             on = f" (on {sizes[spec['arm']]:,} images)" if sizes.get(spec["arm"]) else ""
-            table.append((spec["what"], _fmt(spec.get("book")), f"{_fmt(mean_std(v)[0])} ± {_fmt(mean_std(v)[1])}{on}",
-                          str(len(v))))
-    commands = sorted({j.command for j in jobs if j.kind == "run"}) or [f"python -m nnexp.report {name}"]
-    run_list = [(arm, seed, r.info.run_id, r.info.experiment_id) for (arm, seed), r in sorted(runs.items())]
+            table.append((spec["what"], _fmt(spec.get("book")), _over_seeds(v) + on, str(len(v))))
+    commands = sorted({j.command for j in jobs if j.kind == "run"}, key=_natural) or [f"python -m nnexp.report {name}"]
+    run_list = [(arm, seed, r.info.run_id, r.info.experiment_id)
+                for (arm, seed), r in sorted(runs.items(), key=lambda kv: (_natural(kv[0][0]), kv[0][1]))]
     return Section(name, fig["title"], fig.get("book", ""), png.name, table, comparisons, commands, run_list,
                    drawn.curves)
 
@@ -129,8 +142,8 @@ def write_page(sections: Sequence[Section], out: Path, *, seeds: int, extra: Seq
             h += [f"<tr><td>{html.escape(a)}</td><td>{b}</td><td>{c}</td><td>{n}</td></tr>" for a, b, c, n in s.table]
             h.append("</table>")
         for c in s.comparisons:
-            md.append(f"- paired: {c}")
-            h.append(f"<p>Paired: {html.escape(c)}</p>")
+            md.append(f"- {c}")
+            h.append(f"<p>{html.escape(c)}</p>")
         md += ["", "Runs: " + ", ".join(f"[{a} s{seed}]({MLFLOW_UI}/#/experiments/{e}/runs/{r})"
                                          for a, seed, r, e in s.runs), ""]
         md += ["Commands:", *[f"    {c}" for c in s.commands], ""]
