@@ -46,7 +46,7 @@ def children(parent_name="study"):
         [r for r in runs if r.data.tags.get("nnexp.stage") == "study"]
 
 
-GRID_STAGES = ("lmbda_walk", "lmbda_refine", "eta_refine", "mini_batch")
+GRID_STAGES = ("lmbda_walk", "lmbda_refine", "mini_batch", "eta_refine")
 ALL_STAGES = ("eta_threshold", *GRID_STAGES, "final")
 
 
@@ -422,3 +422,19 @@ def test_a_choice_at_the_edge_of_the_values_tried_walks_on(workdir):
     assert any("was at the edge of the values tried" in n for n in walk["notes"]), walk["notes"]
     assert len(tried) > 3 and tried[0] < 100  # walked below the first three decades (100, 1000, 10000)
     assert walk["lmbda"] < 1000  # the start was beaten by an interval above zero, then walked on
+
+
+def test_eta_is_readjusted_at_the_chosen_mini_batch_size_before_the_final_run(workdir):
+    """Mini-batch 50 alone: eta scaled x5 from the stripped problem's is far too large for it on
+    digits. The book: with the mini-batch size chosen, optimize the other hyper-parameters;
+    eta_refine runs at that size from the scaled eta, walks down, and the final run learns."""
+    storage = f"sqlite:///{workdir / 'optuna.db'}"
+    out = nnexp("nnexp.study", *FAST, "study.mini_batch.sizes=[50]", "tracking=off")
+    assert out.returncode == 0, out.stderr
+    d = {s: stage(storage, f"broad_strategy/{s}").user_attrs["decision"] for s in ("mini_batch", "eta_refine", "final")}
+    assert d["mini_batch"]["mini_batch_size"] == 50
+    refine = stage(storage, "broad_strategy/eta_refine").trials
+    assert min(t.params["eta"] for t in refine) < d["mini_batch"]["eta"] / 2  # walked on, below the first three
+    assert d["eta_refine"]["mini_batch_size"] == 50 and d["eta_refine"]["eta"] < d["mini_batch"]["eta"]
+    assert (d["final"]["eta"], d["final"]["mini_batch_size"]) == (d["eta_refine"]["eta"], 50)
+    assert d["final"]["test_accuracy"] > 0.8, d["final"]["summary"]

@@ -72,3 +72,15 @@ class Interrupts:
             with self.deferred():
                 return observer(record, net)
         return guarded
+
+
+@contextmanager
+def interruptions_deferred():
+    """Hold Ctrl-C and SIGTERM back over a store write, under whichever ``Interrupts`` handles
+    them in this process (the one installed last); without one, nothing to hold back."""
+    active = getattr(signal.getsignal(signal.SIGTERM), "__self__", None)
+    if not isinstance(active, Interrupts):
+        yield
+        return
+    with active.deferred():
+        yield

@@ -13,7 +13,7 @@ from nnexp.config import suggest
 from nnexp.errors import ConfigError
 
 #: the stages of each kind of study, in order
-STAGES = {"broad_strategy": ["eta_threshold", "lmbda_walk", "lmbda_refine", "eta_refine", "mini_batch", "final"],
+STAGES = {"broad_strategy": ["eta_threshold", "lmbda_walk", "lmbda_refine", "mini_batch", "eta_refine", "final"],
           "sampler": ["search", "final"]}
 PRUNERS = ("median", "hyperband", "none")
 SAMPLERS = ("tpe", "random")
@@ -42,7 +42,7 @@ class EtaStage:
     decades: list[float] = field(default_factory=lambda: [0.001, 0.01, 0.1, 1.0, 10.0, 100.0])
     refine: list[float] = field(default_factory=lambda: [2.0, 5.0])  # inside the threshold's decade
     epochs: int = 3  # "the first few epochs"
-    refine_step: float = 2.0  # eta_refine on the full network: eta / step, eta, eta x step, walked on
+    refine_step: float = 2.0  # eta_refine (configured network, chosen mini-batch): eta / step, eta, eta x step
     refine_max_steps: int = 2  # ... beyond the edge at most this often
     refine_epochs: int = 30
 

@@ -32,9 +32,10 @@ QUESTIONS = {
     "lmbda_walk": "Which decade of the regularization parameter lambda gives the best validation accuracy, "
                   "starting from lambda = 1 and moving by factors of 10?",
     "lmbda_refine": "Does lambda / step or lambda x step do better than the decade's value?",
-    "eta_refine": "Building back up to the configured network: does another learning rate (factors of "
-                  "refine_step around threshold / 2) do better there?",
-    "mini_batch": "Which mini-batch size raises validation accuracy fastest in wall-clock time?",
+    "mini_batch": "Which mini-batch size raises validation accuracy fastest in wall-clock time (eta scaled "
+                  "with the size)?",
+    "eta_refine": "With the chosen mini-batch size, on the configured network: does another learning rate "
+                  "(factors of refine_step around the mini-batch stage's eta) do better there?",
     "final": "What validation and test accuracy does the chosen configuration reach? (Its seeds, measured once.)",
     "search": "Which eta, lambda and mini-batch size does the sampler find best?",
 }
@@ -264,9 +265,11 @@ def stage_eta_threshold(ctx: Context) -> dict:
 
 def walk(ctx: Context, stage: str, plan: Plan, name: str, default: float, step: float, max_steps: int,
          fixed: dict | None = None) -> tuple[Any, dict, list[dict]]:
-    """A grid walk: default / step, default, default x step; while the chosen value lies at an
-    edge of the values tried, one more step beyond it (at most ``max_steps``). Returns the study,
-    the last weighing and the notes."""
+    """A grid walk: default / step, default, default x step; while the best mean lies at an edge
+    of the values tried, one more step beyond it (at most ``max_steps``), even when the interval
+    does not yet let it replace the default: the tuning playbook's rule that a best value at the
+    edge of the search space means the space was too narrow. Stops when the values tie (no
+    signal). Returns the study, the last weighing and the notes."""
     fixed = fixed or {}
     values = [{name: default / step, **fixed}, {name: default, **fixed}, {name: default * step, **fixed}]
     study = run_stage(plan, len(values), ctx.workers, values)
@@ -274,19 +277,20 @@ def walk(ctx: Context, stage: str, plan: Plan, name: str, default: float, step: 
     w, notes, steps = weigh(scores(), default), [], 0
     while not w["tie"]:
         tried = sorted(float(v[name]) for v in values)
-        chosen = w["chosen"]
-        if chosen not in (tried[0], tried[-1]):
+        best = w["best"]
+        if best not in (tried[0], tried[-1]):
             break
         if steps >= max_steps:
-            notes.append(f"{name} {_fmt(chosen)} is at the edge of the values tried after {steps} step(s) "
-                         f"beyond the first three: widen the search (study settings for {stage})")
+            notes.append(f"{name} {_fmt(best)} (the best mean) is at the edge of the values tried after {steps} "
+                         f"step(s) beyond the first three: widen the search (study settings for {stage})")
             break
-        nxt = chosen * step if chosen == tried[-1] else chosen / step
-        notes.append(f"{name} {_fmt(chosen)} was at the edge of the values tried: {name} {_fmt(nxt)} tried too")
+        nxt = best * step if best == tried[-1] else best / step
+        notes.append(f"{name} {_fmt(best)} (the best mean) was at the edge of the values tried: "
+                     f"{name} {_fmt(nxt)} tried too")
         values.append({name: nxt, **fixed})
         plan.population = 1
         study = run_stage(plan, len(values), ctx.workers, values)
-        w, steps = weigh(scores(), chosen), steps + 1  # the incumbent is now the default
+        w, steps = weigh(scores(), w["chosen"]), steps + 1  # the incumbent is now the default
     return study, w, notes
 
 
@@ -341,19 +345,22 @@ def stage_lmbda_refine(ctx: Context, eta: float) -> dict:
         "summary": f"lambda {_fmt(w['chosen'])} on {rung.name}: {w['why']}"})
 
 
-def stage_eta_refine(ctx: Context, eta: float, lmbda: float) -> dict:
-    """Building back up (the book): re-adjust eta on the configured network, lambda fixed."""
+def stage_eta_refine(ctx: Context, eta: float, lmbda: float, mini_batch: int) -> dict:
+    """Building back up (the book): re-adjust eta on the configured network at the chosen
+    mini-batch size, lambda fixed. "With the mini-batch size chosen, you can then proceed to
+    optimize the other hyper-parameters": the linear scaling of eta with the size is a starting
+    point, and a scaled eta that is too large for the longer runs is walked down here."""
     s = ctx.settings.eta
     base = full_base(ctx, int(s.refine_epochs), schedule="constant", early_stopping=True)
-    base.lmbda = lmbda
+    base.lmbda, base.mini_batch_size = lmbda, mini_batch
     plan = _grid_plan(ctx, "eta_refine", base, "eta", 3)
     study, w, notes = walk(ctx, "eta_refine", plan, "eta", eta, float(s.refine_step), int(s.refine_max_steps))
     if w["tie"]:
         notes.append(f"no eta differed on the configured network ({w['tie_reason']}): eta stays {_fmt(eta)}")
     return record_decision(ctx, "eta_refine", [("full", study)], {
-        "eta": w["chosen"], "lmbda": lmbda, "problem": "full", "tie": w["tie"], "notes": notes,
+        "eta": w["chosen"], "lmbda": lmbda, "mini_batch_size": mini_batch, "problem": "full", "tie": w["tie"], "notes": notes,
         "diverged_share": diverged_share(finished_trials(study)), **_evidence(w, "best validation accuracy"),
-        "summary": f"eta {_fmt(w['chosen'])} on the configured network: {w['why']}"})
+        "summary": f"eta {_fmt(w['chosen'])} on the configured network at mini-batch {mini_batch}: {w['why']}"})
 
 
 def acc_at(curve: list, horizon: float) -> float:
@@ -432,10 +439,11 @@ def broad_strategy(ctx: Context, stop_after: str | None) -> None:
         ("eta_threshold", lambda: stage_eta_threshold(ctx)),
         ("lmbda_walk", lambda: stage_lmbda(ctx, d["eta_threshold"]["eta"])),
         ("lmbda_refine", lambda: stage_lmbda_refine(ctx, d["eta_threshold"]["eta"])),
-        ("eta_refine", lambda: stage_eta_refine(ctx, d["eta_threshold"]["eta"], d["lmbda_refine"]["lmbda"])),
-        ("mini_batch", lambda: stage_mini_batch(ctx, d["eta_refine"]["eta"], d["lmbda_refine"]["lmbda"])),
-        ("final", lambda: stage_final(ctx, d["mini_batch"]["eta"], d["lmbda_refine"]["lmbda"],
-                                      d["mini_batch"]["mini_batch_size"], "halve_on_plateau")),
+        ("mini_batch", lambda: stage_mini_batch(ctx, d["eta_threshold"]["eta"], d["lmbda_refine"]["lmbda"])),
+        ("eta_refine", lambda: stage_eta_refine(ctx, d["mini_batch"]["eta"], d["lmbda_refine"]["lmbda"],
+                                                int(d["mini_batch"]["mini_batch_size"]))),
+        ("final", lambda: stage_final(ctx, d["eta_refine"]["eta"], d["lmbda_refine"]["lmbda"],
+                                      int(d["mini_batch"]["mini_batch_size"]), "halve_on_plateau")),
     ]
     _run_stages(ctx, stages, stop_after)
 

@@ -204,11 +204,14 @@ def optimize(study, plan: Plan, storage, n_trials: int) -> None:
 
     left = n_trials
     while left > 0:
-        batch = [ask_trial(study, plan.storage) for _ in range(min(plan.population, left))]
-        left -= len(batch)
-        with Heartbeat(storage, [t._trial_id for t in batch], plan.heartbeat):
-            groups: dict[tuple, list] = {}
-            try:
+        batch: list = []
+        try:
+            for _ in range(min(plan.population, left)):
+                with runner.interruptions_deferred():  # an asked trial is always in the batch
+                    batch.append(ask_trial(study, plan.storage))
+            left -= len(batch)
+            with Heartbeat(storage, [t._trial_id for t in batch], plan.heartbeat):
+                groups: dict[tuple, list] = {}
                 for trial in batch:
                     for job in _trial_jobs(trial, plan):
                         groups.setdefault(runner.group_key(job.config), []).append((trial, job))
@@ -217,12 +220,14 @@ def optimize(study, plan: Plan, storage, n_trials: int) -> None:
                     numbers = list(dict.fromkeys(t.number for t, _ in members))
                     for number, outcome in zip(numbers, _population_outcomes(plan, members)):
                         outcomes[number] = outcome
-            except BaseException:  # nothing was told yet: the whole batch ends FAIL
+        except BaseException:  # nothing was told yet: the whole batch ends FAIL
+            with runner.interruptions_deferred():
                 for trial in batch:
                     study.tell(trial, state=TrialState.FAIL)
-                raise
-        for trial in batch:
-            _tell(study, trial, outcomes[trial.number])
+            raise
+        with runner.interruptions_deferred():  # every outcome is told, then an interruption ends the stage
+            for trial in batch:
+                _tell(study, trial, outcomes[trial.number])
 
 
 def _progress_line(study, trial) -> None:
