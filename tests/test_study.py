@@ -431,8 +431,11 @@ def test_eta_is_readjusted_at_the_chosen_mini_batch_size_before_the_final_run(wo
     storage = f"sqlite:///{workdir / 'optuna.db'}"
     out = nnexp("nnexp.study", *FAST, "study.mini_batch.sizes=[50]", "tracking=off")
     assert out.returncode == 0, out.stderr
-    d = {s: stage(storage, f"broad_strategy/{s}").user_attrs["decision"] for s in ("mini_batch", "eta_refine", "final")}
+    d = {s: stage(storage, f"broad_strategy/{s}").user_attrs["decision"]
+         for s in ("eta_threshold", "mini_batch", "eta_refine", "final")}
     assert d["mini_batch"]["mini_batch_size"] == 50
+    assert d["mini_batch"]["eta"] == pytest.approx(5 * d["eta_threshold"]["eta"])  # scaled from base 10
+    assert any("only mini-batch 50 was tried" in n for n in d["mini_batch"]["notes"])
     refine = stage(storage, "broad_strategy/eta_refine").trials
     assert min(t.params["eta"] for t in refine) < d["mini_batch"]["eta"] / 2  # walked on, below the first three
     assert d["eta_refine"]["mini_batch_size"] == 50 and d["eta_refine"]["eta"] < d["mini_batch"]["eta"]

@@ -394,7 +394,9 @@ def stage_mini_batch(ctx: Context, eta: float, lmbda: float) -> dict:
     notes = []
     if best in (min(sizes), max(sizes)) and best != default:
         notes.append(f"mini-batch {best} is at the edge of the sizes tried: extend study.mini_batch.sizes")
-    if w["tie"]:
+    if len(scores) == 1:
+        notes.append(f"only mini-batch {best} was tried (study.mini_batch.sizes): nothing to compare")
+    elif w["tie"]:
         notes.append(f"the sizes tie at {horizon:.3g} s ({w['tie_reason']}): the base size {default} stays")
     return record_decision(ctx, "mini_batch", [("full", study)], {
         "mini_batch_size": best, "eta": eta * best / int(s.base), "horizon_seconds": horizon, "tie": w["tie"],
