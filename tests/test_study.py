@@ -422,6 +422,8 @@ def test_a_choice_at_the_edge_of_the_values_tried_walks_on(workdir):
     assert any("was at the edge of the values tried" in n for n in walk["notes"]), walk["notes"]
     assert len(tried) > 3 and tried[0] < 100  # walked below the first three decades (100, 1000, 10000)
     assert walk["lmbda"] < 1000  # the start was beaten by an interval above zero, then walked on
+    assert walk["start"] == 1000 and walk["vs_start"]["mean"] > 0 and "it replaced the start 1000" in walk["why"]
+
 
 
 def test_eta_is_readjusted_at_the_chosen_mini_batch_size_before_the_final_run(workdir):
@@ -441,3 +443,6 @@ def test_eta_is_readjusted_at_the_chosen_mini_batch_size_before_the_final_run(wo
     assert d["eta_refine"]["mini_batch_size"] == 50 and d["eta_refine"]["eta"] < d["mini_batch"]["eta"]
     assert (d["final"]["eta"], d["final"]["mini_batch_size"]) == (d["eta_refine"]["eta"], 50)
     assert d["final"]["test_accuracy"] > 0.8, d["final"]["summary"]
+    assert d["eta_refine"]["start"] == d["mini_batch"]["eta"]  # the log compares the choice with where it began
+    md = (workdir / "studies" / "broad_strategy" / "decisions.md").read_text()
+    assert f"chosen {d['eta_refine']['eta']:.4g} vs the stage's start {d['mini_batch']['eta']:.4g}: +" in md

@@ -132,7 +132,8 @@ def _evidence_lines(d: dict) -> list[str]:
     rows += [f"| {k} | {v:.4f} | {d['stds'][k]:.4f} |" for k, v in d["means"].items()]
     rows.append("")
     for key, label in (("vs_runner_up", f"best {d['best']:.4g} vs runner-up {d.get('runner_up') or 0:.4g}"),
-                       ("vs_default", f"best {d['best']:.4g} vs default {d['default']:.4g}")):
+                       ("vs_default", f"best {d['best']:.4g} vs default {d['default']:.4g}"),
+                       ("vs_start", f"chosen {d.get('chosen') or 0:.4g} vs the stage's start {d.get('start') or 0:.4g}")):
         iv = d.get(key)
         if iv:
             rows.append(f"- {label}: {100 * iv['mean']:+.2f} pp, 95% interval [{100 * iv['lo']:+.2f}, "

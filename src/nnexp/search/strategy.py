@@ -291,13 +291,18 @@ def walk(ctx: Context, stage: str, plan: Plan, name: str, default: float, step: 
         plan.population = 1
         study = run_stage(plan, len(values), ctx.workers, values)
         w, steps = weigh(scores(), w["chosen"]), steps + 1  # the incumbent is now the default
+    if w["chosen"] != default and w["default"] != default:  # the start was replaced on the way: say by how much
+        final = scores()
+        w["start"], w["vs_start"] = default, paired_interval(final[default], final[w["chosen"]])
+        w["why"] += f"; it replaced the start {_fmt(default)}, which it beats by {_pp(w['vs_start'])}"
     return study, w, notes
 
 
 def _evidence(w: dict, scores_name: str) -> dict:
-    return {"evidence": scores_name, "means": w["means"], "stds": w["stds"], "best": w["best"],
+    return {"evidence": scores_name, "means": w["means"], "stds": w["stds"], "best": w["best"], "chosen": w["chosen"],
             "runner_up": w.get("runner_up"), "vs_runner_up": w.get("vs_runner_up"),
-            "default": w["default"], "vs_default": w.get("vs_default"), "rule": RULE, "why": w["why"]}
+            "default": w["default"], "vs_default": w.get("vs_default"), "start": w.get("start"),
+            "vs_start": w.get("vs_start"), "rule": RULE, "why": w["why"]}
 
 
 def stage_lmbda(ctx: Context, eta: float) -> dict:
