@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from nnexp import data
-from nnexp.errors import ChecksumError, DataError, DataNotFoundError, IdxFormatError
+from nnexp.config.errors import ChecksumError, DataError, DataNotFoundError, IdxFormatError
 
 # SHA-256s of the files in the shared MNIST copy (from its README).
 SHARED_SHA256 = {

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from nnexp import figures
+from nnexp.report import figures
 from nnexp.report import band, load_figures, paired_difference, per_seed
 
 REPO = Path(__file__).resolve().parents[1]

@@ -14,7 +14,7 @@ from hydra import compose, initialize_config_module
 from mlflow.tracking import MlflowClient
 
 from nnexp.config import to_run_config
-from nnexp.errors import ConfigError
+from nnexp.config.errors import ConfigError
 from nnexp.runner import check_overrides
 
 REPO = Path(__file__).resolve().parents[1]
@@ -410,7 +410,7 @@ def test_each_config_option_from_the_command_line_gives_a_tracked_completed_run(
 def interrupt_sweep(store: str, launcher: str, signum: int, started_runs: int) -> tuple[str, str, list[int]]:
     """A never-ending two-job digits sweep, signalled once ``started_runs`` runs have evaluated
     three times; returns its output and the job processes it had, after checking the one line."""
-    from nnexp.callbacks import child_processes
+    from nnexp.cli.callbacks import child_processes
 
     proc = subprocess.Popen([sys.executable, "-m", "nnexp.run", "-m", f"hydra/launcher={launcher}",
                              "dataset=digits", "epochs=100000", "seed=1,2"],
@@ -500,7 +500,7 @@ def test_an_interrupted_joblib_sweep_ends_every_run_killed_and_leaves_no_process
     client, runs = all_runs(store)
     assert len(runs) == 3 and {r.info.status for r in runs} == {"KILLED"}
     assert {r.data.tags["nnexp.status"] for r in runs if "mlflow.parentRunId" in r.data.tags} == {"killed"}
-    from nnexp.callbacks import _alive
+    from nnexp.cli.callbacks import _alive
 
     deadline = time.time() + 10
     while time.time() < deadline and any(_alive(pid) for pid in workers):

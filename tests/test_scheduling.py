@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from nnexp import runner
-from nnexp.names import TIMING_METRICS
+from nnexp.config.names import TIMING_METRICS
 from nnexp.train import Record
 
 RECORD_FIELDS = [f for f in Record.__dataclass_fields__ if f not in TIMING_METRICS]

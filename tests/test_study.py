@@ -301,7 +301,7 @@ def test_two_workers_on_a_fresh_storage_lose_nothing(workdir, backend, request):
     ({"ladder": [{"name": "stripped"}]}, "study.ladder: every rung needs its own name"),
 ])
 def test_study_settings_are_typed_and_bad_values_are_one_line(raw, fragment):
-    from nnexp.errors import ConfigError
+    from nnexp.config.errors import ConfigError
     from nnexp.search import to_settings
 
     with pytest.raises(ConfigError) as exc:
@@ -374,8 +374,8 @@ def test_an_interrupted_study_exits_130_in_one_line_and_a_rerun_resumes(workdir,
 @pytest.mark.parametrize("grid", [True, False])
 def test_a_trial_that_cannot_be_trained_is_fail_never_a_made_up_value(workdir, monkeypatch, grid):
     from nnexp import runner
-    from nnexp.errors import NnexpError
-    from nnexp.search.plan import Plan
+    from nnexp.config.errors import NnexpError
+    from nnexp.search.stage_plan import StagePlan
     from nnexp.search.trials import run_stage
 
     def broken(jobs, **kw):  # e.g. the disk under the run's record filled up
@@ -384,7 +384,7 @@ def test_a_trial_that_cannot_be_trained_is_fail_never_a_made_up_value(workdir, m
     monkeypatch.setattr(runner, "execute", broken)
     storage = f"sqlite:///{workdir / 'optuna.db'}"
     base = runner.compose(["dataset=digits", "epochs=1", "tracking=off"]).config
-    plan = Plan(study="s", stage="stage", storage=storage, base=base, prune=False,
+    plan = StagePlan(study="s", stage="stage", storage=storage, base=base, prune=False,
                 space={"eta": {"low": 0.01, "high": 10.0, "log": True}})
     with pytest.raises(NnexpError, match="could not be trained.*No space left on device.*Re-running"):
         run_stage(plan, 2, 1, [{"eta": 0.1}, {"eta": 1.0}] if grid else None)

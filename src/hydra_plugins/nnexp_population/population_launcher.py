@@ -49,8 +49,8 @@ class PopulationLauncher(Launcher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from nnexp import runner
-        from nnexp.callbacks import end_interrupted_sweep
-        from nnexp.errors import NnexpError
+        from nnexp.cli.callbacks import end_interrupted_sweep
+        from nnexp.config.errors import NnexpError
 
         assert self.config is not None and self.hydra_context is not None
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)

@@ -1,5 +1,5 @@
 """``python -m nnexp.report``."""
 
-from nnexp.report.cli import main
+from nnexp.cli.report import main
 
 main()

@@ -10,10 +10,10 @@ from typing import Sequence
 import numpy as np
 
 from nnexp import tracking
-from nnexp.names import COMPLETED, RUNNING, TAG_CONFIG_HASH, TAG_EXPERIMENT, TAG_STATUS
-from nnexp.report.plan import Job, compose_run
+from nnexp.config.names import COMPLETED, RUNNING, TAG_CONFIG_HASH, TAG_EXPERIMENT, TAG_STATUS
+from nnexp.report.figure_plan import FigureRun, compose_run
 
-def _run_task(task: tuple[str, str, Sequence[Job]]) -> list[str]:
+def _run_task(task: tuple[str, str, Sequence[FigureRun]]) -> list[str]:
     """A pool task (store, experiment, jobs): compatible runs trained as one population (e.g.
     the seeds of an arm), or one baseline or single-neuron run; returns the MLflow run ids."""
     from nnexp import runner
@@ -29,7 +29,7 @@ def _run_task(task: tuple[str, str, Sequence[Job]]) -> list[str]:
     return [r.run_id for r in runner.execute(jobs)]
 
 
-def _tracker(job: Job, uri: str, experiment: str, params: dict):
+def _tracker(job: FigureRun, uri: str, experiment: str, params: dict):
     t = tracking.RunTracker(uri=uri, experiment=experiment, run_name=f"{job.figure}: {job.arm}",
                             params=params, tags={TAG_EXPERIMENT: job.experiment or job.figure,
                                                  TAG_CONFIG_HASH: job.key, TAG_STATUS: RUNNING})
@@ -37,7 +37,7 @@ def _tracker(job: Job, uri: str, experiment: str, params: dict):
     return t
 
 
-def _neuron_run(job: Job, uri: str, experiment: str) -> str:
+def _neuron_run(job: FigureRun, uri: str, experiment: str) -> str:
     """The book's single neuron (input 1, target 0), trained by the one training loop and
     tracked like any run: training cost per epoch, from epoch 0.
 
@@ -65,11 +65,11 @@ def _neuron_run(job: Job, uri: str, experiment: str) -> str:
     return t.run_id
 
 
-def _baseline_run(job: Job, uri: str, experiment: str) -> str:
+def _baseline_run(job: FigureRun, uri: str, experiment: str) -> str:
     """A baseline fitted on the (first ``train_size``) training images, scored on the validation
     and the test split (the book's "more data" script scores validation, chapter 1 test)."""
     from nnexp import data
-    from nnexp.baselines import BASELINES, accuracy
+    from nnexp.train.baselines import BASELINES, accuracy
     from nnexp.runner import load_splits
 
     c, _ = compose_run([f"dataset={job.spec['dataset']}", f"dtype={job.spec['dtype']}", *job.overrides])
@@ -85,7 +85,7 @@ def _baseline_run(job: Job, uri: str, experiment: str) -> str:
     return t.run_id
 
 
-def _tasks(jobs: Sequence[Job], workers: int) -> list[list[Job]]:
+def _tasks(jobs: Sequence[FigureRun], workers: int) -> list[list[FigureRun]]:
     """Runs grouped into populations where compatible (seeds of an arm, arms of a sweep);
     baselines and the single neuron on their own; the slow SVM fits first."""
     from nnexp import runner
@@ -97,7 +97,7 @@ def _tasks(jobs: Sequence[Job], workers: int) -> list[list[Job]]:
     return [[j] for j in others] + groups
 
 
-def launch(jobs: Sequence[Job], uri: str, experiment: str, workers: int) -> None:
+def launch(jobs: Sequence[FigureRun], uri: str, experiment: str, workers: int) -> None:
     """Make the missing runs on ``workers`` processes (populations where possible), with progress."""
     from nnexp import runner
 

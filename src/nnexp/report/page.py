@@ -11,10 +11,10 @@ from typing import Sequence
 
 import pandas as pd
 
-from nnexp.report.plan import Job
-from nnexp.baselines import LABELS
+from nnexp.report.figure_plan import FigureRun
+from nnexp.train.baselines import LABELS
 from nnexp.report.runs import curves_frame, final_value
-from nnexp.report.stats import band, paired_difference, per_seed
+from nnexp.stats import band, paired_difference, per_seed
 from nnexp.stats import mean_std
 
 MLFLOW_UI = "http://127.0.0.1:5000"
@@ -52,8 +52,8 @@ def _natural(text: str) -> list:
     return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", text)]
 
 
-def build_figure(name: str, fig: dict, jobs: Sequence[Job], found: dict, uri: str, out: Path) -> Section:
-    from nnexp import figures
+def build_figure(name: str, fig: dict, jobs: Sequence[FigureRun], found: dict, uri: str, out: Path) -> Section:
+    from nnexp.report import figures
 
     runs = {(j.arm, j.seed): found[j.key] for j in jobs}
     kind, png = fig["kind"], out / f"{name}.png"

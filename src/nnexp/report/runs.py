@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from nnexp import tracking
-from nnexp.names import COMPLETED, DIVERGED, EARLY_STOPPED, TAG_CONFIG_HASH, TAG_STATUS
+from nnexp.config.names import COMPLETED, DIVERGED, EARLY_STOPPED, TAG_CONFIG_HASH, TAG_STATUS
 
 GOOD_STATUSES = (COMPLETED, EARLY_STOPPED, DIVERGED)
 

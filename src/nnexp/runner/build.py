@@ -11,7 +11,7 @@ import numpy as np
 from nnexp import data as datasets
 from nnexp.config import RunConfig
 from nnexp.engine import init_network
-from nnexp.errors import ConfigError
+from nnexp.config.errors import ConfigError
 from nnexp.train import Constant, EarlyStopping, HalveOnPlateau, Monitor, Streams, TrainSpec
 
 

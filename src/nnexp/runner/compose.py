@@ -14,7 +14,7 @@ from typing import Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from nnexp.config import GROUPS, field_names, nested_fields, suggest, to_run_config
-from nnexp.errors import ConfigError
+from nnexp.config.errors import ConfigError
 from nnexp.runner.job import Job
 from nnexp.tracking import redact
 

@@ -17,7 +17,7 @@ from nnexp import tracking
 from nnexp.config import config_hash, flat_params
 from nnexp.engine import save_network
 from nnexp.engine.network import Network, evaluate
-from nnexp.names import (COMPLETED, DIVERGED, FAILED, KILLED, RUNNING, TAG_CONFIG_HASH, TAG_EXPERIMENT, TAG_STATUS,
+from nnexp.config.names import (COMPLETED, DIVERGED, FAILED, KILLED, RUNNING, TAG_CONFIG_HASH, TAG_EXPERIMENT, TAG_STATUS,
                          TAG_SWEEP)
 from nnexp.runner.build import build_network, load_splits, train_spec
 from nnexp.runner.groups import check_compatible

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from nnexp.config import RunConfig
-from nnexp.errors import ConfigError
+from nnexp.config.errors import ConfigError
 from nnexp.runner.build import train_spec
 from nnexp.train import population_key
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from nnexp.config import RunConfig
-from nnexp.names import PARENT_ENV, PARENT_RECORD_ENV, SWEEP_ENV
+from nnexp.config.names import PARENT_ENV, PARENT_RECORD_ENV, SWEEP_ENV
 
 
 @dataclass

@@ -7,9 +7,9 @@ import logging
 import threading
 from typing import Any, Sequence
 
-from nnexp.errors import NnexpError
-from nnexp.search.plan import Plan
-from nnexp.storelock import sqlite_lock
+from nnexp.config.errors import NnexpError
+from nnexp.search.stage_plan import StagePlan
+from nnexp.tracking.storelock import sqlite_lock
 from nnexp.tracking import redact
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
@@ -47,7 +47,7 @@ def make_storage(url: str, heartbeat: int = 10, grace: int = 30):
         raise NnexpError(f"cannot open Optuna storage {redact(url)}: {redact(first)}") from None
 
 
-def make_sampler(plan: Plan, worker: int = 0):
+def make_sampler(plan: StagePlan, worker: int = 0):
     import optuna
 
     seed = plan.seed * 1000 + worker  # workers must not propose identical points
@@ -56,7 +56,7 @@ def make_sampler(plan: Plan, worker: int = 0):
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=3)
 
 
-def make_pruner(plan: Plan):
+def make_pruner(plan: StagePlan):
     import optuna
 
     if not plan.prune or plan.pruner == "none":
@@ -66,7 +66,7 @@ def make_pruner(plan: Plan):
     return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
 
 
-def open_study(plan: Plan, storage, worker: int = 0):
+def open_study(plan: StagePlan, storage, worker: int = 0):
     import optuna
 
     return optuna.create_study(study_name=f"{plan.study}/{plan.stage}", storage=storage,

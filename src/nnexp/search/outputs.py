@@ -11,9 +11,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
 from nnexp import tracking
-from nnexp.names import COMPLETED, TAG_STATUS
+from nnexp.config.names import COMPLETED, TAG_STATUS
 from nnexp.search.backend import finished_trials, make_storage
-from nnexp.search.settings import STAGES
+from nnexp.config.study_schema import STAGES
 from nnexp.search.strategy import RULE, Context
 
 log = logging.getLogger("nnexp.study")
@@ -74,7 +74,7 @@ def slug(name: str) -> str:
 def decision_log(ctx: Context, out_dir: Path, command: str) -> Path:
     """Markdown: the question, the hyper-parameters' roles, each stage's trials and decision,
     the plots that justify them, and the command that reproduces the result."""
-    from nnexp import figures
+    from nnexp.report import figures
 
     s = ctx.settings
     lines = [f"# Study `{ctx.name}` ({s.kind})", "", f"**Question.** {s.question}", "",

@@ -12,11 +12,11 @@ from omegaconf import OmegaConf
 
 from nnexp import tracking
 from nnexp.config import RunConfig
-from nnexp.errors import ConfigError
-from nnexp.names import DIVERGED, FAILED, TAG_STATUS
+from nnexp.config.errors import ConfigError
+from nnexp.config.names import DIVERGED, FAILED, TAG_STATUS
 from nnexp.search.backend import best_of, finished_trials
-from nnexp.search.settings import Rung, StudySettings
-from nnexp.search.plan import Plan
+from nnexp.config.study_schema import Rung, StudySettings
+from nnexp.search.stage_plan import StagePlan
 from nnexp.search.trials import fixed_params, run_stage, run_stage_budget, trial_config
 from nnexp.stats import includes_zero, mean_std, paired_interval
 
@@ -59,10 +59,10 @@ class Context:
     decisions: dict = field(default_factory=dict)
     stage_studies: dict = field(default_factory=dict)  # stage -> [(rung, Optuna study), ...]
 
-    def plan(self, stage: str, base: RunConfig, space: dict, **kw) -> Plan:
+    def plan(self, stage: str, base: RunConfig, space: dict, **kw) -> StagePlan:
         s = self.settings
         kw.setdefault("population", int(s.population))
-        return Plan(study=self.name, stage=stage, storage=self.storage_url, base=base, space=space,
+        return StagePlan(study=self.name, stage=stage, storage=self.storage_url, base=base, space=space,
                     pruner=s.pruner, seed=int(s.seed),
                     parent_run_id=self.parent.run_id if self.parent else None,
                     parent_record=self.parent.record_dir if self.parent else None, experiment=self.experiment,
@@ -223,7 +223,7 @@ def decreasing(trial) -> bool:
     return all(cost_decreasing([row[2] for row in c]) for c in curves)
 
 
-def _grid_plan(ctx: Context, stage: str, base: RunConfig, name: str, n_values: int, **kw) -> Plan:
+def _grid_plan(ctx: Context, stage: str, base: RunConfig, name: str, n_values: int, **kw) -> StagePlan:
     """A grid stage: every value trains its seed replicates, all values as one population."""
     return ctx.plan(stage, base, {name: {"low": 1e-8, "high": 1e8, "log": True}}, prune=False,
                     replicates=int(ctx.settings.replicates), population=max(1, n_values), **kw)
@@ -263,7 +263,7 @@ def stage_eta_threshold(ctx: Context) -> dict:
         "decreasing": {f"{k:.6g}": v for k, v in sorted(trend.items())}})
 
 
-def walk(ctx: Context, stage: str, plan: Plan, name: str, default: float, step: float, max_steps: int,
+def walk(ctx: Context, stage: str, plan: StagePlan, name: str, default: float, step: float, max_steps: int,
          fixed: dict | None = None) -> tuple[Any, dict, list[dict]]:
     """A grid walk: default / step, default, default x step; while the best mean lies at an edge
     of the values tried, one more step beyond it (at most ``max_steps``), even when the interval

@@ -1,4 +1,4 @@
-"""One stage's trials: what they train (Plan), how a trial becomes a job, is executed through
+"""One stage's trials: what they train (StagePlan), how a trial becomes a job, is executed through
 nnexp.runner (alone or with others as one population), and is told to Optuna; running a
 stage on its worker processes until enough trials have finished."""
 
@@ -13,11 +13,11 @@ from typing import Sequence
 
 from nnexp import runner, tracking
 from nnexp.config import RunConfig, validate
-from nnexp.errors import NnexpError
-from nnexp.names import DIVERGED, FAILED, PRUNED, TAG_REPLICATE, TAG_STAGE, TAG_STATUS, TAG_STUDY, TAG_TRIAL
+from nnexp.config.errors import NnexpError
+from nnexp.config.names import DIVERGED, FAILED, PRUNED, TAG_REPLICATE, TAG_STAGE, TAG_STATUS, TAG_STUDY, TAG_TRIAL
 from nnexp.search.backend import Heartbeat, finished_trials, make_storage, open_study
-from nnexp.search.plan import Plan
-from nnexp.storelock import sqlite_lock
+from nnexp.search.stage_plan import StagePlan
+from nnexp.tracking.storelock import sqlite_lock
 
 log = logging.getLogger("nnexp.study")
 
@@ -28,7 +28,7 @@ def _suggest(trial, name: str, dist: dict):
     return trial.suggest_float(name, float(dist["low"]), float(dist["high"]), log=bool(dist.get("log")))
 
 
-def trial_config(plan: Plan, params: dict) -> RunConfig:
+def trial_config(plan: StagePlan, params: dict) -> RunConfig:
     c = copy.deepcopy(plan.base)
     if "eta" in params:
         c.eta = float(params["eta"])
@@ -64,7 +64,7 @@ def mean_curve(curves: list[list]) -> list[list]:
     return out
 
 
-def _trial_jobs(trial, plan: Plan) -> list:
+def _trial_jobs(trial, plan: StagePlan) -> list:
     """The trial's jobs, one per seed replicate: run config, tags, MLflow run name, and (a single
     replicate only) the pruning observer that reports validation accuracy at every evaluation."""
 
@@ -140,7 +140,7 @@ def _trial_value(trial, c: RunConfig, results: list) -> float:
     return sum(values) / len(values)
 
 
-def _population_outcomes(plan: Plan, members: list) -> list:
+def _population_outcomes(plan: StagePlan, members: list) -> list:
     """Train the jobs of one compatible group [(trial, job)] together (``plan.alone``: each by
     itself); each trial's outcome, in order of first appearance: its value, the ``TrialPruned``
     that ended it, or the exception that kept it from being trained."""
@@ -196,7 +196,7 @@ def _tell(study, trial, outcome) -> None:
     _progress_line(study, frozen)
 
 
-def optimize(study, plan: Plan, storage, n_trials: int) -> None:
+def optimize(study, plan: StagePlan, storage, n_trials: int) -> None:
     """Run ``n_trials`` trials: ask up to ``plan.population`` at a time, train the compatible
     ones as one batched population (the others one by one; a population of one is a single
     run), keep their heartbeats fresh meanwhile, and tell every outcome."""
@@ -239,7 +239,7 @@ def _progress_line(study, trial) -> None:
              attrs.get(TAG_STATUS, trial.state.name.lower()), value, detail)
 
 
-def _worker(plan: Plan, worker: int, enqueue: list[dict], n_trials: int) -> None:
+def _worker(plan: StagePlan, worker: int, enqueue: list[dict], n_trials: int) -> None:
     """Run ``n_trials`` trials of a stage; enqueue the fixed points first (grid stages)."""
     storage = make_storage(plan.storage, plan.heartbeat, plan.grace)
     study = open_study(plan, storage, worker)
@@ -261,7 +261,7 @@ def fixed_params(t) -> dict:
     return t.params or t.system_attrs.get("fixed_params", {})
 
 
-def run_stage(plan: Plan, n_target: int, workers: int, values: Sequence[dict] | None = None,
+def run_stage(plan: StagePlan, n_target: int, workers: int, values: Sequence[dict] | None = None,
               first: dict | None = None):
     """Run trials until ``n_target`` are finished (complete or pruned). ``values``: the fixed
     points of a grid stage, each run exactly once; ``first``: a point a sampler stage starts
@@ -306,7 +306,7 @@ def run_stage(plan: Plan, n_target: int, workers: int, values: Sequence[dict] | 
     return study
 
 
-def _could_not_train(plan: Plan, failed: list) -> NnexpError:
+def _could_not_train(plan: StagePlan, failed: list) -> NnexpError:
     t = failed[0]
     params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in fixed_params(t).items())
     return NnexpError(f"stage {plan.stage}: {len(failed)} trial(s) could not be trained (FAIL in Optuna); "
@@ -314,7 +314,7 @@ def _could_not_train(plan: Plan, failed: list) -> NnexpError:
                       "Re-running the study retries them")
 
 
-def _launch(plan: Plan, workers: int, new: list[dict], n_run: int) -> None:
+def _launch(plan: StagePlan, workers: int, new: list[dict], n_run: int) -> None:
     k = max(1, min(workers, n_run))
     shares = [n_run // k + (1 if i < n_run % k else 0) for i in range(k)]
     # each worker enqueues no more points than it will run itself, so nobody samples a grid stage
@@ -341,7 +341,7 @@ def _launch(plan: Plan, workers: int, new: list[dict], n_run: int) -> None:
         raise others[0]
 
 
-def run_stage_budget(plan: Plan, n_trials: int, workers: int, budget_images: int | None,
+def run_stage_budget(plan: StagePlan, n_trials: int, workers: int, budget_images: int | None,
                      budget_seconds: float | None = None):
     """Sampler stage with optional budgets (for fair comparisons): no new trials once the finished
     ones used ``budget_images`` training images, or once ``budget_seconds`` of wall clock passed

@@ -1,5 +1,5 @@
 """MLflow tracking, the only package outside the report that imports mlflow: every run's
-local record first (``nnexp.record``), the store off the training path (``tracker``), the
+local record first (``nnexp.tracking.record``), the store off the training path (``tracker``), the
 one way records reach the store (``upload``), and catching up (``sync``)."""
 
 from nnexp.tracking.store import (DEFAULT_URI, TrackingError, children_summary, client, first_line, preload,

@@ -17,9 +17,9 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from nnexp.errors import NnexpError
-from nnexp.names import TAG_STATUS
-from nnexp.storelock import sqlite_lock
+from nnexp.config.errors import NnexpError
+from nnexp.config.names import TAG_STATUS
+from nnexp.tracking.storelock import sqlite_lock
 
 log = logging.getLogger(__name__)
 

@@ -10,9 +10,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nnexp.names import KILLED, TAG_HOST, TAG_PID, TAG_PID_START, TAG_REAPED, TAG_RECORD_DIR, TAG_STATUS
-from nnexp.record import RunRecord, find_records, process_alive
-from nnexp.storelock import absolute_url
+from nnexp.config.names import KILLED, TAG_HOST, TAG_PID, TAG_PID_START, TAG_REAPED, TAG_RECORD_DIR, TAG_STATUS
+from nnexp.tracking.record import RunRecord, find_records, process_alive
+from nnexp.tracking.storelock import absolute_url
 from nnexp.tracking.store import client, experiment_id, first_line, redact
 from nnexp.tracking.upload import upload
 

@@ -1,4 +1,4 @@
-"""Tracking a run: its local record first (``nnexp.record``), the MLflow store off the
+"""Tracking a run: its local record first (``nnexp.tracking.record``), the MLflow store off the
 training path.
 
 The training loop only appends to the record (microseconds an evaluation). An ``Uploader``
@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nnexp.names import TAG_ERROR, TAG_STATUS
-from nnexp.record import RunRecord
+from nnexp.config.names import TAG_ERROR, TAG_STATUS
+from nnexp.tracking.record import RunRecord
 from nnexp.tracking.store import client, first_line, param_value, redact
 from nnexp.tracking.upload import upload
 

@@ -1,4 +1,4 @@
-"""Uploading a run's local record (``nnexp.record``) to the MLflow store: the one way runs
+"""Uploading a run's local record (``nnexp.tracking.record``) to the MLflow store: the one way runs
 reach the store, used by the background uploader while a run trains and by
 ``python -m nnexp.sync`` afterwards.
 
@@ -13,9 +13,9 @@ import json
 import time
 from pathlib import Path
 
-from nnexp.names import TAG_DATASET_SHA256, TAG_HOST, TAG_PID, TAG_PID_START, TAG_RECORD_DIR, TAG_RECORD_ID
-from nnexp.record import ARTIFACTS, RunRecord
-from nnexp.storelock import absolute_url
+from nnexp.config.names import TAG_DATASET_SHA256, TAG_HOST, TAG_PID, TAG_PID_START, TAG_RECORD_DIR, TAG_RECORD_ID
+from nnexp.tracking.record import ARTIFACTS, RunRecord
+from nnexp.tracking.storelock import absolute_url
 from nnexp.tracking.store import client, experiment_id, git_commit
 
 MAX_BATCH = 900  # MLflow accepts up to 1,000 metrics per log_batch

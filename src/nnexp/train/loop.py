@@ -24,7 +24,7 @@ import numpy as np
 from nnexp.engine.network import Network, EvaluationSet, evaluate, stack_networks
 from nnexp.engine.regularizers import PENALTIES
 from nnexp.engine.stepper import Stepper
-from nnexp.names import DIVERGED, EARLY_STOPPED, COMPLETED, SPLIT_NAMES
+from nnexp.config.names import DIVERGED, EARLY_STOPPED, COMPLETED, SPLIT_NAMES
 from nnexp.train.spec import HalveOnPlateau, History, Observer, Record, Streams, TrainSpec, population_key
 
 

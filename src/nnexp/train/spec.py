@@ -10,7 +10,7 @@ from typing import Callable
 
 import numpy as np
 
-from nnexp.names import COMPLETED, METRIC_NAMES
+from nnexp.config.names import COMPLETED, METRIC_NAMES
 
 
 @dataclass(frozen=True)

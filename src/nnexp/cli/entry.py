@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from typing import Callable, NoReturn, Sequence
 
-from nnexp.errors import ConfigError
+from nnexp.config.errors import ConfigError
 
 
 def die(prog: str, message: str, code: int = 2) -> NoReturn:

@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from nnexp.config import suggest
-from nnexp.errors import ConfigError
+from nnexp.config.errors import ConfigError
 
 #: the stages of each kind of study, in order
 STAGES = {"broad_strategy": ["eta_threshold", "lmbda_walk", "lmbda_refine", "mini_batch", "eta_refine", "final"],

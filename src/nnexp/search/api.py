@@ -12,11 +12,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from nnexp import tracking
 from nnexp.config import RunConfig, to_run_config
-from nnexp.errors import ConfigError
-from nnexp.names import TAG_EXPERIMENT, TAG_STAGE, TAG_STUDY
+from nnexp.config.errors import ConfigError
+from nnexp.config.names import TAG_EXPERIMENT, TAG_STAGE, TAG_STUDY
 from nnexp.search.backend import DEFAULT_STORAGE, make_storage
 from nnexp.search.outputs import load_decisions, meta_study, write_outputs
-from nnexp.search.settings import StudySettings, to_settings
+from nnexp.config.study_schema import StudySettings, to_settings
 from nnexp.search.strategy import Context, broad_strategy, sampler_study
 
 log = logging.getLogger("nnexp.study")

@@ -36,7 +36,7 @@ from types import MappingProxyType
 
 import numpy as np
 
-from nnexp.errors import ChecksumError, DataError, DataNotFoundError, IdxFormatError
+from nnexp.config.errors import ChecksumError, DataError, DataNotFoundError, IdxFormatError
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from nnexp.config import RunConfig
 
 
 @dataclass
-class Plan:
+class StagePlan:
     """What one stage's trials train: picklable, handed to worker processes."""
 
     study: str

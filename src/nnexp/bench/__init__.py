@@ -52,8 +52,8 @@ from threadpoolctl import threadpool_info, threadpool_limits
 import nnexp.engine.stepper  # noqa: F401  (loads scipy's BLAS before the thread limit is applied)
 from nnexp import data
 from nnexp.engine.network import init_network
-from nnexp.errors import DataError, NnexpError
-from nnexp.names import COMPLETED
+from nnexp.config.errors import DataError, NnexpError
+from nnexp.config.names import COMPLETED
 from nnexp.train import Monitor, Streams, TrainSpec, fit
 
 ETA = 0.5
@@ -465,7 +465,7 @@ def study_section(bench: Bench) -> Table:
     import statistics
     import tempfile as _tempfile
 
-    from nnexp import figures
+    from nnexp.report import figures
 
     extra = ["dataset=digits", f"sizes=[{bench.n_in},30,10]"] if bench.dataset != "MNIST" else []
     if bench.data_dir:
@@ -739,11 +739,3 @@ def main(argv: Sequence[str] | None = None) -> None:
     except NnexpError as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         sys.exit(2)
-
-
-if __name__ == "__main__":
-    # run the importable module's main, not this __main__ copy: worker processes (joblib,
-    # spawn) must be able to unpickle the functions they are handed by reference
-    from nnexp.bench import main as _main
-
-    _main()

@@ -18,7 +18,7 @@ def load_figures(path: str | Path | None = None) -> dict[str, dict]:
 
 
 @dataclass
-class Job:
+class FigureRun:
     """One run a figure needs: found in MLflow by ``key``, else launched."""
 
     figure: str
@@ -54,10 +54,10 @@ SCORED = {"scored": ["validation", "test"]}
 
 
 def plan_jobs(figures: dict, names: Sequence[str], seeds: int, extra: Sequence[str],
-              svm_max_size: int | None = None, sizes: Sequence[int] | None = None) -> list[Job]:
+              svm_max_size: int | None = None, sizes: Sequence[int] | None = None) -> list[FigureRun]:
     """Every run the named figures need, with its identity. ``sizes``: the training-set sizes
     of the more_data figure (default: the figure's)."""
-    jobs: list[Job] = []
+    jobs: list[FigureRun] = []
     base, _ = compose_run(list(extra))
     data_id = {"dataset": base.dataset.name, "dtype": base.dtype}
     where = [o for o in extra if o.startswith("dataset.data_dir=")]  # where a baseline reads its data
@@ -69,7 +69,7 @@ def plan_jobs(figures: dict, names: Sequence[str], seeds: int, extra: Sequence[s
             for arm in fig["arms"]:
                 spec = {k: arm[k] for k in ("cost", "w", "b")} | {"eta": arm.get("eta", fig["eta"]),
                                                                  "epochs": fig["epochs"]}
-                jobs.append(Job(name, arm["label"], 0, "neuron", identity_hash({"neuron": spec}), spec=spec,
+                jobs.append(FigureRun(name, arm["label"], 0, "neuron", identity_hash({"neuron": spec}), spec=spec,
                                 experiment="learning_slowdown"))
             continue
         if kind == "baselines":
@@ -78,7 +78,7 @@ def plan_jobs(figures: dict, names: Sequence[str], seeds: int, extra: Sequence[s
                     # the SVM is the slow one: capped like more_data's (SVC fits grow ~quadratically)
                     size = min(limit, base.train_size) if method.startswith("svm") else None
                     spec = {"method": method, "train_size": size, **data_id, **SCORED}
-                    jobs.append(Job(name, method, seed, "baseline", identity_hash({"baseline": spec, "seed": seed}),
+                    jobs.append(FigureRun(name, method, seed, "baseline", identity_hash({"baseline": spec, "seed": seed}),
                                     overrides=where, spec=spec, experiment="baseline"))
             continue
         variants = [(arm, []) for arm in fig["arms"]]
@@ -88,7 +88,7 @@ def plan_jobs(figures: dict, names: Sequence[str], seeds: int, extra: Sequence[s
             for n in chosen:
                 for method in fig.get("baselines", []) if n <= limit else []:
                     spec = {"method": method, "train_size": n, **data_id, **SCORED}
-                    jobs.append(Job(name, f"{method}@{n}", 0, "baseline",
+                    jobs.append(FigureRun(name, f"{method}@{n}", 0, "baseline",
                                     identity_hash({"baseline": spec, "seed": 0}), overrides=where, spec=spec,
                                     experiment="more_data_svm"))
         for arm, more in variants:
@@ -96,6 +96,6 @@ def plan_jobs(figures: dict, names: Sequence[str], seeds: int, extra: Sequence[s
                 overrides = [*arm["overrides"], *more, *extra, f"seed={seed}"]
                 c, _ = compose_run(overrides)
                 label = arm["label"] + (f"@{c.dataset.train_size}" if kind == "more_data" else "")
-                jobs.append(Job(name, label, seed, "run", config_hash(c), overrides=overrides,
+                jobs.append(FigureRun(name, label, seed, "run", config_hash(c), overrides=overrides,
                                 experiment=_preset(overrides)))
     return jobs

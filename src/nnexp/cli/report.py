@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Sequence
 
 from nnexp import tracking
-from nnexp.errors import NnexpError
+from nnexp.config.errors import NnexpError
 from nnexp.report.launch import launch
 from nnexp.report.page import Section, build_figure, write_page
-from nnexp.report.plan import compose_run, load_figures, plan_jobs
+from nnexp.report.figure_plan import compose_run, load_figures, plan_jobs
 from nnexp.report.runs import find_runs
 
 log = logging.getLogger("nnexp.report")

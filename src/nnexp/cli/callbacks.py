@@ -21,7 +21,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from nnexp import tracking
-from nnexp.names import (PARENT_ENV, PARENT_RECORD_ENV, SWEEP_ENV, TAG_BEST_CHILD, TAG_EXPERIMENT, TAG_SWEEP,
+from nnexp.config.names import (PARENT_ENV, PARENT_RECORD_ENV, SWEEP_ENV, TAG_BEST_CHILD, TAG_EXPERIMENT, TAG_SWEEP,
                           TAG_SWEEP_OVERRIDES)
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from nnexp.storelock import absolute_url
+from nnexp.tracking.storelock import absolute_url
 
 EVENTS, ARTIFACTS, STATE = "events.jsonl", "artifacts", "store.json"
 

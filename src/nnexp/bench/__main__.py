@@ -1,0 +1,5 @@
+"""``python -m nnexp.bench``."""
+
+from nnexp.bench import main
+
+main()
