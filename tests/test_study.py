@@ -446,3 +446,42 @@ def test_eta_is_readjusted_at_the_chosen_mini_batch_size_before_the_final_run(wo
     assert d["eta_refine"]["start"] == d["mini_batch"]["eta"]  # the log compares the choice with where it began
     md = (workdir / "studies" / "broad_strategy" / "decisions.md").read_text()
     assert f"chosen {d['eta_refine']['eta']:.4g} vs the stage's start {d['mini_batch']['eta']:.4g}: +" in md
+
+
+def test_a_study_from_python_decides_as_the_same_study_from_the_command_line(tmp_path):
+    """``nnexp.search.run(overrides)`` from a script: the same override checks, the same trials and
+    decisions, the same outputs (decision log with its plots, preset, reproduce command)."""
+    args = ["study=tpe", "dataset=digits", "study.epochs=3", "study.n_trials=4", "study.final.epochs=4",
+            "study.population=2"]
+    (tmp_path / "cli").mkdir()
+    (tmp_path / "api").mkdir()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": "sqlite:///mlflow.db"}
+    cli = subprocess.run([sys.executable, "-m", "nnexp.study", *args], capture_output=True, text=True,
+                         timeout=600, cwd=tmp_path / "cli", env=env)
+    assert cli.returncode == 0, cli.stderr
+    script = ("import sys\nfrom nnexp import search\nfrom nnexp.report.study_plots import draw_study\n"
+              "study = search.run(sys.argv[1:], draw=draw_study)\nprint(study.outputs['preset'])\n")
+    api = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=600,
+                         cwd=tmp_path / "api", env=env)
+    assert api.returncode == 0, api.stderr
+
+    def trials(where):
+        st = stage(f"sqlite:///{tmp_path / where / 'optuna.db'}", "tpe/search")
+        return [(t.params, t.value, t.state) for t in st.trials]
+
+    def decision(where):
+        return stage(f"sqlite:///{tmp_path / where / 'optuna.db'}", "tpe/final").user_attrs["decision"]
+
+    assert trials("api") == trials("cli") and len(trials("cli")) == 4
+    keys = ("eta", "lmbda", "mini_batch_size", "validation_accuracy", "test_accuracy")
+    assert {k: decision("api")[k] for k in keys} == {k: decision("cli")[k] for k in keys}
+    out = tmp_path / "api" / "studies" / "tpe"
+    assert api.stdout.strip() == str(out / "experiment" / "tpe.yaml")
+    assert "Reproduce: python -m nnexp.run --config-dir" in (out / "experiment" / "tpe.yaml").read_text()
+    log = (out / "decisions.md").read_text()
+    assert "command: `python -m nnexp.study study=tpe dataset=digits" in log
+    assert "![search on" in log and (out / "search.png").is_file() and "<!-- plot" not in log
+    # the same checks as the command line: a misspelt key is one line before anything runs
+    bad = subprocess.run([sys.executable, "-c", script, "dataset=digits", "study.n_trial=4"], capture_output=True,
+                         text=True, timeout=120, cwd=tmp_path / "api", env=env)
+    assert bad.returncode != 0 and "unknown key 'study.n_trial' (did you mean 'n_trials'?)" in bad.stderr

@@ -13,29 +13,32 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from importlib import resources
+from pathlib import Path
 from typing import Sequence
 
 import hydra
-import yaml
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from nnexp.config import suggest
 from nnexp.cli.entry import die, hydra_cli
 from nnexp.config.errors import ConfigError, NnexpError
-from nnexp.search import run_study
+from nnexp.search import check_study_overrides, run_study
 
 log = logging.getLogger("nnexp.study")
 
 
 @hydra.main(version_base="1.3", config_path="pkg://nnexp.conf", config_name="study")
 def _hydra_main(cfg: DictConfig) -> None:
-    workers = os.environ.get("NNEXP_STUDY_WORKERS")
+    from nnexp.report.study_plots import draw_study
     from nnexp.runner import INTERRUPTIONS, Interrupts
 
+    workers = os.environ.get("NNEXP_STUDY_WORKERS")
+    hc = HydraConfig.get()
     try:
         with Interrupts():  # Ctrl-C or SIGTERM from the first moment: one line, exit 130
-            run_study(cfg, int(workers) if workers else None)
+            run_study(cfg, int(workers) if workers else None, experiment=hc.runtime.choices.get("experiment"),
+                              command="python -m nnexp.study " + " ".join(hc.overrides.task),
+                              run_dir=Path(hc.runtime.output_dir), draw=draw_study)
     except NnexpError as exc:
         die("nnexp.study", str(exc))
     except INTERRUPTIONS:
@@ -59,19 +62,3 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ConfigError as exc:
         die("nnexp.study", str(exc))
     hydra_cli("nnexp.study", args, _hydra_main, own_group="study")
-
-
-def check_study_overrides(args: Sequence[str]) -> None:
-    """``study=NAME`` must name a file of sweeps/study/; ``study.KEY`` a key some study has."""
-
-    folder = resources.files("nnexp.sweeps") / "study"
-    studies = {p.name[:-5]: yaml.safe_load(p.read_text()) for p in folder.iterdir() if p.name.endswith(".yaml")}
-    keys = sorted({k for body in studies.values() for k in body})
-    for arg in args:
-        key, _, value = arg.partition("=")
-        key = key.lstrip("+~")
-        if key == "study" and value not in studies:
-            raise ConfigError(f"unknown study '{value}'{suggest(value, studies)}; choose one of: {', '.join(sorted(studies))}")
-        if key.startswith("study.") and key.split(".")[1] not in keys and not arg.startswith("+"):
-            sub = key.split(".")[1]
-            raise ConfigError(f"unknown key '{key}'{suggest(sub, keys)}; study keys: {', '.join(keys)}")

@@ -93,30 +93,6 @@ def anytime_figure(curves: dict[str, list[list]], path: Path, *, title: str) -> 
     return _save(fig, path)
 
 
-def study_stage_figure(stage: str, trials: list, path: Path) -> Path | None:
-    """The plot that justifies a study stage's decision, from its finished Optuna trials."""
-    def fixed(t):
-        return t.params or t.system_attrs.get("fixed_params", {})
-
-    def scored(name: str) -> dict[float, list[float]]:
-        return {float(fixed(t)[name]): t.user_attrs.get("replicate_values") or [t.value]
-                for t in trials if t.value is not None and name in fixed(t)}
-
-    if stage == "eta_threshold":
-        return eta_cost_curves({float(fixed(t)["eta"]): t.user_attrs.get("curve", []) for t in trials}, path)
-    if stage in ("lmbda_walk", "lmbda_refine", "eta_refine", "search"):
-        name = "eta" if stage in ("eta_refine", "search") else "lmbda"
-        points = scored(name)
-        if not points:
-            return None
-        return accuracy_vs_param(points, path, xlabel=f"{name}{' (full-data units)' if name == 'lmbda' else ''}",
-                                 title=f"{stage}: validation accuracy vs {name}")
-    if stage == "mini_batch":
-        return accuracy_vs_time({int(fixed(t)["mini_batch_size"]): t.user_attrs.get("curve", []) for t in trials},
-                                path, label="mini-batch")
-    return None
-
-
 # -- the book's figures (report) -------------------------------------------------------------------
 from dataclasses import dataclass, field  # noqa: E402
 

@@ -1,17 +1,26 @@
-"""Running a study: the base run config and the study settings in, every stage run or resumed,
-the outputs written. Called by ``python -m nnexp.study`` and by the benchmark."""
+"""Studies from Python, beside the runner's API: overrides in (the same ones, and the same checks,
+as ``python -m nnexp.study``), every stage run or resumed, the outputs written::
+
+    from nnexp import search
+    study = search.run(["dataset=digits", "study=tpe", "study.n_trials=8"], workers=2)
+    print(study.decisions["final"]["test_accuracy"], study.outputs["log"])
+
+The study's plots are drawn by the report: ``nnexp.report.study_plots.draw_study(study.output_dir)``.
+"""
 
 from __future__ import annotations
 
 import copy
 import logging
+from importlib import resources
 from pathlib import Path
+from typing import Any, Callable, Sequence
 
-from hydra.core.hydra_config import HydraConfig
+import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from nnexp import tracking
-from nnexp.config import RunConfig, to_run_config
+from nnexp.config import RunConfig, suggest, to_run_config
 from nnexp.config.errors import ConfigError
 from nnexp.config.names import TAG_EXPERIMENT, TAG_STAGE, TAG_STUDY
 from nnexp.search.backend import DEFAULT_STORAGE, make_storage
@@ -40,10 +49,63 @@ def _n_images(c: RunConfig, classes=None) -> int:
     return len(load_splits(c)[1])
 
 
-def run_study(cfg: DictConfig, workers: int | None = None) -> Context:
+def study_files() -> dict[str, dict]:
+    """The studies one can select (``study=NAME``): sweeps/study/NAME.yaml, by name."""
+    folder = resources.files("nnexp.sweeps") / "study"
+    return {p.name[:-5]: yaml.safe_load(p.read_text()) for p in folder.iterdir() if p.name.endswith(".yaml")}
+
+
+def check_study_overrides(args: Sequence[str]) -> None:
+    """``study=NAME`` must name a file of sweeps/study/; ``study.KEY`` a key some study has."""
+    studies = study_files()
+    keys = sorted({k for body in studies.values() for k in body})
+    for arg in args:
+        key, _, value = arg.partition("=")
+        key = key.lstrip("+~")
+        if key == "study" and value not in studies:
+            raise ConfigError(f"unknown study '{value}'{suggest(value, studies)}; "
+                              f"choose one of: {', '.join(sorted(studies))}")
+        if key.startswith("study.") and key.split(".")[1] not in keys and not arg.startswith("+"):
+            sub = key.split(".")[1]
+            raise ConfigError(f"unknown key '{key}'{suggest(sub, keys)}; study keys: {', '.join(keys)}")
+
+
+def compose_study(overrides: Sequence[str] = ()) -> DictConfig:
+    """The configuration ``python -m nnexp.study OVERRIDES`` composes, after the same checks (one-line
+    ConfigError): run keys as for nnexp.run, ``study=NAME`` and ``study.KEY=...``."""
+    from hydra import compose, initialize_config_module
+    from hydra.errors import HydraException
+
+    from nnexp.runner import check_overrides
+
+    overrides = list(overrides)
+    check_study_overrides(overrides)
+    check_overrides([o for o in overrides if not o.lstrip("+~").startswith("study")])
+    try:
+        with initialize_config_module(version_base="1.3", config_module="nnexp.conf"):
+            return compose("study", overrides=overrides)
+    except HydraException as exc:
+        raise ConfigError(str(exc).strip().splitlines()[0]) from None
+
+
+def run(overrides: Sequence[str] = (), *, workers: int | None = None,
+        draw: Callable[[Path], Any] | None = None) -> Context:
+    """Run (or resume) the study ``python -m nnexp.study OVERRIDES`` would: same checks, same
+    decisions, same outputs (decision log, preset, reproduce command). ``draw``: what draws the
+    log's plots from the data beside it (the command passes ``nnexp.report.study_plots.draw_study``).
+    Returns its Context: ``decisions`` per stage, ``outputs`` (preset, log), ``output_dir``."""
+    overrides = list(overrides)
+    preset = next((o.split("=", 1)[1] for o in overrides if o.startswith("+experiment=")), None)
+    return run_study(compose_study(overrides), workers, experiment=preset, draw=draw,
+                     command="python -m nnexp.study " + " ".join(overrides))
+
+
+def run_study(cfg: DictConfig, workers: int | None = None, *, experiment: str | None = None,
+              command: str = "", run_dir: Path | None = None, draw: Callable[[Path], Any] | None = None) -> Context:
+    """The study of a composed config (see ``compose_study``); ``experiment``: the preset it was
+    composed with, ``command``: the command that reproduces it, ``run_dir``: where the parent
+    run's local record goes (default: ./outputs/records/...), ``draw``: see ``run``."""
     settings, base = load_settings(cfg)
-    hc = HydraConfig.get() if HydraConfig.initialized() else None
-    experiment = hc.runtime.choices.get("experiment") if hc else None
     name = settings.study
     storage_url = settings.storage or DEFAULT_STORAGE
     ctx = Context(name=name, settings=settings, base=base, storage_url=storage_url,
@@ -66,7 +128,7 @@ def run_study(cfg: DictConfig, workers: int | None = None) -> Context:
         uri = tracking.resolve_uri(base.tracking.uri)
         tracking.prepare_store(uri, base.tracking.experiment)
         known = meta.user_attrs.get("mlflow_parent_run_id")  # a resumed study continues its parent run
-        run_dir = Path(hc.runtime.output_dir) if hc else tracking.default_run_dir()
+        run_dir = run_dir or tracking.default_run_dir()
         ctx.parent = tracking.ParentRun(uri, base.tracking.experiment, name=f"study {name}", run_dir=run_dir,
                                         run_id=known, tags={TAG_STUDY: name, TAG_STAGE: "study",
                                                             TAG_EXPERIMENT: experiment or "none"})
@@ -80,7 +142,7 @@ def run_study(cfg: DictConfig, workers: int | None = None) -> Context:
     strategy = broad_strategy if settings.kind == "broad_strategy" else sampler_study
     strategy(ctx, stop_after)
     if "final" in ctx.decisions:
-        write_outputs(ctx)
+        write_outputs(ctx, command, draw)
     elif ctx.parent:
         ctx.parent.end("FINISHED")
     return ctx

@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any, Callable
 
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
 from nnexp import tracking
-from nnexp.config.names import COMPLETED, TAG_STATUS
+from nnexp.config.names import COMPLETED, STUDY_PLOTS_FILE, TAG_STATUS
 from nnexp.search.backend import finished_trials, make_storage
+from nnexp.search.trials import fixed_params
 from nnexp.config.study_schema import STAGES
 from nnexp.search.strategy import RULE, Context
 
@@ -74,9 +75,8 @@ def slug(name: str) -> str:
 def decision_log(ctx: Context, out_dir: Path, command: str) -> Path:
     """Markdown: the question, the hyper-parameters' roles, each stage's trials and decision,
     the plots that justify them, and the command that reproduces the result."""
-    from nnexp.report import figures
-
     s = ctx.settings
+    plots: list[dict] = []
     lines = [f"# Study `{ctx.name}` ({s.kind})", "", f"**Question.** {s.question}", "",
              f"- scientific hyper-parameters: {', '.join(s.scientific)}",
              f"- nuisance: the seed; every grid trial and the final stage train seeds {ctx.base.seed} to "
@@ -111,13 +111,24 @@ def decision_log(ctx: Context, out_dir: Path, command: str) -> Path:
                 val = "" if t.value is None else f"{t.value:.4f}"
                 lines.append(f"| {t.number} | {params} | {t.user_attrs.get(TAG_STATUS, t.state.name.lower())} "
                              f"| {per_seed} | {val} | {t.user_attrs.get('images', '')} |")
-            png = figures.study_stage_figure(stage, trials, out_dir / f"{stage}{'' if rung == studies[0][0] else '@' + rung}.png")
-            if png:
-                lines += ["", f"![{stage} on {rung}]({png.name})"]
-            lines.append("")
+            png = f"{stage}{'' if rung == studies[0][0] else '@' + rung}.png"
+            plots.append({"png": png, "stage": stage, "rung": rung, "trials": [plot_data(t) for t in trials]})
+            lines += ["", plot_placeholder(png, f"{stage} on {rung}"), ""]
     path = out_dir / "decisions.md"
     path.write_text("\n".join(lines))
+    (out_dir / STUDY_PLOTS_FILE).write_text(json.dumps(plots, default=str))
     return path
+
+
+def plot_placeholder(png: str, caption: str) -> str:
+    """Where a plot goes in decisions.md; the report replaces it with the image once drawn."""
+    return f"<!-- plot {png} | {caption} -->"
+
+
+def plot_data(t) -> dict:
+    """What a stage's plot needs of one finished trial, as plain JSON."""
+    return {"number": t.number, "params": fixed_params(t), "value": t.value,
+            "replicate_values": t.user_attrs.get("replicate_values"), "curve": t.user_attrs.get("curve", [])}
 
 
 def _evidence_lines(d: dict) -> list[str]:
@@ -142,13 +153,18 @@ def _evidence_lines(d: dict) -> list[str]:
     return rows
 
 
-def write_outputs(ctx: Context) -> None:
+def write_outputs(ctx: Context, command: str, draw: Callable[[Path], Any] | None = None) -> None:
+    """The preset, the decision log (with the data of its plots) and decisions.json in the study's
+    output directory, the plots drawn by ``draw`` (the report's); the final result on the parent
+    run, with all of them as artifacts. ``command``: what reproduces the study."""
     out_dir = Path(ctx.settings.output_dir or Path("studies") / slug(ctx.name)).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    command = "python -m nnexp.study " + " ".join(HydraConfig.get().overrides.task) if HydraConfig.initialized() else ""
+    ctx.output_dir = out_dir
     preset = override_file(ctx, out_dir)
     log_path = decision_log(ctx, out_dir, command)
     (out_dir / "decisions.json").write_text(json.dumps(ctx.decisions, indent=2, default=str))
+    if draw is not None:
+        draw(out_dir)
     if ctx.parent:
         final = ctx.decisions["final"]
         ctx.parent.log(metrics={"best_validation_accuracy": final["validation_accuracy"],
@@ -156,7 +172,8 @@ def write_outputs(ctx: Context) -> None:
                        tags={TAG_STATUS: COMPLETED}, artifacts_from=out_dir)
         ctx.parent.end("FINISHED")
     final = ctx.decisions["final"]
-    ctx.decisions["_outputs"] = {"preset": str(preset), "log": str(log_path)}
+    ctx.outputs = {"preset": str(preset), "log": str(log_path)}
+    ctx.decisions["_outputs"] = ctx.outputs
     log.info("study %s: eta %.4g, lambda %.4g, mini-batch %d; validation accuracy %.4f, test accuracy %.4f "
              "± %.4f over %d seed(s) | "
              "reproduce: python -m nnexp.run --config-dir %s +experiment=%s | decisions: %s",

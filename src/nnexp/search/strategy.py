@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 from omegaconf import OmegaConf
@@ -58,6 +59,8 @@ class Context:
     parent: tracking.ParentRun | None = None  # the study's MLflow parent run (None: tracking off)
     decisions: dict = field(default_factory=dict)
     stage_studies: dict = field(default_factory=dict)  # stage -> [(rung, Optuna study), ...]
+    output_dir: Path | None = None  # where the outputs went, once written
+    outputs: dict = field(default_factory=dict)  # preset, log: their paths
 
     def plan(self, stage: str, base: RunConfig, space: dict, **kw) -> StagePlan:
         s = self.settings
