@@ -76,8 +76,8 @@ def isolated(tmp_path, monkeypatch):
     """No test sees the user's data dir or cache, a system copy, or the internet."""
     monkeypatch.delenv("NNEXP_DATA_DIR", raising=False)
     monkeypatch.setenv("NNEXP_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(data, "MIRRORS", {"mnist": (closed_port_url(),), "fashion_mnist": (closed_port_url(),)})
-    monkeypatch.setattr(data, "SYSTEM_DIRS", {})
+    monkeypatch.setattr(data.catalog, "MIRRORS", {"mnist": (closed_port_url(),), "fashion_mnist": (closed_port_url(),)})
+    monkeypatch.setattr(data.catalog, "SYSTEM_DIRS", {})
 
 
 @pytest.fixture(scope="session")
@@ -237,7 +237,7 @@ def test_cache_dir_is_searched(tmp_path):
 def test_explicit_empty_dir_is_an_error_without_download(tmp_path, monkeypatch, mnist_dir):
     empty = tmp_path / "empty"
     empty.mkdir()
-    monkeypatch.setattr(data, "MIRRORS", {"mnist": (mnist_dir.as_uri() + "/",)})  # would succeed for 3 files
+    monkeypatch.setattr(data.catalog, "MIRRORS", {"mnist": (mnist_dir.as_uri() + "/",)})  # would succeed for 3 files
     with pytest.raises(DataNotFoundError) as info:
         data.load("mnist", empty)
     assert str(empty) in str(info.value) and "\n" not in str(info.value)
@@ -255,7 +255,7 @@ def test_mismatched_counts_name_both_files(tmp_path):
 
 def test_fashion_from_system_dir_and_wrong_dataset_refused(tmp_path, monkeypatch, mnist_dir, caplog):
     system = make_fake_dataset(tmp_path / "usr-share-fashion")
-    monkeypatch.setattr(data, "SYSTEM_DIRS", {"fashion_mnist": (str(system),)})
+    monkeypatch.setattr(data.catalog, "SYSTEM_DIRS", {"fashion_mnist": (str(system),)})
     splits = data.load("fashion-mnist")
     assert splits.name == "fashion_mnist" and Path(splits.source) == system.resolve()
     assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 4
@@ -298,7 +298,7 @@ def test_load_downloads_missing_files_into_cache(tmp_path, monkeypatch, mnist_di
     cache = data.cache_dir() / "mnist"
     cache.mkdir(parents=True)
     shutil.copy(mnist_dir / FILES[0], cache / FILES[0])  # the unofficial file is already local
-    monkeypatch.setattr(data, "MIRRORS", {"mnist": (closed_port_url(), mnist_dir.as_uri())})
+    monkeypatch.setattr(data.catalog, "MIRRORS", {"mnist": (closed_port_url(), mnist_dir.as_uri())})
     splits = data.load("mnist", dtype=np.float32)
     assert Path(splits.source) == cache.resolve()
     assert sorted(p.name for p in cache.iterdir()) == sorted(FILES)
@@ -309,7 +309,7 @@ def test_load_downloads_missing_files_into_cache(tmp_path, monkeypatch, mnist_di
 
 
 def test_load_refuses_mismatched_download(monkeypatch, mnist_dir):
-    monkeypatch.setattr(data, "MIRRORS", {"mnist": (mnist_dir.as_uri() + "/",)})
+    monkeypatch.setattr(data.catalog, "MIRRORS", {"mnist": (mnist_dir.as_uri() + "/",)})
     with pytest.raises(ChecksumError) as info:
         data.load("mnist")
     assert "train-images-idx3-ubyte.gz" in str(info.value) and "NNEXP_DATA_DIR" in str(info.value)
@@ -341,7 +341,43 @@ def test_fetch_over_http_tries_next_mirror(tmp_path, mnist_dir):
         server.server_close()
     assert [p.name for p in paths.values()] == list(FILES)
     assert all(sha256_of(dest / name) == SHARED_SHA256[name] for name in FILES)
-    assert not list(dest.glob("*.part"))
+    assert sorted(p.name for p in dest.iterdir()) == sorted(FILES)  # no partial or temporary files left
+
+
+@pytest.mark.parametrize("failure", ["cut-short", "stalled"])
+def test_interrupted_download_leaves_nothing_a_load_would_take(tmp_path, mnist_dir, failure):
+    """A download that breaks off (connection closed, or silent past the timeout) half-way through
+    a file leaves the cache as it was: no partial file under the IDX name, no temporary file."""
+    payload = (mnist_dir / FILES[1]).read_bytes()
+    release = threading.Event()
+
+    class HalfThenFail(_QuietHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload[: len(payload) // 2])
+            self.wfile.flush()
+            if failure == "stalled":
+                release.wait(10)
+            self.close_connection = True
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(HalfThenFail, directory=str(tmp_path)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    cache = data.cache_dir() / "mnist"
+    cache.mkdir(parents=True)
+    shutil.copy(mnist_dir / FILES[0], cache / FILES[0])  # the first file is already there
+    try:
+        with pytest.raises(DataNotFoundError, match=FILES[1]):
+            data.fetch("mnist", cache, mirrors=[f"http://127.0.0.1:{server.server_address[1]}/"], timeout=0.5)
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()
+    assert [p.name for p in cache.iterdir()] == [FILES[0]]
+    assert sha256_of(cache / FILES[0]) == SHARED_SHA256[FILES[0]]
+    with pytest.raises(DataNotFoundError, match="NNEXP_DATA_DIR"):
+        data.load("mnist", download=False)
 
 
 def test_unreachable_mirrors_fail_fast_with_guidance(tmp_path, monkeypatch):
@@ -357,7 +393,7 @@ def test_unreachable_mirrors_fail_fast_with_guidance(tmp_path, monkeypatch):
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Missing, directory=str(tmp_path)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{server.server_address[1]}"
-    monkeypatch.setattr(data, "MIRRORS", {"mnist": (closed_port_url(), base + "/a/", base + "/b/")})
+    monkeypatch.setattr(data.catalog, "MIRRORS", {"mnist": (closed_port_url(), base + "/a/", base + "/b/")})
     try:
         with pytest.raises(DataNotFoundError) as info:
             data.load("mnist")

@@ -55,7 +55,7 @@ def test_each_member_equals_its_single_run(penalty, dropout, momentum):
 
 def test_sub_epoch_monitoring_and_schedules_per_member():
     mon = Monitor(metrics=("training_cost", "validation_accuracy"), every_images=130, validation_sample=50)
-    specs = [TrainSpec(epochs=e, mini_batch_size=10, eta=eta, schedule=HalveOnPlateau(patience=2), monitor=mon)
+    specs = [TrainSpec(epochs=e, mini_batch_size=10, eta=eta, schedule=HalveOnPlateau(patience=2, min_factor=1 / 1024), monitor=mon)
              for e, eta in ((6, 0.5), (3, 2.0), (6, 4.0))]
     members = [(5, 0.5, 0.0, "scaled"), (6, 2.0, 0.0, "scaled"), (7, 4.0, 0.0, "large")]
     _, histories = population(members, specs)
@@ -71,7 +71,7 @@ def test_a_diverging_and_an_early_stopping_member_leave_the_others_unchanged(mon
     sizes = []  # K of every step: frozen members are dropped from the stack
     step = Stepper.step
     monkeypatch.setattr(Stepper, "step", lambda self, xb, *a: (sizes.append(len(xb)), step(self, xb, *a)))
-    es = EarlyStopping(patience=2)
+    es = EarlyStopping(patience=2, restore_best=True)
     specs = [TrainSpec(epochs=12, mini_batch_size=10, eta=eta, lmbda=lmbda, early_stopping=es, dropout=dropout,
                        momentum=momentum, monitor=Monitor(metrics=ALL, every_images=every))
              for eta, lmbda in ((0.5, 0.1), (100.0, 200.0), (3.0, 0.0), (0.3, 1.0))]
@@ -171,7 +171,7 @@ def _records(uri):
 
 
 def test_jobs_are_grouped_by_compatibility_and_spread_over_workers():
-    from nnexp.config import RunConfig
+    from nnexp.config.run_schema import RunConfig
     from nnexp.runner import plan_groups
 
     configs = []
@@ -194,7 +194,7 @@ def test_jobs_are_grouped_by_compatibility_and_spread_over_workers():
 
 
 def test_seeds_n_expands_to_a_multirun_on_the_population_launcher_by_default():
-    from nnexp.run import default_launcher, expand_seeds
+    from nnexp.cli.run import default_launcher, expand_seeds
 
     assert default_launcher(expand_seeds(["+experiment=overfitting", "seeds=5"])) == [
         "-m", "+experiment=overfitting", "seed=range(0,5)", "hydra/launcher=population"]

@@ -1,16 +1,23 @@
 """``python -m nnexp.report``: figures from a real MLflow store built by the test (digits)."""
 
+import html
+import json
 import math
 import os
+import re
 import subprocess
 import sys
+from dataclasses import asdict
+from html.parser import HTMLParser
 from pathlib import Path
+from urllib.parse import quote, unquote
 
 import pandas as pd
 import pytest
 
 from nnexp.report import figures
-from nnexp.report import band, load_figures, paired_difference, per_seed
+from nnexp.report import load_figures
+from nnexp.stats import band, paired_difference, per_seed
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
@@ -255,6 +262,82 @@ def test_the_report_with_no_figure_names_builds_every_figure_more_data_on_chosen
 
 
 def json_section(path):
-    import json
-
     return json.loads(path.read_text())
+
+
+EVIL = '<script>alert(1)</script> & "q" | x'
+
+
+class PageParts(HTMLParser):
+    """The page as a browser's parser reads it: every tag, every attribute, and the text of
+    each h2, td, p, a and pre (entities decoded)."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.tags, self.attrs, self.text, self.open = [], [], {}, []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        self.attrs += [(tag, k, v) for k, v in attrs]
+        if tag in ("h2", "td", "p", "a", "pre"):
+            self.open.append([tag, ""])
+
+    def handle_endtag(self, tag):
+        if self.open and self.open[-1][0] == tag:
+            tag, text = self.open.pop()
+            self.text.setdefault(tag, []).append(text)
+
+    def handle_data(self, data):
+        for part in self.open:
+            part[1] += data
+
+
+def markdown_cells(row: str) -> list[str]:
+    """A GFM table row split at its unescaped pipes, each cell's backslash escapes undone."""
+    cells, cell = [], ""
+    for token in re.findall(r"\\.|\||[^\\|]+", row.strip()[1:-1]):
+        if token == "|":
+            cells.append(cell.strip())
+            cell = ""
+        else:
+            cell += token[1] if token.startswith("\\") else token
+    return cells + [cell.strip()]
+
+
+def test_the_page_escapes_every_value(tmp_path):
+    """Hostile text in every field of a Section, written through JSON and write_page as the
+    report does: the HTML, read back by a parser, holds exactly the data as text and no tag
+    or attribute of its own; the markdown table keeps its four columns."""
+    from nnexp.report import Section, write_page
+    from nnexp.report.page import MLFLOW_UI
+
+    name = f"fig {EVIL}"
+    built = Section(name, f"title {EVIL}", f"book {EVIL}", f"{name}.png",
+                    [(f"what {EVIL}", f"book {EVIL}", f"nnexp {EVIL}", "2")], [f"paired {EVIL}"],
+                    [f"python -m nnexp.run {EVIL}"], [(f"arm {EVIL}", 0, f"run {EVIL}", f"exp {EVIL}")], {})
+    section = Section(**json.loads(json.dumps(asdict(built))))  # as nnexp.cli.report reads it back
+    page = write_page([section], tmp_path, seeds=2, extra=[f"title={EVIL}"]).read_text()
+
+    assert "<script" not in page.lower() and "alert(1)</script>" not in page and '"q"' not in page
+    assert not re.search(r"&(?!(amp|lt|gt|quot|#34|#39);)", page)  # every & starts an entity
+    parts = PageParts()
+    parts.feed(page)
+    assert set(parts.tags) == {"html", "head", "meta", "title", "style", "body", "h1", "p", "code", "section", "h2",
+                               "em", "img", "table", "tr", "th", "td", "a", "pre"}
+    assert {(t, k) for t, k, _ in parts.attrs} == {("meta", "charset"), ("section", "id"), ("img", "src"),
+                                                   ("img", "alt"), ("a", "href")}
+    attrs = {(t, k): v for t, k, v in parts.attrs}
+    assert re.fullmatch(r"[a-z0-9_-]+", attrs["section", "id"])
+    assert unquote(attrs["img", "src"]) == f"{name}.png" and attrs["img", "alt"] == name
+    assert attrs["a", "href"] == f"{MLFLOW_UI}/#/experiments/{quote(f'exp {EVIL}', safe='')}/runs/" \
+                                 f"{quote(f'run {EVIL}', safe='')}"
+    assert parts.text["h2"] == [f"title {EVIL}"] and parts.text["td"] == list(built.table[0])
+    assert f"paired {EVIL}" in parts.text["p"] and parts.text["a"] == [f"arm {EVIL} s0"]
+    assert parts.text["pre"] == [f"python -m nnexp.run {EVIL}"]
+    assert f"--seeds 2 -o 'title={EVIL}'</code>" in html.unescape(page)  # the override shell-quoted too
+
+    md = (tmp_path / "index.md").read_text()
+    rows = [line for line in md.splitlines() if line.startswith("|")]
+    assert [len(markdown_cells(r)) for r in rows] == [4, 4, 4]
+    assert markdown_cells(rows[2]) == list(built.table[0])
+    assert "[arm " + EVIL.replace("|", r"\|") + " s0](" in md and f"-o 'title={EVIL}'`" in md

@@ -13,7 +13,7 @@ import pytest
 from hydra import compose, initialize_config_module
 from mlflow.tracking import MlflowClient
 
-from nnexp.config import to_run_config
+from nnexp.config.run_schema import to_run_config
 from nnexp.config.errors import ConfigError
 from nnexp.runner import check_overrides
 
@@ -310,7 +310,7 @@ def test_every_job_a_sweep_preset_declares_composes_with_its_value(preset):
 
 
 def test_secrets_in_urls_are_redacted():
-    from nnexp.config import RunConfig, flat_params
+    from nnexp.config.run_schema import RunConfig, flat_params
     from nnexp.tracking import redact
 
     assert redact("postgresql://alice:s3cret@db:5432/mlflow") == "postgresql://***@db:5432/mlflow"
@@ -338,7 +338,8 @@ def test_an_exception_during_training_leaves_a_failed_run_with_the_error(store):
 
 
 def test_config_hash_is_stable_when_a_setting_is_added_at_its_default():
-    from nnexp.config import RunConfig, config_hash, flat_params, identity_hash, identity_params
+    from nnexp.config.run_schema import RunConfig, flat_params
+    from nnexp.config.identity import config_hash, identity_hash, identity_params
 
     c = RunConfig()
     params, defaults = flat_params(c), flat_params(RunConfig())

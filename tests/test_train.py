@@ -116,7 +116,7 @@ def test_absurd_learning_rates_diverge_quietly(eta):
 
 
 def test_early_stopping_stops_and_restores_best():
-    spec = TrainSpec(epochs=200, mini_batch_size=10, eta=0.5, early_stopping=EarlyStopping(patience=3))
+    spec = TrainSpec(epochs=200, mini_batch_size=10, eta=0.5, early_stopping=EarlyStopping(patience=3, restore_best=True))
     net, h = run(spec)
     assert h.outcome == EARLY_STOPPED and len(h.records) < 200
     accs = h.column("validation_accuracy")
@@ -126,7 +126,7 @@ def test_early_stopping_stops_and_restores_best():
 
 
 def test_halve_on_plateau_halves_eta_and_ends_at_eta0_over_1024():
-    spec = TrainSpec(epochs=500, mini_batch_size=10, eta=0.5, schedule=HalveOnPlateau(patience=2))
+    spec = TrainSpec(epochs=500, mini_batch_size=10, eta=0.5, schedule=HalveOnPlateau(patience=2, min_factor=1 / 1024))
     _, h = run(spec)
     etas = h.column("eta")
     assert etas[0] == 0.5 and min(etas) == 0.5 / 512  # the run stops when it reaches 1/1024
@@ -160,7 +160,7 @@ def test_bad_mini_batch_and_missing_validation_are_errors():
     with pytest.raises(ValueError, match="mini_batch_size"):
         run(TrainSpec(epochs=1, mini_batch_size=10_000, eta=0.5))
     with pytest.raises(ValueError, match="validation_accuracy"):
-        run(TrainSpec(epochs=1, mini_batch_size=10, eta=0.5, early_stopping=EarlyStopping(),
+        run(TrainSpec(epochs=1, mini_batch_size=10, eta=0.5, early_stopping=EarlyStopping(patience=10, restore_best=True),
                       monitor=Monitor(metrics=("training_cost",))))
 
 

@@ -21,15 +21,17 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict
 
+from nnexp.runner.groups import MAX_MEMBERS, MAX_MEMORY_MB
+
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class PopulationLauncherConf:
     _target_: str = "hydra_plugins.nnexp_population.population_launcher.PopulationLauncher"
-    max_members: int = 16  # largest population (K)
+    max_members: int = MAX_MEMBERS  # largest population (K)
     workers: int = 2  # processes training populations side by side
-    max_memory_mb: int = 4096  # per population: stacked parameters, data batches, evaluation
+    max_memory_mb: int = MAX_MEMORY_MB  # per population: stacked parameters, data batches, evaluation
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="population", node=PopulationLauncherConf,
@@ -37,7 +39,7 @@ ConfigStore.instance().store(group="hydra/launcher", name="population", node=Pop
 
 
 class PopulationLauncher(Launcher):
-    def __init__(self, max_members: int = 16, workers: int = 2, max_memory_mb: int = 4096) -> None:
+    def __init__(self, max_members: int = MAX_MEMBERS, workers: int = 2, max_memory_mb: int = MAX_MEMORY_MB) -> None:
         self.max_members, self.workers, self.max_memory_mb = max_members, workers, max_memory_mb
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None

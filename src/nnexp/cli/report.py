@@ -20,7 +20,7 @@ from nnexp import tracking
 from nnexp.config.errors import NnexpError
 from nnexp.report.launch import launch
 from nnexp.report.page import Section, build_figure, write_page
-from nnexp.report.figure_plan import compose_run, load_figures, plan_jobs
+from nnexp.report.figure_plan import load_figures, plan_jobs
 from nnexp.report.runs import find_runs
 
 log = logging.getLogger("nnexp.report")
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace, figures: dict) -> int:
         if any(j.kind != "neuron" for j in missing):  # fail fast, once, if the data is not there
             from nnexp.runner import load_splits
 
-            load_splits(compose_run(list(args.override))[0])
+            load_splits(next(j.job.config for j in missing if j.kind != "neuron"))
         print(f"launching {len(missing)} missing runs of {len(jobs)} on {args.workers} processes")
         launch(missing, uri, args.experiment, args.workers)
         found = find_runs(uri, args.experiment)

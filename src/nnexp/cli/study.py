@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 
 from nnexp.cli.entry import die, hydra_cli
 from nnexp.config.errors import ConfigError, NnexpError
+from nnexp.config.study_schema import register_study_schema
 from nnexp.search import check_study_overrides, run_study
 
 log = logging.getLogger("nnexp.study")
@@ -57,6 +58,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         os.environ["NNEXP_STUDY_WORKERS"] = args[i + 1]
         del args[i:i + 2]
 
+    register_study_schema()
     try:
         check_study_overrides(args)
     except ConfigError as exc:

@@ -1,8 +1,12 @@
-"""Typed run configuration: schemas for the Hydra config groups and their validation.
+"""The run configuration, written once: every key's type, default and meaning (these dataclasses),
+its validation (``validate``, each cross-field rule in one function) and its registration with
+Hydra's ConfigStore (``schema: run``) as the structured base of ``conf/config.yaml``, which only selects a group
+option per book concept. A group option (``conf/<group>/<option>.yaml``) states only what it
+changes; everything it leaves out comes from here.
 
-Hydra composes ``conf/``; ``to_run_config`` merges the result into these dataclasses
-(rejecting unknown keys and wrongly typed values) and ``validate`` checks ranges and
-choices before any data is loaded. Every problem is a one-line ``ConfigError``.
+``to_run_config`` merges a composed config into these dataclasses (rejecting unknown keys and
+wrongly typed values); every problem is a one-line ``ConfigError``. Adding a per-run key: a field
+here (and its check in ``validate``), the code that uses it, and the README.
 """
 
 from __future__ import annotations
@@ -12,99 +16,93 @@ import math
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import II, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from nnexp.data import CATALOG, DATASETS
-from nnexp.engine import ACTIVATIONS, COSTS, INITS, PENALTIES
 from nnexp.config.errors import ConfigError
 from nnexp.config.names import METRIC_NAMES
+from nnexp.data import CATALOG, DATASETS
+from nnexp.engine import ACTIVATIONS, COSTS, INITS, PENALTIES
 
 SCHEDULES = ("constant", "halve_on_plateau")
 EARLY_STOPPING = ("off", "no_improvement")
 DTYPES = ("float64", "float32")
 REGULARIZATIONS = ("none", "l2", "l1", "dropout")
-
-
-def _register_resolvers() -> None:
-    """Arithmetic for presets, e.g. lmbda: ${nnexp_mul:${dataset.train_size},1e-4}."""
-    if not OmegaConf.has_resolver("nnexp_mul"):
-        OmegaConf.register_new_resolver("nnexp_mul", lambda a, b: a * b)
-
-
-_register_resolvers()
+SCHEMA_GROUP = "schema"  # the ConfigStore group conf/config.yaml extends: schema=run (study.yaml: study)
 
 
 @dataclass
 class DatasetConfig:
-    name: str = "mnist"
-    data_dir: str | None = None
-    n_inputs: int = 784
-    train_size: int | None = None
-    classes: list[int] | None = None
-    expanded: bool = False
-    download: bool = True
+    name: str = "mnist"  # mnist | fashion_mnist | digits (sklearn's 8x8, offline)
+    data_dir: str | None = None  # a directory with the four IDX files; else $NNEXP_DATA_DIR, cache, download
+    n_inputs: int = II("nnexp_inputs:${.name}")  # pixels per image, from the dataset catalog
+    train_size: int | None = None  # first n training images only (the book's overfitting runs: 1000)
+    classes: list[int] | None = None  # keep only these digits, e.g. [0, 1]
+    expanded: bool = False  # the book's expanded data: + one-pixel shifts (250,000 images)
+    download: bool = True  # fetch (with a checksum) when neither local nor cached
 
 
 @dataclass
 class CostConfig:
-    name: str = "cross_entropy"
+    name: str = "cross_entropy"  # quadratic (ch. 1) | cross_entropy | log_likelihood (softmax output)
 
 
 @dataclass
 class RegularizationConfig:
-    name: str = "l2"
-    penalty: str = "l2"
-    dropout: float = 0.0
+    name: str = "l2"  # none | l2 | l1 | dropout (strength: lmbda)
+    penalty: str = "l2"  # the weight penalty: none | l2 (C0 + lmbda/2n sum w^2) | l1 (C0 + lmbda/n sum |w|)
+    dropout: float = 0.0  # probability of dropping a hidden neuron while training
 
 
 @dataclass
 class InitConfig:
-    name: str = "scaled"
+    name: str = "scaled"  # scaled: N(0, 1/n_in) weights | large: N(0, 1) (ch. 1)
 
 
 @dataclass
 class ScheduleConfig:
-    name: str = "constant"
-    patience: int = 10
-    min_factor: float = 1 / 1024
+    name: str = "constant"  # constant | halve_on_plateau (eta / 2 when validation accuracy stalls)
+    patience: int = 10  # halve_on_plateau: evaluations without improvement before halving
+    min_factor: float = 1 / 1024  # halve_on_plateau: stop when eta reaches eta0 x min_factor (the book's 1/1024)
 
 
 @dataclass
 class EarlyStoppingConfig:
-    name: str = "off"
-    patience: int = 10
-    restore_best: bool = True
+    name: str = "off"  # off | no_improvement (on validation accuracy)
+    patience: int = 10  # evaluations without improvement before stopping
+    restore_best: bool = True  # end with the parameters of the best evaluation
 
 
 @dataclass
 class MonitorConfig:
-    metrics: list[str] = field(default_factory=lambda: list(METRIC_NAMES))
-    every_images: int | None = None
-    validation_sample: int | None = None
-    progress: bool | None = None  # None: auto (on a terminal, sequential jobs)
+    metrics: list[str] = field(default_factory=lambda: list(METRIC_NAMES))  # evaluated and tracked
+    every_images: int | None = None  # evaluate every k training images instead of every epoch
+    validation_sample: int | None = None  # evaluate validation on m random images instead of all
+    progress: bool | None = None  # per-epoch progress bar; None: auto (on a terminal, sequential jobs)
 
 
 @dataclass
 class TrackingConfig:
     enabled: bool = True
-    uri: str | None = None
+    uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
     experiment: str = "nnexp"
-    log_model: bool = True
+    log_model: bool = True  # the final network as model.npz
 
 
 @dataclass
 class RunConfig:
-    eta: float = 0.5
-    lmbda: float = 5.0
+    """One run: the book's chapter-3 network on MNIST unless a key or a group option says otherwise."""
+
+    eta: float = 0.5  # learning rate
+    lmbda: float = 5.0  # regularization strength (L1 / L2)
     mini_batch_size: int = 10
-    epochs: int = 30
-    budget_images: int | None = None
+    epochs: int = 30  # maximum epochs (early stopping may end sooner)
+    budget_images: int | None = None  # if set, epochs = budget_images / training-set size (more_data)
     seed: int = 0
-    sizes: list[int] = field(default_factory=lambda: [784, 30, 10])
-    hidden: str = "sigmoid"
-    momentum: float = 0.0
-    dtype: str = "float64"
+    sizes: list[int] = field(default_factory=lambda: [II("dataset.n_inputs"), 30, 10])  # inputs, hidden..., 10
+    hidden: str = "sigmoid"  # hidden neurons: sigmoid | tanh | relu
+    momentum: float = 0.0  # friction coefficient mu; 0 = plain SGD
+    dtype: str = "float64"  # float64 (book fidelity) | float32
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     cost: CostConfig = field(default_factory=CostConfig)
     regularization: RegularizationConfig = field(default_factory=RegularizationConfig)
@@ -113,6 +111,12 @@ class RunConfig:
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def __post_init__(self) -> None:
+        """Built in Python (``RunConfig()``), not composed: the defaults' interpolations resolved here."""
+        if isinstance(self.dataset.n_inputs, str):
+            self.dataset.n_inputs = CATALOG[self.dataset.name].n_inputs
+        self.sizes = [self.dataset.n_inputs if isinstance(n, str) else n for n in self.sizes]
 
     @property
     def train_size(self) -> int:
@@ -127,6 +131,23 @@ class RunConfig:
         if self.budget_images is None:
             return self.epochs
         return max(1, math.ceil(self.budget_images / self.train_size))
+
+
+def register_schema() -> None:
+    """Make the schema and the resolvers known to Hydra and OmegaConf (idempotent): every entry
+    point that composes calls it first. ``nnexp_inputs``: a dataset's inputs, from the catalog;
+    ``nnexp_mul``: arithmetic for presets, e.g. lmbda: ${nnexp_mul:${dataset.train_size},1e-4}."""
+    from hydra.core.config_store import ConfigStore
+
+    register_resolvers()
+    ConfigStore.instance().store(group=SCHEMA_GROUP, name="run", node=RunConfig, package="_global_")
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("nnexp_mul"):
+        OmegaConf.register_new_resolver("nnexp_mul", lambda a, b: a * b)
+    if not OmegaConf.has_resolver("nnexp_inputs"):  # an unknown dataset is validate()'s one-line error
+        OmegaConf.register_new_resolver("nnexp_inputs", lambda name: CATALOG[name].n_inputs if name in CATALOG else 0)
 
 
 GROUPS = ("dataset", "cost", "regularization", "init", "schedule", "early_stopping", "tracking")
@@ -156,6 +177,7 @@ def _one_line(exc: Exception) -> str:
 
 def to_run_config(cfg: DictConfig | dict) -> RunConfig:
     """Merge a composed config into the typed schema; one-line ConfigError on failure."""
+    register_resolvers()
     container = cfg if isinstance(cfg, dict) else OmegaConf.to_container(cfg, resolve=False)
     container = {k: v for k, v in container.items() if k != "hydra"}
     unknown = [k for k in container if k not in field_names()]
@@ -211,9 +233,7 @@ def validate(c: RunConfig) -> None:
     _check(c.budget_images is None or c.budget_images >= 1, "budget_images must be >= 1 or null")
     _check(c.dataset.train_size is None or c.dataset.train_size >= 1,
            f"dataset.train_size must be >= 1, got {c.dataset.train_size}")
-    _check(c.mini_batch_size >= 1, f"mini_batch_size must be >= 1, got {c.mini_batch_size}")
-    _check(c.mini_batch_size <= c.train_size,
-           f"mini_batch_size {c.mini_batch_size} is larger than the training set ({c.train_size} images)")
+    check_mini_batch(c.mini_batch_size, c.train_size)
     _check(len(c.sizes) >= 2 and all(s >= 1 for s in c.sizes),
            f"sizes must list at least two positive layer sizes, got {c.sizes}")
     n_in = CATALOG[c.dataset.name].n_inputs
@@ -226,11 +246,27 @@ def validate(c: RunConfig) -> None:
            "monitor.every_images must be >= 1 or null")
     _check(c.monitor.validation_sample is None or c.monitor.validation_sample >= 1,
            "monitor.validation_sample must be >= 1 or null")
-    needs_val = c.early_stopping.name != "off" or c.schedule.name == "halve_on_plateau"
-    _check(not needs_val or "validation_accuracy" in c.monitor.metrics,
-           "early stopping and halve_on_plateau need validation_accuracy in monitor.metrics")
+    check_validation_monitored(c)
     for name in ("schedule", "early_stopping"):
         _check(getattr(c, name).patience >= 1, f"{name}.patience must be >= 1")
+
+
+def check_mini_batch(mini_batch_size: int, n_train: int) -> None:
+    """A mini-batch fits in the training set: checked before loading (the catalog's size) and
+    after (the size of the subset actually read)."""
+    _check(mini_batch_size >= 1, f"mini_batch_size must be >= 1, got {mini_batch_size}")
+    _check(mini_batch_size <= n_train,
+           f"mini_batch_size {mini_batch_size} is larger than the training set ({n_train} images)")
+
+
+def needs_validation(c: RunConfig) -> bool:
+    """Early stopping and halve_on_plateau decide on validation accuracy."""
+    return c.early_stopping.name != "off" or c.schedule.name == "halve_on_plateau"
+
+
+def check_validation_monitored(c: RunConfig) -> None:
+    _check(not needs_validation(c) or "validation_accuracy" in c.monitor.metrics,
+           "early stopping and halve_on_plateau need validation_accuracy in monitor.metrics")
 
 
 def flat_params(c: RunConfig) -> dict[str, Any]:

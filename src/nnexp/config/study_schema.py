@@ -9,7 +9,7 @@ from typing import Any
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from nnexp.config import suggest
+from nnexp.config.run_schema import SCHEMA_GROUP, RunConfig, register_schema, suggest
 from nnexp.config.errors import ConfigError
 
 #: the stages of each kind of study, in order
@@ -147,3 +147,19 @@ def validate(s: StudySettings) -> None:
     check(len({r.name for r in [s.stripped, *s.ladder]}) == len(s.ladder) + 1,
           "study.ladder: every rung needs its own name (it names the rung's Optuna study)")
     check(s.heartbeat_seconds >= 1 and s.grace_seconds >= 1, "study.heartbeat_seconds and grace_seconds must be >= 1")
+
+
+@dataclass
+class StudyRunConfig(RunConfig):
+    """``python -m nnexp.study``'s composed config: the run config every trial starts from, and the
+    ``study`` group (checked by ``to_settings``, which gives one-line errors)."""
+
+    study: dict[str, Any] = field(default_factory=dict)
+
+
+def register_study_schema() -> None:
+    """The run schema and the study's, known to Hydra (idempotent)."""
+    from hydra.core.config_store import ConfigStore
+
+    register_schema()
+    ConfigStore.instance().store(group=SCHEMA_GROUP, name="study", node=StudyRunConfig, package="_global_")  # conf/study.yaml

@@ -5,8 +5,8 @@
 
 from nnexp.report.launch import launch
 from nnexp.report.page import Section, build_figure, write_page
-from nnexp.report.figure_plan import FigureRun, compose_run, load_figures, plan_jobs
+from nnexp.report.figure_plan import FigureRun, load_figures, plan_jobs
 from nnexp.report.runs import curves_frame, find_runs
 
-__all__ = ["FigureRun", "Section", "build_figure", "compose_run", "curves_frame", "find_runs", "launch",
+__all__ = ["FigureRun", "Section", "build_figure", "curves_frame", "find_runs", "launch",
            "load_figures", "plan_jobs", "write_page"]

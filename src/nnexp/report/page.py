@@ -1,15 +1,17 @@
 """Each figure drawn from its runs, with the book's numbers next to nnexp's, and the page
-(HTML and its markdown twin) that gathers them."""
+(HTML and its markdown twin, from the templates ``page.html.j2`` and ``page.md.j2``) that gathers them."""
 
 from __future__ import annotations
 
-import html
 import re
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
+from urllib.parse import quote
 
 import pandas as pd
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from nnexp.report.figure_plan import FigureRun
 from nnexp.train.baselines import LABELS
@@ -119,40 +121,65 @@ def _smallest_size_finding(pts: pd.DataFrame) -> list[str]:
 
 
 def write_page(sections: Sequence[Section], out: Path, *, seeds: int, extra: Sequence[str]) -> Path:
-    """index.html and its markdown twin, one section per figure."""
-    regen = "python -m nnexp.report" + (f" --seeds {seeds}" if seeds != 1 else "") + \
-            "".join(f" -o {o}" for o in extra)
-    md = ["# nnexp: the book's figures, regenerated from tracked runs", "",
-          f"Regenerate everything: `{regen}`. Bands are min-max over seeds.", ""]
-    h = ["<!doctype html><html><head><meta charset='utf-8'><title>nnexp report</title>",
-         "<style>body{font-family:sans-serif;max-width:1000px;margin:2em auto;padding:0 1em}"
-         "img{max-width:100%;border:1px solid #ddd}table{border-collapse:collapse}"
-         "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}code{background:#f4f4f4}</style>",
-         "</head><body><h1>nnexp: the book's figures, regenerated from tracked runs</h1>",
-         f"<p>Regenerate everything: <code>{html.escape(regen)}</code>. Bands are min-max over seeds.</p>"]
-    for s in sections:
-        md += [f"## {s.title}", "", f"*{s.book}* · `python -m nnexp.report {s.name}`", "", f"![{s.name}]({s.png})", ""]
-        h += [f"<section id='{s.name}'><h2>{html.escape(s.title)}</h2>",
-              f"<p><em>{html.escape(s.book)}</em> · <code>python -m nnexp.report {s.name}</code></p>",
-              f"<img src='{s.png}' alt='{s.name}'>"]
-        if s.table:
-            md += ["| | book | nnexp (mean ± std over seeds) | seeds |", "|---|---|---|---|"]
-            md += [f"| {a} | {b} | {c} | {n} |" for a, b, c, n in s.table] + [""]
-            h.append("<table><tr><th></th><th>book</th><th>nnexp (mean ± std over seeds)</th><th>seeds</th></tr>")
-            h += [f"<tr><td>{html.escape(a)}</td><td>{b}</td><td>{c}</td><td>{n}</td></tr>" for a, b, c, n in s.table]
-            h.append("</table>")
-        for c in s.comparisons:
-            md.append(f"- {c}")
-            h.append(f"<p>{html.escape(c)}</p>")
-        md += ["", "Runs: " + ", ".join(f"[{a} s{seed}]({MLFLOW_UI}/#/experiments/{e}/runs/{r})"
-                                         for a, seed, r, e in s.runs), ""]
-        md += ["Commands:", *[f"    {c}" for c in s.commands], ""]
-        links = ", ".join(f"<a href='{MLFLOW_UI}/#/experiments/{e}/runs/{r}'>{html.escape(a)} s{seed}</a>"
-                          for a, seed, r, e in s.runs)
-        h += [f"<p>Runs (MLflow UI at {MLFLOW_UI}): {links}</p>",
-              "<pre>" + html.escape("\n".join(s.commands)) + "</pre></section>"]
-    h.append("</body></html>")
-    (out / "index.md").write_text("\n".join(md))
+    """index.html and its markdown twin, one section per figure, from ``page.html.j2`` (every value
+    HTML-escaped) and ``page.md.j2`` (table cells, link texts and commands escaped for markdown)."""
+    env = _templates()
+    context = {"sections": list(zip(sections, _anchors([s.name for s in sections]))),
+               "regen": _regen_command(seeds, extra)}
+    (out / "index.md").write_text(env.get_template("page.md.j2").render(context), encoding="utf-8")
     page = out / "index.html"
-    page.write_text("\n".join(h))
+    page.write_text(env.get_template("page.html.j2").render(context), encoding="utf-8")
     return page
+
+
+def _templates() -> Environment:
+    """The page's templates (next to this module): ``*.html.j2`` autoescaped, ``*.md.j2`` not."""
+    env = Environment(loader=PackageLoader("nnexp.report", "."), undefined=StrictUndefined,
+                      autoescape=select_autoescape(["html.j2"], ["md.j2"], default=True),
+                      trim_blocks=True, lstrip_blocks=True)
+    env.filters.update(shquote=shlex.quote, md_inline=_md_inline, md_code=_md_code)
+    env.globals.update(run_url=_run_url, mlflow_ui=MLFLOW_UI)
+    return env
+
+
+def _regen_command(seeds: int, extra: Sequence[str]) -> str:
+    """The command that rebuilds the whole page, every override shell-quoted."""
+    return shlex.join(["python", "-m", "nnexp.report", *(["--seeds", str(seeds)] if seeds != 1 else []),
+                       *(word for o in extra for word in ("-o", o))])
+
+
+def _slug(name: str) -> str:
+    """A figure name as an HTML id: lower case; every run of anything but a-z, 0-9, _ and - is one -."""
+    return re.sub(r"[^a-z0-9_-]+", "-", name.lower()).strip("-") or "figure"
+
+
+def _anchors(names: Sequence[str]) -> list[str]:
+    """One id per section: its name's slug, with -2, -3, ... where two names slug alike."""
+    seen, anchors = set(), []
+    for name in names:
+        base = anchor = _slug(name)
+        k = 1
+        while anchor in seen:
+            k += 1
+            anchor = f"{base}-{k}"
+        seen.add(anchor)
+        anchors.append(anchor)
+    return anchors
+
+
+def _run_url(experiment_id: str, run_id: str) -> str:
+    """A run's page in the MLflow UI; the ids percent-encoded (no / ? # or quote can leave its place)."""
+    return f"{MLFLOW_UI}/#/experiments/{quote(str(experiment_id), safe='')}/runs/{quote(str(run_id), safe='')}"
+
+
+def _md_inline(text: str) -> str:
+    """Text for a markdown table cell or link text: on one line, with \\ | [ ] backslash-escaped."""
+    return re.sub(r"([\\|\[\]])", r"\\\1", " ".join(str(text).splitlines()))
+
+
+def _md_code(text: str) -> str:
+    """A markdown code span for any one-line text: fenced by one backtick more than its longest run."""
+    text = " ".join(str(text).splitlines())
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"

@@ -9,9 +9,8 @@ import os
 import numpy as np
 
 from nnexp import data as datasets
-from nnexp.config import RunConfig
+from nnexp.config.run_schema import RunConfig, check_mini_batch
 from nnexp.engine import init_network
-from nnexp.config.errors import ConfigError
 from nnexp.train import Constant, EarlyStopping, HalveOnPlateau, Monitor, Streams, TrainSpec
 
 
@@ -34,9 +33,7 @@ def load_splits(c: RunConfig, progress: bool = False):
         train = datasets.first_n(train, c.dataset.train_size)
     if c.dataset.expanded:
         train = datasets.expand(train)
-    if c.mini_batch_size > len(train):
-        raise ConfigError(f"mini_batch_size {c.mini_batch_size} is larger than the training set "
-                          f"({len(train)} images)")
+    check_mini_batch(c.mini_batch_size, len(train))  # a classes subset may be smaller than the catalog's size
     return splits, train, val, test
 
 

@@ -13,7 +13,7 @@ from typing import Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from nnexp.config import GROUPS, field_names, nested_fields, suggest, to_run_config
+from nnexp.config.run_schema import GROUPS, field_names, nested_fields, register_schema, suggest, to_run_config
 from nnexp.config.errors import ConfigError
 from nnexp.runner.job import Job
 from nnexp.tracking import redact
@@ -84,7 +84,7 @@ def compose(overrides: Sequence[str] = (), **record) -> Job:
     """The job ``python -m nnexp.run OVERRIDES...`` would run (one-line ConfigError if bad)::
 
         from nnexp import runner
-        result = runner.run(["dataset=digits", "eta=0.3"])
+        (result,) = runner.execute(runner.compose(["dataset=digits", "eta=0.3"]))
     """
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
@@ -92,6 +92,7 @@ def compose(overrides: Sequence[str] = (), **record) -> Job:
 
     overrides = list(overrides)
     check_overrides(overrides)
+    register_schema()
     try:
         with initialize_config_module(version_base="1.3", config_module="nnexp.conf"):
             cfg = hydra_compose("config", overrides=overrides)

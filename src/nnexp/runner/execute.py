@@ -1,7 +1,9 @@
 """Executing jobs: any list of compatible jobs (one job is a list of one) trained as one
-population, each tracked as its own MLflow run, with interrupts and failures recorded.
+population, each tracked as its own MLflow run, with interrupts and failures recorded; a job
+that is not a network on a dataset (``Job.fit``) is tracked the same way.
 
-This is the only place runs are trained and tracked; every entry point comes here.
+Every run of every entry point (a run, a sweep, a study's trials, the report's runs) is
+executed here; ``sweep.run_jobs`` spreads many jobs over the worker pool.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from nnexp import tracking
-from nnexp.config import config_hash, flat_params
+from nnexp.config.run_schema import flat_params
+from nnexp.config.identity import config_hash
 from nnexp.engine import save_network
 from nnexp.engine.network import Network, evaluate
 from nnexp.config.names import (COMPLETED, DIVERGED, FAILED, KILLED, RUNNING, TAG_CONFIG_HASH, TAG_EXPERIMENT, TAG_STATUS,
@@ -107,13 +110,13 @@ def new_tracker(job: Job, uploader):
     c = job.config
     if not c.tracking.enabled:
         return None
-    tags = {TAG_EXPERIMENT: job.experiment or "none", TAG_STATUS: RUNNING, TAG_CONFIG_HASH: config_hash(c),
-            **(job.tags or {})}
+    tags = {TAG_EXPERIMENT: job.experiment or "none", TAG_STATUS: RUNNING,
+            TAG_CONFIG_HASH: job.identity or config_hash(c), **(job.tags or {})}
     if job.sweep_id:
         tags[TAG_SWEEP] = job.sweep_id
     return tracking.RunTracker(
         uri=tracking.resolve_uri(c.tracking.uri), experiment=c.tracking.experiment, run_name=run_name(job),
-        params=flat_params(c), tags=tags, parent_run_id=job.parent_run_id, parent_record=job.parent_record,
+        params=job.params if job.params is not None else flat_params(c), tags=tags, parent_run_id=job.parent_run_id, parent_record=job.parent_record,
         step_by_images=c.monitor.every_images is not None, run_dir=job.run_dir, uploader=uploader)
 
 
@@ -180,6 +183,9 @@ def execute(jobs: Sequence[Job] | Job, *, progress: bool = False) -> list[RunRes
     them as FAILED (the exception's ``where``: each such run's location, see ``interrupted``).
     One job is a population of one: the results never depend on grouping."""
     jobs = [jobs] if isinstance(jobs, Job) else list(jobs)
+    if jobs[0].fit is not None:
+        (job,) = jobs  # never grouped: see sweep.run_jobs
+        return [_execute_fit(job)]
     check_compatible([j.config for j in jobs])
     splits, train, val, test = load_splits(jobs[0].config, progress=progress)
     streams = [Streams.from_seed(j.config.seed) for j in jobs]
@@ -220,4 +226,33 @@ def execute(jobs: Sequence[Job] | Job, *, progress: bool = False) -> list[RunRes
             uploader.close()
             # where each ended run is now (the store, or only its local record): callers say the truth
             exc.where = [t.location for t in trackers if t is not None and t.record is not None]
+            raise
+
+
+def _execute_fit(job: Job) -> RunResult:
+    """A run that is not a network on a dataset (``job.fit``), tracked like one: its record first,
+    its curve through the observers, its summary metrics and status at the end, KILLED or FAILED
+    when interrupted."""
+    uploader = tracking.Uploader()
+    tracker = new_tracker(job, uploader)
+    with Interrupts() as interrupts:
+        try:
+            with interrupts.deferred():
+                if tracker is not None:
+                    tracker.start()
+                    if job.on_start and tracker.run_id:
+                        job.on_start(tracker.run_id)
+            history, summary = job.fit(job, [interrupts.guard(tracker.observe)] if tracker else [])
+            result = RunResult(history.outcome, history, tracker.run_id if tracker else None)
+            with interrupts.deferred():
+                if tracker is not None:
+                    tracker.finish(history.outcome, summary=summary, artifacts={})
+                    result.tracking_seconds = tracker.seconds_in_tracking
+                uploader.close()
+            result.summary = summary_line(result, _where(tracker))
+            return result
+        except BaseException as exc:
+            _record_interruption(tracker, exc, {})
+            uploader.close()
+            exc.where = [tracker.location] if tracker is not None and tracker.record is not None else []
             raise

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from nnexp.config import RunConfig
+from nnexp.config.run_schema import RunConfig
 from nnexp.config.errors import ConfigError
 from nnexp.runner.build import train_spec
 from nnexp.train import population_key
@@ -28,6 +28,12 @@ def check_compatible(configs: Sequence[RunConfig]) -> None:
                           "cost, dtype, mini-batch size, penalty type, dropout or monitoring")
 
 
+#: The population caps, defined once: the largest population (K), and its memory (stacked parameters,
+#: data batches, evaluation). The population launcher's settings default to these.
+MAX_MEMBERS = 16
+MAX_MEMORY_MB = 4096
+
+
 def member_megabytes(c: RunConfig) -> float:
     """Stacked parameters (+ momentum), and the member's slice of batches and evaluation."""
     params = sum(a * b + b for a, b in zip(c.sizes[:-1], c.sizes[1:]))
@@ -35,7 +41,7 @@ def member_megabytes(c: RunConfig) -> float:
     return (params * (3 if c.momentum else 2) + 10_000 * sum(c.sizes[1:])) * width / 1e6
 
 
-def plan_groups(configs: Sequence[RunConfig], max_members: int, max_memory_mb: float,
+def plan_groups(configs: Sequence[RunConfig], max_members: int = MAX_MEMBERS, max_memory_mb: float = MAX_MEMORY_MB,
                 workers: int = 1) -> list[list[int]]:
     """Indices of the jobs, grouped into populations.
 

@@ -1,4 +1,5 @@
-"""A job: one validated run configuration and what its tracked record needs."""
+"""A job: one validated run configuration and what its tracked record needs. The one kind of
+thing the runner executes, whether it comes from the command line, a sweep, a study or the report."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
-from nnexp.config import RunConfig
+from nnexp.config.run_schema import RunConfig
 from nnexp.config.names import PARENT_ENV, PARENT_RECORD_ENV, SWEEP_ENV
 
 
@@ -25,6 +26,12 @@ class Job:
     run_name: str | None = None
     observers: Sequence[Callable] = ()  # extra training-loop observers (e.g. a study's pruner)
     on_start: Callable[[str], None] | None = None  # called with the MLflow run id once it exists
+    # a run that is not a network trained on its dataset (the book's single neuron, a baseline
+    # classifier): ``fit(job, observers) -> (History, summary metrics)``, tracked like any run,
+    # with ``params`` and ``identity`` (its nnexp.config_hash) in place of the config's
+    fit: Callable[["Job", list], tuple] | None = None
+    params: dict | None = None
+    identity: str | None = None
 
     def with_(self, **changes) -> "Job":
         return replace(self, **changes)

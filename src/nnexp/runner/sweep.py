@@ -4,13 +4,13 @@ each population executed and tracked (``execute``)."""
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from nnexp import tracking
-from nnexp.config import RunConfig
+from nnexp.config.run_schema import RunConfig
 from nnexp.runner.build import load_splits
 from nnexp.runner.execute import execute
-from nnexp.runner.groups import plan_groups
+from nnexp.runner.groups import MAX_MEMBERS, MAX_MEMORY_MB, plan_groups
 from nnexp.runner.job import Job
 from nnexp.runner.pool import WorkerPool
 
@@ -39,20 +39,33 @@ def warm_up(config: RunConfig | None) -> None:
             pass
 
 
-def run_jobs(jobs: Sequence[Job], *, workers: int = 2, max_members: int = 16,
-             max_memory_mb: float = 4096, pool: WorkerPool | None = None) -> list[Any]:
+def plan(jobs: Sequence[Job], workers: int, max_members: int = MAX_MEMBERS,
+         max_memory_mb: float = MAX_MEMORY_MB) -> list[list[int]]:
+    """The jobs' indices cut into populations (``groups.plan_groups``); a job with its own ``fit``
+    (a baseline, the single neuron) is a group of its own, first (the slow ones: a baseline SVM)."""
+    own = [i for i, j in enumerate(jobs) if j.fit is not None]
+    nets = [i for i, j in enumerate(jobs) if j.fit is None]
+    groups = plan_groups([jobs[i].config for i in nets], max_members, max_memory_mb, workers)
+    return [[i] for i in own] + [[nets[k] for k in g] for g in groups]
+
+
+def run_jobs(jobs: Sequence[Job], *, workers: int = 2, max_members: int = MAX_MEMBERS,
+             max_memory_mb: float = MAX_MEMORY_MB, pool: WorkerPool | None = None,
+             on_done: Callable[[list[int], Any], None] | None = None) -> list[Any]:
     """Every job executed, compatible ones as populations; per job its RunResult, or the
     exception that ended its population (logged in one line, recorded by its runs).
-    ``pool``: workers already started (e.g. warmed up while the jobs were composed)."""
-    groups = plan_groups([j.config for j in jobs], max_members, max_memory_mb, workers)
+    ``pool``: workers already started (e.g. warmed up while the jobs were composed);
+    ``on_done(indices, outcome)``: as each population ends (its jobs' indices, its results)."""
+    groups = plan(jobs, workers, max_members, max_memory_mb)
     log.info("%d jobs in %d population(s) (%s) on %d process(es)", len(jobs), len(groups),
              ", ".join(str(len(g)) for g in groups), min(workers, len(groups)))
     tasks = [[jobs[i] for i in g] for g in groups]
+    done = (lambda k, outcome: on_done(groups[k], outcome)) if on_done else None
     if pool is None:
         with WorkerPool(min(workers, max(1, len(tasks)))) as own:
-            outcomes = own.run(execute_group, tasks)
+            outcomes = own.run(execute_group, tasks, done)
     else:
-        outcomes = pool.run(execute_group, tasks)
+        outcomes = pool.run(execute_group, tasks, done)
     results: list[Any] = [None] * len(jobs)
     for g, outcome in zip(groups, outcomes):
         if isinstance(outcome, BaseException):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from nnexp.config import RunConfig
+from nnexp.config.run_schema import RunConfig
 
 
 @dataclass

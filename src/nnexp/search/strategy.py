@@ -12,7 +12,7 @@ from typing import Any, Callable
 from omegaconf import OmegaConf
 
 from nnexp import tracking
-from nnexp.config import RunConfig
+from nnexp.config.run_schema import RunConfig
 from nnexp.config.errors import ConfigError
 from nnexp.config.names import DIVERGED, FAILED, TAG_STATUS
 from nnexp.search.backend import best_of, finished_trials

@@ -12,7 +12,7 @@ import time
 from typing import Sequence
 
 from nnexp import runner, tracking
-from nnexp.config import RunConfig, validate
+from nnexp.config.run_schema import RunConfig, validate
 from nnexp.config.errors import NnexpError
 from nnexp.config.names import DIVERGED, FAILED, PRUNED, TAG_REPLICATE, TAG_STAGE, TAG_STATUS, TAG_STUDY, TAG_TRIAL
 from nnexp.search.backend import Heartbeat, finished_trials, make_storage, open_study
@@ -140,31 +140,34 @@ def _trial_value(trial, c: RunConfig, results: list) -> float:
     return sum(values) / len(values)
 
 
-def _population_outcomes(plan: StagePlan, members: list) -> list:
-    """Train the jobs of one compatible group [(trial, job)] together (``plan.alone``: each by
-    itself); each trial's outcome, in order of first appearance: its value, the ``TrialPruned``
-    that ended it, or the exception that kept it from being trained."""
-    import optuna
-
-    trials = list({t.number: t for t, _ in members}.values())
+def _train_group(plan: StagePlan, members: list) -> list:
+    """Train one population [(trial, job)] (``plan.alone``: each job by itself); per job its
+    RunResult, or the exception that kept the population from being trained."""
     if len(members) > 1 and not plan.alone:
+        numbers = dict.fromkeys(str(t.number) for t, _ in members)
         log.info("%s/%s: trial(s) %s trained as one population of %d", plan.study, plan.stage,
-                 ", ".join(str(t.number) for t in trials), len(members))
+                 ", ".join(numbers), len(members))
+    jobs = [job for _, job in members]
     try:
-        jobs = [job for _, job in members]
-        results = [runner.execute([j])[0] for j in jobs] if plan.alone else runner.execute(jobs)
+        return [runner.execute([j])[0] for j in jobs] if plan.alone else runner.execute(jobs)
     except NnexpError:
         raise
     except Exception as exc:  # failed trials are data for the study, not the end of it
-        return [_trial_failed(trial, exc) for trial in trials]
-    out = []
-    for trial in trials:
-        mine = [(job, res) for (t, job), res in zip(members, results) if t.number == trial.number]
-        try:
-            out.append(_trial_value(trial, mine[0][0].config, [res for _, res in mine]))
-        except optuna.TrialPruned as exc:
-            out.append(exc)
-    return out
+        return [exc] * len(jobs)
+
+
+def _trial_outcome(trial, pairs: list):
+    """A trial's outcome from its jobs' results [(job, result)], in replicate order: its value, the
+    ``TrialPruned`` that ended it, or the exception that kept it from being trained."""
+    import optuna
+
+    failed = next((r for _, r in pairs if isinstance(r, BaseException)), None)
+    if failed is not None:
+        return _trial_failed(trial, failed)
+    try:
+        return _trial_value(trial, pairs[0][0].config, [r for _, r in pairs])
+    except optuna.TrialPruned as exc:
+        return exc
 
 
 def ask_trial(study, storage_url: str):
@@ -211,15 +214,15 @@ def optimize(study, plan: StagePlan, storage, n_trials: int) -> None:
                     batch.append(ask_trial(study, plan.storage))
             left -= len(batch)
             with Heartbeat(storage, [t._trial_id for t in batch], plan.heartbeat):
-                groups: dict[tuple, list] = {}
-                for trial in batch:
-                    for job in _trial_jobs(trial, plan):
-                        groups.setdefault(runner.group_key(job.config), []).append((trial, job))
-                outcomes = {}
-                for members in groups.values():
-                    numbers = list(dict.fromkeys(t.number for t, _ in members))
-                    for number, outcome in zip(numbers, _population_outcomes(plan, members)):
-                        outcomes[number] = outcome
+                members = [(trial, job) for trial in batch for job in _trial_jobs(trial, plan)]
+                # the runner's one grouping rule and caps: a trial's seeds may span populations
+                results: dict[int, object] = {}
+                for g in runner.plan_groups([job.config for _, job in members], workers=1):
+                    for i, result in zip(g, _train_group(plan, [members[i] for i in g])):
+                        results[i] = result
+                outcomes = {trial.number: _trial_outcome(trial, [(job, results[i]) for i, (t, job)
+                                                                 in enumerate(members) if t is trial])
+                            for trial in batch}
         except BaseException:  # nothing was told yet: the whole batch ends FAIL
             with runner.interruptions_deferred():
                 for trial in batch:

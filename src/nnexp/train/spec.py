@@ -41,19 +41,21 @@ class Constant:
 @dataclass(frozen=True)
 class HalveOnPlateau:
     """eta <- eta/2 when validation accuracy has not improved for ``patience``
-    evaluations; training ends when eta reaches eta0 * ``min_factor`` (book: 1/1024)."""
+    evaluations; training ends when eta reaches eta0 * ``min_factor`` (book: 1/1024). The
+    defaults live in the run schema (``nnexp.config.run_schema.ScheduleConfig``)."""
 
-    patience: int = 10
-    min_factor: float = 1 / 1024
+    patience: int
+    min_factor: float
     name: str = "halve_on_plateau"
 
 
 @dataclass(frozen=True)
 class EarlyStopping:
-    """Stop when validation accuracy has not improved for ``patience`` evaluations."""
+    """Stop when validation accuracy has not improved for ``patience`` evaluations; end with the
+    best evaluation's parameters if ``restore_best``. Defaults: ``run_schema.EarlyStoppingConfig``."""
 
-    patience: int = 10
-    restore_best: bool = True
+    patience: int
+    restore_best: bool
 
 
 @dataclass(frozen=True)
