@@ -137,3 +137,35 @@ def test_each_framework_is_imported_by_its_one_package(library, home):
 
 def test_the_framework_check_sees_imports_inside_functions(tmp_path):
     assert "nnexp.search.trials" in third_party_importers("optuna")  # imported inside functions only
+
+
+def users_of(name: str) -> set[str]:
+    """The nnexp modules whose code names ``name`` (a call, an attribute or an import)."""
+    out = set()
+    for mod, path in modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Name) and node.id == name) or \
+                    (isinstance(node, ast.Attribute) and node.attr == name) or \
+                    (isinstance(node, ast.alias) and node.name == name):
+                out.add(mod)
+    return out
+
+
+def outside(users: set[str], *homes: str) -> set[str]:
+    return {m for m in users if not any(m == h or m.startswith(h + ".") for h in homes)}
+
+
+def test_the_runner_is_the_only_executor():
+    """Runs are tracked only by the runner (the report and the study hand it jobs), populations are
+    formed only by its grouping rule, and only the runner and the benchmark (which times the
+    engine, untracked) call the training loop for populations."""
+    assert users_of("RunTracker") and outside(users_of("RunTracker"), "nnexp.runner", "nnexp.tracking") == set()
+    assert outside(users_of("group_key"), "nnexp.runner") == set()
+    assert outside(users_of("fit_population"), "nnexp.train", "nnexp.runner", "nnexp.bench") == set()
+    assert "nnexp.search.trials" in users_of("plan_groups")  # the study's trials use the one rule
+
+
+def test_the_population_caps_are_written_once():
+    literals = {mod for mod, path in modules().items() for node in ast.walk(ast.parse(path.read_text()))
+                if isinstance(node, ast.Constant) and node.value == 4096}
+    assert literals == {"nnexp.runner.groups"}

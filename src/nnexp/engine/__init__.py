@@ -1,6 +1,7 @@
 """Pure-NumPy engine: activations, costs, initialisation, regularisers, the network.
 
-No I/O, no logging framework, no tracking. One row per example throughout.
+No files, no logging framework, no tracking: ``save_network`` / ``load_network`` write and read
+an ``.npz`` (never pickle) on a file object the caller opened. One row per example throughout.
 """
 
 from nnexp.engine.activations import ACTIVATIONS

@@ -36,7 +36,8 @@ def one_blas_thread():
 
 
 class _WorkerState:
-    """What a worker process keeps: its BLAS limit and whether it is busy (no module state)."""
+    """A worker process's own state, process-wide by nature: its BLAS limit and whether it is
+    busy. Set by the worker's initializer and its tasks only; the launching process never reads it."""
 
     busy = threading.Event()
     limits: Any = None

@@ -1,10 +1,10 @@
-"""MLflow tracking, the only package outside the report that imports mlflow: every run's
+"""MLflow tracking, the only package that imports mlflow: every run's
 local record first (``nnexp.tracking.record``), the store off the training path (``tracker``), the
-one way records reach the store (``upload``), and catching up (``sync``)."""
+one way records reach the store (``upload``), and catching up (``catch_up``)."""
 
 from nnexp.tracking.store import (DEFAULT_URI, TrackingError, children_summary, client, first_line, preload,
                                   redact, resolve_uri, running_children)
-from nnexp.tracking.sync import SyncReport, prepare_store, reap_dead_runs, sync_records
+from nnexp.tracking.catch_up import SyncReport, prepare_store, reap_dead_runs, sync_records
 from nnexp.tracking.tracker import SYNC_HINT, ParentRun, RunTracker, Uploader, default_run_dir
 from nnexp.tracking.upload import upload
 
