@@ -1,25 +1,115 @@
-"""The benchmark's smoke test and proof that it compares equal work (fast)."""
+"""The benchmark's smoke tests (every section, --quick on digits) and proof that it compares
+equal work: the reference networks take the engine's step (fast)."""
+
+import contextlib
+import io
+import math
 
 import numpy as np
 import pytest
 
 from nnexp import bench
+from nnexp.bench import command, sgd, study
+from nnexp.bench.reference import HandVectorisedNetwork, ReferenceNetwork, column_pairs
+from nnexp.bench.table import Table
 from nnexp.engine.network import init_network
 from nnexp.engine.stepper import Stepper
 from nnexp.train import one_hot
+
+QUICK = ["--quick", "--dataset", "digits", "--epochs", "1", "--workers", "1"]
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """``quick_run(name)``: the printed output and the Table objects of ``nnexp-bench QUICK --only
+    name``, run once per module (in a directory of its own, with its own MLflow store)."""
+    runs: dict[str, tuple[str, list[Table]]] = {}
+    cwd = tmp_path_factory.mktemp("bench")
+
+    def run(name: str) -> tuple[str, list[Table]]:
+        if name not in runs:
+            tables = []
+            render = Table.render
+
+            def spy(table: Table) -> str:
+                tables.append(table)
+                return render(table)
+
+            out = io.StringIO()
+            with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out):
+                mp.chdir(cwd)
+                mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{cwd / 'mlflow.db'}")
+                mp.setattr(Table, "render", spy)
+                bench.main([*QUICK, "--only", name])
+            runs[name] = out.getvalue(), tables
+        return runs[name]
+
+    run.cwd = cwd
+    return run
 
 
 def table_rows(text: str, first_layer: int) -> list[list[str]]:
     return [line.split() for line in text.splitlines() if line.startswith(f"[{first_layer},")]
 
 
-def test_quick_digits_run_prints_positive_engine_reference_and_ratio(capsys):
-    bench.main(["--quick", "--dataset", "digits", "--epochs", "1", "--only", "sgd"])
+def number(cell: str) -> float:
+    return float(cell.split()[0].rstrip("%"))
+
+
+#: per section under --quick on digits: rows, and a column every row has a real value in
+QUICK_TABLES = {
+    "sgd": (8, "engine s/epoch", lambda v: v > 0),
+    "tracking": (4, "wall s", lambda v: v > 0),
+    "study": (4, "final val acc", lambda v: 0.5 < v <= 1),
+    "study-population": (2, "final val acc", lambda v: 0.5 < v <= 1),
+    "population": (8, "1 process", lambda v: v > 0),
+    "sweep": (2, "wall s", lambda v: v > 0),
+}
+
+
+def test_every_section_has_a_quick_check():
+    assert set(QUICK_TABLES) == set(bench.SECTIONS)
+
+
+@pytest.mark.parametrize("name", list(bench.SECTIONS))
+def test_every_section_prints_its_table_with_its_rows(quick_run, name):
+    out, tables = quick_run(name)
+    (table,) = tables
+    assert "digits training set" in out and table.render() in out
+    n_rows, column, real = QUICK_TABLES[name]
+    assert len(table.rows) == n_rows, table.render()
+    assert all(len(row) == len(table.columns) for row in table.rows)
+    at = table.columns.index(column)
+    for row in table.rows:
+        assert math.isfinite(number(row[at])) and real(number(row[at])), (column, row)
+
+
+def test_help_lists_every_section_with_its_description(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--help"])
+    assert exit_info.value.code == 0
     out = capsys.readouterr().out
+    for name, section in bench.SECTIONS.items():
+        assert any(line.split()[:1] == [name] and section.description in line for line in out.splitlines()), name
+
+
+def test_only_accepts_exactly_the_registered_sections(capsys):
+    for name in bench.SECTIONS:
+        assert command.parse_args(["--only", name]).only == [name]
+    assert command.parse_args([]).only is None
+    for wrong in ("SGD", "study_population", "all"):
+        with pytest.raises(SystemExit) as exit_info:
+            command.parse_args(["--only", wrong])
+        assert exit_info.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_quick_digits_run_prints_positive_engine_reference_and_ratio(quick_run):
+    out, _ = quick_run("sgd")
     assert "digits training set" in out and "BLAS:" in out and "num_threads=1" in out and "kernel=" in out
     assert "reference/engine" in out and "extrapolated" in out
     rows = table_rows(out, 64)
-    n_cases = len(bench.HIDDEN_SIZES) * len(bench.MINI_BATCHES) * len(bench.DTYPES)
+    n_cases = len(sgd.HIDDEN_SIZES) * len(sgd.MINI_BATCHES) * len(sgd.DTYPES)
     assert len(rows) == n_cases
     with_reference = 0
     for net, mb, dtype, *numbers in rows:
@@ -34,7 +124,7 @@ def test_quick_digits_run_prints_positive_engine_reference_and_ratio(capsys):
             assert all(float(v) > 0 for v in numbers[4:])  # reference s, us, ratio
         else:
             assert numbers[4:] == ["-", "-", "-"]
-    assert with_reference == len(bench.REFERENCE_CASES)
+    assert with_reference == len(sgd.REFERENCE_CASES)
 
 
 def test_missing_mnist_dir_is_a_one_line_error(capsys):
@@ -52,9 +142,9 @@ def test_reference_update_equals_engine_step(sizes):
     m, n_train, eta, lmbda = 8, 50, 0.5, 5.0
     x = rng.random((m, sizes[0]))
     labels = rng.integers(0, sizes[-1], m)
-    ref = bench.ReferenceNetwork([w.T for w in net.weights], net.biases)
+    ref = ReferenceNetwork([w.T for w in net.weights], net.biases)
 
-    ref.update_mini_batch(bench.column_pairs(x, labels, sizes[-1]), eta, lmbda, n_train)
+    ref.update_mini_batch(column_pairs(x, labels, sizes[-1]), eta, lmbda, n_train)
     Stepper.of([net], eta=eta, lmbda=lmbda, n_train=n_train, penalty="l2").step(
         x, one_hot(labels, sizes[-1], np.float64))
 
@@ -65,17 +155,36 @@ def test_reference_update_equals_engine_step(sizes):
     assert not np.allclose(ref.weights[0].T, init_network(sizes, np.random.default_rng(3)).weights[0])
 
 
-def test_the_study_section_compares_four_methods_at_equal_wall_clock(capsys, tmp_path, monkeypatch):
+@pytest.mark.parametrize("sizes", [[6, 5, 3], [7, 6, 5, 4]])
+def test_hand_vectorised_epoch_equals_engine_steps(sizes):
+    """An epoch of the hand-vectorised loop (in-place gemm: decay and gradient in one) is the
+    engine's steps over the same mini-batches, the last one short."""
+    rng = np.random.default_rng(5)
+    net = init_network(sizes, rng)
+    n, mb, eta, lmbda = 20, 8, 0.5, 5.0
+    x = rng.random((n, sizes[0]))  # (n, n_in)
+    y = one_hot(rng.integers(0, sizes[-1], n), sizes[-1], np.float64)  # (n, n_out)
+    perm = rng.permutation(n)
+    hand = HandVectorisedNetwork(net.weights, net.biases)
+
+    hand.train_epoch(x, y, perm, mb, eta, lmbda)
+    stepper = Stepper.of([net], eta=eta, lmbda=lmbda, n_train=n, penalty="l2")
+    for k in range(0, n, mb):
+        stepper.step(x[perm[k:k + mb]], y[perm[k:k + mb]])
+
+    for got, want in zip(hand.weights + hand.biases, net.weights + net.biases):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-10)
+    assert not np.allclose(hand.weights[0], init_network(sizes, np.random.default_rng(5)).weights[0])
+
+
+def test_the_study_section_compares_four_methods_at_equal_wall_clock(quick_run):
     """--only study --quick on digits: the broad strategy, TPE (median, Hyperband) and random
     search, each given the broad strategy's tuning seconds; a row per method with the final
     choice's test accuracy over its seeds, a summary per method, the anytime plot."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'm.db'}")
-    bench.main(["--quick", "--dataset", "digits", "--only", "study", "--workers", "1"])
-    out = capsys.readouterr().out
+    out, _ = quick_run("study")
     rows = {line.split()[0]: line.split() for line in out.splitlines()
-            if line.split()[:1] and line.split()[0] in bench.STUDY_METHODS and line.split()[1:2] == ["0"]}
-    assert set(rows) == set(bench.STUDY_METHODS), out
+            if line.split()[:1] and line.split()[0] in study.STUDY_METHODS and line.split()[1:2] == ["0"]}
+    assert set(rows) == set(study.STUDY_METHODS), out
     budget = float(rows["broad_strategy"][2])
     for method, row in rows.items():
         tuning, trials, best = float(row[2]), int(row[3]), float(row[4])
@@ -84,4 +193,4 @@ def test_the_study_section_compares_four_methods_at_equal_wall_clock(capsys, tmp
         if method != "broad_strategy":  # no new trial after the budget: at most one trial's time beyond it
             assert tuning >= 0.9 * budget - 1, (method, tuning, budget)
     assert sum("best validation found at 25% / 50% / 100% of the budget" in line for line in out.splitlines()) == 4
-    assert (tmp_path / "bench_study_anytime.png").stat().st_size > 10_000
+    assert (quick_run.cwd / study.ANYTIME_PNG).stat().st_size > 10_000
