@@ -18,6 +18,8 @@ from typing import Sequence
 import numpy as np
 from scipy.linalg.blas import get_blas_funcs
 
+from nnexp.engine.activations import sigmoid_  # the same in-place sigma as the engine's
+
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-z))
@@ -82,15 +84,6 @@ def column_pairs(x: np.ndarray, labels: np.ndarray, n_classes: int) -> list:
     return pairs
 
 
-def _sigmoid_(z: np.ndarray) -> np.ndarray:
-    """sigma(z) in place, as (1 + tanh(z/2)) / 2 (never overflows)."""
-    z *= 0.5
-    np.tanh(z, out=z)
-    z *= 0.5
-    z += 0.5
-    return z
-
-
 class HandVectorisedNetwork:
     """A plain hand-vectorised NumPy network: weights[l] (n_in, n_out) in Fortran order (updated
     in place by gemm), biases[l] (n_out,), all of one float type."""
@@ -120,7 +113,7 @@ class HandVectorisedNetwork:
             for w, b in zip(ws, bs):
                 z = acts[-1] @ w  # (m, n_out)
                 z += b
-                acts.append(_sigmoid_(z))
+                acts.append(sigmoid_(z))
             delta = acts[-1] - yb  # (m, n_out) cross-entropy (eq. 66)
             alpha = -eta / len(idx)
             for l in range(len(ws) - 1, -1, -1):
