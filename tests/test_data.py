@@ -495,3 +495,62 @@ def test_digits_split_is_deterministic():
 def test_import_is_light():
     code = "import sys, nnexp.data; bad = {'sklearn', 'mlflow', 'tqdm'} & set(sys.modules); assert not bad, bad"
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+
+
+# --------------------------------------------------------------------------- the decoded-array cache
+
+
+def test_a_dataset_is_decoded_once_then_read_from_the_array_cache(tmp_path, monkeypatch):
+    d = make_fake_dataset(tmp_path / "d")
+    first = data.load("mnist", d)  # decodes the IDX files and keeps the arrays
+    (folder,) = (tmp_path / "cache" / "arrays").iterdir()
+    assert sorted(p.name for p in folder.iterdir()) == ["complete", "test_images.npy", "test_labels.npy",
+                                                         "train_images.npy", "train_labels.npy"]
+
+    def no_decoding(path):
+        raise AssertionError(f"{path} decoded again")
+
+    monkeypatch.setattr(data.loaders, "read_idx", no_decoding)
+    again = data.load("mnist", d)  # from the cache: read_idx would fail
+    for a, b in ((first.train, again.train), (first.validation, again.validation), (first.test, again.test)):
+        assert np.array_equal(a.x, b.x) and np.array_equal(a.y, b.y)
+        assert b.x.dtype == np.float64 and b.y.dtype == np.int64 and b.x.flags.writeable
+    monkeypatch.undo()
+    monkeypatch.setenv("NNEXP_CACHE_DIR", str(tmp_path / "cache"))
+    other = data.load("mnist", make_fake_dataset(tmp_path / "e", n_test=4))  # other files: another key
+    assert len(other.test) == 4 and len(list((tmp_path / "cache" / "arrays").iterdir())) == 2
+
+
+def test_a_damaged_array_cache_is_decoded_again_with_one_warning(tmp_path, caplog):
+    d = make_fake_dataset(tmp_path / "d")
+    first = data.load("mnist", d)
+    (folder,) = (tmp_path / "cache" / "arrays").iterdir()
+    (folder / "train_images.npy").write_bytes(b"\x93NUMPY truncated")
+    with caplog.at_level(logging.WARNING):
+        again = data.load("mnist", d)
+    warnings = [r.getMessage() for r in caplog.records if "array cache" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].startswith(f"ignoring the damaged array cache {folder}")
+    assert np.array_equal(first.train.x, again.train.x)
+    assert np.load(folder / "train_images.npy").shape[0] == len(first.train) + len(first.validation)  # rewritten
+
+
+def test_digits_from_a_warm_cache_never_import_sklearn(tmp_path):
+    code = ("import sys; from nnexp import data; s = data.load('digits'); "
+            "print(len(s.train), len(s.validation), len(s.test), 'sklearn' in sys.modules, float(s.train.x.sum()))")
+    env = {**os.environ, "NNEXP_CACHE_DIR": str(tmp_path / "cache")}
+    cold = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    warm = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert cold.returncode == 0 and warm.returncode == 0, cold.stderr + warm.stderr
+    n_cold, n_warm = cold.stdout.split(), warm.stdout.split()
+    assert n_cold[:3] == n_warm[:3] == ["1197", "300", "300"]
+    assert n_cold[3] == "True" and n_warm[3] == "False"  # decoded by sklearn once, then read back
+    assert n_cold[4] == n_warm[4]  # the same pixels
+
+
+def test_a_cache_that_cannot_be_written_only_costs_time(tmp_path, monkeypatch):
+    d = make_fake_dataset(tmp_path / "d")
+    blocked = tmp_path / "a-file"  # the cache's parent is a file: nothing can be written under it
+    blocked.write_text("")
+    monkeypatch.setenv("NNEXP_CACHE_DIR", str(blocked / "cache"))
+    first, again = data.load("mnist", d), data.load("mnist", d)
+    assert np.array_equal(first.train.x, again.train.x) and len(first.test) == 3

@@ -4,13 +4,16 @@ as int64 class indices; sklearn's 8x8 digits split the same way (1,197 / 300 / 3
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
 
 from nnexp.config.errors import DataError, IdxFormatError
+from nnexp.data.array_cache import cached_arrays
 from nnexp.data.catalog import CATALOG, canonical_name
 from nnexp.data.idx import read_idx
 from nnexp.data.locate import describe, locate
@@ -53,11 +56,20 @@ def _load_idx_dataset(name: str, paths: dict[str, Path], source: Path, dtype: np
             raise IdxFormatError(f"{lp}: label {int(labels.max())} is outside 0..9")
         return images.reshape(images.shape[0], -1), labels  # (n, rows * cols) uint8, (n,) uint8
 
+    def decode() -> dict[str, np.ndarray]:
+        train_images, train_labels = pair("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz")
+        test_images, test_labels = pair("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+        return {"train_images": train_images, "train_labels": train_labels, "test_images": test_images,
+                "test_labels": test_labels}
+
     def split(images: np.ndarray, labels: np.ndarray) -> Split:
         x = np.divide(images, 255, dtype=dtype)  # new C-contiguous array, exact division
         return Split(x=x, y=labels.astype(np.int64))
 
-    train_images, train_labels = pair("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz")
+    # decoded once per machine: the key is the files' SHA-256s, read back memory-mapped
+    raw = cached_arrays(f"{name}-{hashlib.sha256(''.join(f.sha256 for f in files).encode()).hexdigest()[:16]}",
+                        decode)
+    train_images, train_labels = raw["train_images"], raw["train_labels"]
     n_validation = CATALOG[name].n_validation  # taken from the end of the training file (the book's split)
     n_train = train_images.shape[0] - n_validation
     if n_train <= 0:
@@ -68,7 +80,7 @@ def _load_idx_dataset(name: str, paths: dict[str, Path], source: Path, dtype: np
     train = split(train_images[:n_train], train_labels[:n_train])
     validation = split(train_images[n_train:], train_labels[n_train:])
     del train_images
-    test = split(*pair("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"))
+    test = split(raw["test_images"], raw["test_labels"])
     if test.x.shape[1] != train.x.shape[1]:
         raise IdxFormatError(
             f"{paths['t10k-images-idx3-ubyte.gz']}: images of {test.x.shape[1]} pixels, "
@@ -91,11 +103,14 @@ def _load_idx_dataset(name: str, paths: dict[str, Path], source: Path, dtype: np
 
 def _load_digits(dtype: np.dtype) -> Splits:
     """sklearn's 1,797 8x8 digits, shuffled once with seed 0, pixels 0..16 scaled to [0, 1]."""
-    from sklearn.datasets import load_digits  # lazy: sklearn is slow to import
+    def decode() -> dict[str, np.ndarray]:
+        from sklearn.datasets import load_digits  # lazy: sklearn is slow to import (and cached below)
 
-    bunch = load_digits()
-    x = np.asarray(bunch.data)  # (1797, 64)
-    y = np.asarray(bunch.target, dtype=np.int64)
+        bunch = load_digits()
+        return {"x": np.asarray(bunch.data, dtype=np.float64), "y": np.asarray(bunch.target, dtype=np.int64)}
+
+    raw = cached_arrays(f"digits-sklearn-{version('scikit-learn')}", decode)
+    x, y = raw["x"], raw["y"]  # (1797, 64) pixels 0..16, (1797,)
     order = np.random.default_rng(0).permutation(len(y))
     x = np.divide(x[order], 16, dtype=dtype)
     y = y[order]
