@@ -397,3 +397,49 @@ def test_a_submitit_local_sweep_nests_its_jobs_under_the_parent_run(workdir):
     kids = [r for r in found if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert sorted(k.data.params["seed"] for k in kids) == ["0", "1"] and len(found) == 3
     assert {r.info.status for r in found} == {"FINISHED"}
+
+
+def test_a_fresh_sqlite_store_is_a_copy_of_the_empty_store_and_works_like_one_mlflow_made(tmp_path, monkeypatch):
+    """A new store file is copied from an empty store MLflow created once (per release, in the
+    cache): the same schema revision and tables as one MLflow migrates itself, the Default
+    experiment's artifact location MLflow would give, and it records runs; a damaged template is
+    removed with one warning and MLflow creates the store itself."""
+    import sqlite3
+
+    from nnexp.tracking import store
+
+    monkeypatch.setenv("NNEXP_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    own = MlflowClient(f"sqlite:///{tmp_path / 'own.db'}")  # MLflow creates and migrates this one itself
+    own.search_experiments()
+    copied = store.client(f"sqlite:///{tmp_path / 'copied.db'}")  # makes the template, then copies it
+    (template,) = (tmp_path / "cache").glob("mlflow-*-empty.db")
+
+    def schema(db):
+        with sqlite3.connect(db) as con:
+            return (con.execute("select version_num from alembic_version").fetchall(),
+                    sorted(con.execute("select name, sql from sqlite_master where type = 'table'").fetchall()))
+
+    assert schema(tmp_path / "copied.db") == schema(tmp_path / "own.db")
+    assert copied.get_experiment("0").artifact_location == own.get_experiment("0").artifact_location
+    exp = copied.create_experiment("e")
+    run = copied.create_run(exp)
+    copied.log_metric(run.info.run_id, "validation_accuracy", 0.5, step=1)
+    copied.set_terminated(run.info.run_id)
+    assert MlflowClient(f"sqlite:///{tmp_path / 'copied.db'}").get_run(run.info.run_id).data.metrics == \
+        {"validation_accuracy": 0.5}
+    # the next fresh store is copied without migrating: MLflow's table creation is never called
+    import mlflow.store.db.utils as db_utils
+
+    def no_migration(*args, **kwargs):
+        raise AssertionError("migrated instead of copied")
+
+    monkeypatch.setattr(db_utils, "_initialize_tables", no_migration)
+    store.client(f"sqlite:///{tmp_path / 'second.db'}").search_experiments()
+    monkeypatch.undo()
+    monkeypatch.setenv("NNEXP_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    template.write_bytes(b"not a database " * 100)
+    third = store.client(f"sqlite:///{tmp_path / 'third.db'}")
+    assert third.search_experiments()[0].name == "Default" and not template.exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no copy left aside

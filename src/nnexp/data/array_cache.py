@@ -19,7 +19,7 @@ from typing import Callable
 
 import numpy as np
 
-from nnexp.data.locate import cache_dir
+from nnexp.config.paths import cache_dir
 
 logger = logging.getLogger(__name__)
 

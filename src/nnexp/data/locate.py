@@ -22,26 +22,13 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from nnexp.config.errors import ChecksumError, DataError, DataNotFoundError
+from nnexp.config.paths import cache_dir, env_path
 from nnexp.data import catalog
 from nnexp.data.catalog import CATALOG, IDX_FILES, SUBDIRS
 from nnexp.data.download import fetch
 from nnexp.data.splits import DataFile
 
 logger = logging.getLogger(__name__)
-
-
-def _env_path(var: str) -> Path | None:
-    value = os.environ.get(var, "").strip()
-    return Path(value).expanduser() if value else None
-
-
-def cache_dir() -> Path:
-    """``$NNEXP_CACHE_DIR``, else ``$XDG_CACHE_HOME/nnexp``, else ``~/.cache/nnexp`` (not created)."""
-    explicit = _env_path("NNEXP_CACHE_DIR")
-    if explicit is not None:
-        return explicit
-    xdg = _env_path("XDG_CACHE_HOME")
-    return (xdg if xdg is not None else Path.home() / ".cache") / "nnexp"
 
 
 def _scan(directory: Path, name: str) -> tuple[dict[str, Path] | None, list[Path]]:
@@ -87,7 +74,7 @@ def locate(name: str, data_dir, download: bool, progress: bool) -> tuple[dict[st
             )
         return found, next(iter(found.values())).parent
 
-    env = _env_path("NNEXP_DATA_DIR")
+    env = env_path("NNEXP_DATA_DIR")
     cache = cache_dir()
     candidates = [env] if env is not None else []
     candidates += [cache, *(Path(p) for p in catalog.SYSTEM_DIRS.get(name, ()))]

@@ -9,17 +9,21 @@ record is kept whatever the store does, and the uploader retries on its own sche
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
+import shutil
+import sqlite3
 import subprocess
 from pathlib import Path
 from typing import Any
 
 from nnexp.config.errors import NnexpError
 from nnexp.config.names import TAG_STATUS
-from nnexp.tracking.storelock import sqlite_lock
+from nnexp.config.paths import cache_dir
+from nnexp.tracking.storelock import sqlite_lock, sqlite_path
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +67,43 @@ def client(uri: str):
     # a client on a SQLite file creates (and migrates) the store on construction: processes that do
     # this at the same moment on a fresh file crash on the migration or corrupt it (measured)
     with sqlite_lock(uri):
+        db = sqlite_path(uri)
+        if db is not None and not db.exists():
+            new_store_from_template(db)
         return MlflowClient(tracking_uri=uri)
+
+
+def new_store_from_template(db: Path) -> None:
+    """A fresh SQLite store as a copy of an empty one MLflow created and migrated before, kept in
+    the cache per MLflow release: MLflow's ~50 schema migrations take 2-3 s on every new file, a
+    copy takes milliseconds. The copy's Default experiment gets the artifact location MLflow
+    would have given it (./mlruns/0 of this process). Any problem: MLflow creates the file itself."""
+    from importlib.metadata import version
+
+    from mlflow.tracking import MlflowClient
+
+    template = cache_dir() / f"mlflow-{version('mlflow')}-empty.db"
+    aside = db.with_name(f".{db.name}.{os.getpid()}.tmp")
+    try:
+        with sqlite_lock(f"sqlite:///{template}"):
+            if not template.exists():
+                made = template.with_name(f"{template.name}.{os.getpid()}.tmp")
+                made.unlink(missing_ok=True)
+                MlflowClient(tracking_uri=f"sqlite:///{made}").search_experiments()  # creates and migrates
+                os.replace(made, template)
+            shutil.copyfile(template, aside)
+        with contextlib.closing(sqlite3.connect(aside)) as con, con:
+            con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
+                        ((Path.cwd() / "mlruns" / "0").as_posix(),))
+        os.replace(aside, db)
+    except sqlite3.Error as exc:  # a damaged template: made again next time
+        template.unlink(missing_ok=True)
+        log.warning("the empty tracking store %s was damaged (%s): removed; MLflow creates %s itself",
+                    template, exc, db)
+    except Exception as exc:  # noqa: BLE001 - no template (a read-only cache, ...): only slower
+        log.debug("no store template (%s): MLflow creates %s", first_line(exc), db)
+    finally:
+        aside.unlink(missing_ok=True)
 
 
 def first_line(exc: BaseException) -> str:
