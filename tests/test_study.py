@@ -119,17 +119,54 @@ def test_a_stage_whose_trials_tie_escalates_instead_of_deciding(digits_study):
     assert len({t.value for t in decided_on}) > 1  # where it decided, the scores differ
 
 
+def paired_t_interval(a, b):
+    """b - a over the same seeds, 95% t-interval: computed here from the raw replicate values,
+    independently of nnexp.stats."""
+    import numpy as np
+    from scipy import stats
+
+    d = np.subtract(b, a)
+    half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / len(d) ** 0.5
+    return d.mean() - half, d.mean() + half
+
+
+def replicate_scores_of(storage, decision, name):
+    """Each value's per-seed scores, read from the trials of the problem the stage decided on."""
+    trials = [t for t in stage(storage, decision["studies"][-1][1]).trials if t.state == TrialState.COMPLETE]
+    key = "mini_batch_size" if name == "mini_batch" else _param(name)
+    if name != "mini_batch":
+        return {float(t.params[key]): t.user_attrs["replicate_values"] for t in trials}
+    horizon = decision["horizon_seconds"]  # validation accuracy of the last evaluation within the horizon
+    return {float(t.params[key]): [[row[3] for row in c if row[1] <= horizon + 1e-9][-1]
+                                   for c in t.user_attrs["replicate_curves"]] for t in trials}
+
+
 def test_every_decision_follows_its_paired_interval_and_the_log_shows_it(digits_study):
+    """Each grid stage's choice recomputed from the replicate values: means, the paired interval of
+    the best against the default, the tie rule, and the numbers the decision log prints."""
     md = (digits_study.dir / "studies" / "broad_strategy" / "decisions.md").read_text()
     for name in GRID_STAGES:
         d = digits_study.decisions[name]
-        iv, chosen = d.get("vs_default"), float(d[_param(name)])
-        if d["tie"] or (iv and iv["lo"] <= 0 <= iv["hi"]):  # no evidence against the default: it stays
-            assert chosen == float(d["default"]), (name, d["why"])
-        else:  # the best mean, and where it is not the default, an interval above zero
-            assert chosen == float(d["best"]) and (iv is None or iv["lo"] > 0), (name, d["why"])
+        scores = replicate_scores_of(digits_study.storage, d, name)
+        means = {v: sum(x) / len(x) for v, x in scores.items()}
+        best, default = max(means, key=lambda v: (means[v], v == float(d["default"]))), float(d["default"])
+        assert float(d["best"]) == best, (name, means)
+        ceiling = all(x >= 1.0 for xs in scores.values() for x in xs)
+        worse = [v for v in scores if v != best and not (paired_t_interval(scores[v], scores[best])[0] <= 0
+                                                          <= paired_t_interval(scores[v], scores[best])[1])]
+        tie = ceiling or not worse
+        assert d["tie"] == tie, (name, d["why"])
+        chosen = float(d[_param(name)])
+        if best == default:
+            assert chosen == default
+            continue
+        lo, hi = paired_t_interval(scores[default], scores[best])
+        assert (d["vs_default"]["lo"], d["vs_default"]["hi"]) == (pytest.approx(lo), pytest.approx(hi))
+        assert chosen == (best if not tie and lo > 0 else default), (name, d["why"])
         section = md.split(f"## {name}\n", 1)[1].split("\n## ", 1)[0]
-        assert "95% interval [" in section and "- rule: " in section and "**Question.**" in section
+        assert (f"best {best:.4g} vs default {default:.4g}: {100 * (means[best] - means[default]):+.2f} pp, "
+                f"95% interval [{100 * lo:+.2f}, {100 * hi:+.2f}] over {len(scores[best])} seeds") in section
+        assert "- rule: " in section and "**Question.**" in section
     final = digits_study.decisions["final"]
     assert len(final["test_accuracies"]) == 3 and final["seeds"] == [0, 1, 2]
     assert final["test_accuracy"] == pytest.approx(sum(final["test_accuracies"]) / 3)

@@ -120,7 +120,9 @@ def test_early_stopping_stops_and_restores_best():
     net, h = run(spec)
     assert h.outcome == EARLY_STOPPED and len(h.records) < 200
     accs = h.column("validation_accuracy")
-    assert all(a <= h.best_validation_accuracy for a in accs[-3:])
+    first_best = accs.index(max(accs))  # "no improvement": equal is not better
+    assert h.best_validation_accuracy == max(accs) and h.best_epoch == h.records[first_best].epoch
+    assert len(accs) - 1 - first_best == 3  # stopped exactly `patience` evaluations after the best
     from nnexp.engine.network import evaluate
     assert evaluate(net, VAL.x, VAL.y)[1] == h.best_validation_accuracy
 

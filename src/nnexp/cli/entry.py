@@ -17,10 +17,8 @@ def die(prog: str, message: str, code: int = 2) -> NoReturn:
 def hydra_cli(prog: str, args: list[str], hydra_main: Callable[[], None], own_group: str | None = None) -> None:
     """Check the overrides (one-line errors, exit 2), then hand the arguments to Hydra.
     ``own_group``: a config group of the app itself (e.g. ``study``), left to Hydra."""
-    from nnexp.config.run_schema import register_schema
     from nnexp.runner.compose import check_overrides
 
-    register_schema()
     try:
         check_overrides([a for a in args if not own_group or not a.lstrip("+~").startswith(own_group)])
     except ConfigError as exc:

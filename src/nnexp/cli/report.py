@@ -69,7 +69,8 @@ def run(args: argparse.Namespace, figures: dict) -> int:
     start = time.perf_counter()
     jobs = plan_jobs(figures, names, args.seeds, args.override, args.svm_max_size, args.sizes)
     found = find_runs(uri, args.experiment)
-    missing = [j for j in jobs if j.key not in found]
+    # a configuration two figures share (overfitting's lambda = 0 arm is regularized's too) runs once
+    missing = list({j.key: j for j in jobs if j.key not in found}.values())
     if missing and args.no_run:
         print(f"{len(missing)} of {len(jobs)} runs are missing (--no-run):")
         for j in missing:
@@ -79,7 +80,8 @@ def run(args: argparse.Namespace, figures: dict) -> int:
             from nnexp.runner import load_splits
 
             load_splits(next(j.job.config for j in missing if j.kind != "neuron"))
-        print(f"launching {len(missing)} missing runs of {len(jobs)} on {args.workers} processes")
+        print(f"launching {len(missing)} missing runs ({len({j.key for j in jobs})} distinct in {len(jobs)} asked) "
+              f"on {args.workers} processes")
         launch(missing, uri, args.experiment, args.workers)
         found = find_runs(uri, args.experiment)
     out = Path(args.out)

@@ -22,7 +22,6 @@ from omegaconf import DictConfig
 
 from nnexp.cli.entry import die, hydra_cli
 from nnexp.config.errors import ConfigError, NnexpError
-from nnexp.config.study_schema import register_study_schema
 from nnexp.search import check_study_overrides, run_study
 
 log = logging.getLogger("nnexp.study")
@@ -58,7 +57,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         os.environ["NNEXP_STUDY_WORKERS"] = args[i + 1]
         del args[i:i + 2]
 
-    register_study_schema()
     try:
         check_study_overrides(args)
     except ConfigError as exc:

@@ -134,8 +134,8 @@ class RunConfig:
 
 
 def register_schema() -> None:
-    """Make the schema and the resolvers known to Hydra and OmegaConf (idempotent): every entry
-    point that composes calls it first. ``nnexp_inputs``: a dataset's inputs, from the catalog;
+    """Make the schema and the resolvers known to Hydra and OmegaConf (idempotent): importing the
+    config module ``nnexp.conf`` does it, so every way of composing sees them. ``nnexp_inputs``: a dataset's inputs, from the catalog;
     ``nnexp_mul``: arithmetic for presets, e.g. lmbda: ${nnexp_mul:${dataset.train_size},1e-4}."""
     from hydra.core.config_store import ConfigStore
 

@@ -13,7 +13,7 @@ from typing import Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from nnexp.config.run_schema import GROUPS, field_names, nested_fields, register_schema, suggest, to_run_config
+from nnexp.config.run_schema import GROUPS, field_names, nested_fields, suggest, to_run_config
 from nnexp.config.errors import ConfigError
 from nnexp.runner.job import Job
 from nnexp.tracking import redact
@@ -92,7 +92,6 @@ def compose(overrides: Sequence[str] = (), **record) -> Job:
 
     overrides = list(overrides)
     check_overrides(overrides)
-    register_schema()
     try:
         with initialize_config_module(version_base="1.3", config_module="nnexp.conf"):
             cfg = hydra_compose("config", overrides=overrides)

@@ -25,7 +25,7 @@ from nnexp.config.errors import ConfigError
 from nnexp.config.names import TAG_EXPERIMENT, TAG_STAGE, TAG_STUDY
 from nnexp.search.backend import DEFAULT_STORAGE, make_storage
 from nnexp.search.outputs import load_decisions, meta_study, write_outputs
-from nnexp.config.study_schema import StudySettings, register_study_schema, to_settings
+from nnexp.config.study_schema import StudySettings, to_settings
 from nnexp.search.strategy import Context, broad_strategy, sampler_study
 
 log = logging.getLogger("nnexp.study")
@@ -81,7 +81,6 @@ def compose_study(overrides: Sequence[str] = ()) -> DictConfig:
     overrides = list(overrides)
     check_study_overrides(overrides)
     check_overrides([o for o in overrides if not o.lstrip("+~").startswith("study")])
-    register_study_schema()
     try:
         with initialize_config_module(version_base="1.3", config_module="nnexp.conf"):
             return compose("study", overrides=overrides)
