@@ -84,3 +84,38 @@ def postgres():
         subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
                        capture_output=True)
         shutil.rmtree(root, ignore_errors=True)
+
+
+# -- starting processes together: on an observed event, not a clock ------------------------------
+#: prepended to a child script: ``ready_then_wait(folder)`` says this process is ready (its imports
+#: done) by a file, then waits for the test's ``go`` file
+BARRIER = """
+import os as _os, pathlib as _pathlib, time as _time
+def ready_then_wait(folder):
+    folder = _pathlib.Path(folder)
+    (folder / f"ready-{_os.getpid()}").touch()
+    while not (folder / "go").exists():
+        _time.sleep(0.0005)
+"""
+
+
+def start_together(argvs: list[list[str]], folder: Path, timeout: float = 120, **popen) -> list:
+    """Start processes that call ``ready_then_wait(folder)``; once every one of them is ready (its
+    file exists), release them at once. A process that exits before it is ready fails the test
+    with its stderr."""
+    import subprocess
+    import time
+
+    folder.mkdir(parents=True, exist_ok=True)
+    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+             for argv in argvs]
+    deadline = time.monotonic() + timeout
+    while len(list(folder.glob("ready-*"))) < len(procs):
+        for p in procs:
+            if p.poll() is not None:
+                pytest.fail(f"a process ended before it was ready: {p.communicate()[1][-1500:]}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"processes not ready after {timeout} s")
+        time.sleep(0.02)
+    (folder / "go").touch()
+    return procs

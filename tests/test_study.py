@@ -12,6 +12,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
+from conftest import BARRIER, start_together
+
 FAST = ["dataset=digits", "study.eta.epochs=2", "study.lmbda.epochs=8",
         "study.eta.refine_epochs=10", "study.mini_batch.epochs=1",
         "study.final.epochs=15", "study.patience=4", "study.mini_batch.sizes=[10,50]"]
@@ -275,15 +277,14 @@ def test_a_worker_killed_mid_trial_is_failed_by_heartbeat_and_retried(workdir, p
     assert any(t.system_attrs.get("failed_trial") == victim.number for t in trials)  # the retry
 
 
-ASKER = """
-import sys, time
+ASKER = BARRIER + """
+import sys
 import optuna
 from nnexp.search.trials import ask_trial
 optuna.logging.set_verbosity(optuna.logging.ERROR)
-url, start = sys.argv[1], float(sys.argv[2])
+url, folder = sys.argv[1], sys.argv[2]
 study = optuna.load_study(study_name="s", storage=url)
-while time.time() < start:
-    pass
+ready_then_wait(folder)
 print(" ".join(str(ask_trial(study, url).number) for _ in range(100)))
 """
 
@@ -296,9 +297,8 @@ def test_two_processes_never_pop_the_same_waiting_trial(workdir):
     study = optuna.create_study(study_name="s", storage=url)
     for i in range(200):
         study.enqueue_trial({"x": float(i)})
-    start = str(time.time() + 3)
-    procs = [subprocess.Popen([sys.executable, "-c", ASKER, url, start], stdout=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    procs = start_together([[sys.executable, "-c", ASKER, url, str(workdir / "barrier")] for _ in range(2)],
+                           workdir / "barrier")
     popped = [int(n) for p in procs for n in p.communicate(timeout=120)[0].split()]
     assert all(p.returncode == 0 for p in procs)
     assert len(popped) == 200 and len(set(popped)) == 200

@@ -12,7 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import free_port
+from conftest import BARRIER, free_port, start_together
 from mlflow.tracking import MlflowClient
 
 DIGITS = ["dataset=digits", "monitor.progress=false"]
@@ -235,31 +235,31 @@ def test_four_runs_started_at_once_on_a_fresh_sqlite_store_are_all_recorded(work
     assert {r.info.status for r in found} == {"FINISHED"}
 
 
-OPENER = """
-import sys, time
-kind, url, start = sys.argv[1], sys.argv[2], float(sys.argv[3])
+OPENER = BARRIER + """
+import sys
+kind, url, folder = sys.argv[1], sys.argv[2], sys.argv[3]
 if kind == "mlflow":
+    import mlflow.tracking  # noqa: F401 - imported, the store not yet opened
     from nnexp.tracking.store import client, experiment_id
-    client(url)  # imports done before the start line
-    while time.time() < start:
-        pass
+    ready_then_wait(folder)
+    client(url)  # opens (creates) the fresh store
     print(experiment_id(url, "nnexp"))
 else:
     import optuna
     from nnexp.search.backend import make_storage
-    while time.time() < start:
-        pass
+    ready_then_wait(folder)
     storage = make_storage(url)
     print(optuna.create_study(study_name="s", storage=storage, load_if_exists=True).study_name)
 """
 
 
 @pytest.mark.parametrize("kind", ["mlflow", "optuna"])
-def test_four_processes_opening_a_fresh_sqlite_file_at_the_same_instant(workdir, kind):
+def test_four_processes_opening_a_fresh_sqlite_file_at_the_same_instant(workdir, kind, tmp_path_factory):
+    """Four processes, released together once each has imported what it needs (observed: each one's
+    ready file), create the same fresh store: all succeed and see one experiment (one study)."""
     url = f"sqlite:///{workdir / 'fresh.db'}"
-    start = str(time.time() + 6)  # after every process has imported what it needs
-    procs = [subprocess.Popen([sys.executable, "-c", OPENER, kind, url, start], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    barrier = tmp_path_factory.mktemp("barrier")
+    procs = start_together([[sys.executable, "-c", OPENER, kind, url, str(barrier)] for _ in range(4)], barrier)
     outs = [p.communicate(timeout=120) for p in procs]
     assert all(p.returncode == 0 for p in procs), [e[-1500:] for _, e in outs]
     assert len({o.strip() for o, _ in outs}) == 1  # one experiment (one study), the same for all
