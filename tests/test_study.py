@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import optuna
@@ -245,6 +246,16 @@ def test_divergent_trials_are_recorded_not_fatal(workdir):
     assert {k.data.tags["nnexp.status"] for k in kids if k.data.params["eta"] == "100.0"} == {"diverged"}
 
 
+def is_worker_of(pid: int, parent: int) -> bool:
+    """Is ``pid`` a live child process of ``parent`` spawned by multiprocessing (not a reused pid)?"""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return stat[0] not in "ZX" and int(stat[1]) == parent and b"multiprocessing" in cmdline
+
+
 @pytest.mark.slow  # multi-process robustness: run by .ci/run
 @pytest.mark.parametrize("population", [1, 2])
 def test_a_worker_killed_mid_trial_is_failed_by_heartbeat_and_retried(workdir, population):
@@ -264,9 +275,14 @@ def test_a_worker_killed_mid_trial_is_failed_by_heartbeat_and_retried(workdir, p
         except Exception:  # storage or study not there yet
             continue
         if running:
-            time.sleep(1.0)
-            victim = running[0]
-            os.kill(victim.user_attrs["worker_pid"], signal.SIGKILL)
+            time.sleep(1.0)  # into its training
+            victim = stage(storage, "tpe/search").trials[running[0].number]
+            pid = victim.user_attrs["worker_pid"]
+            # still that trial's worker: RUNNING in the storage and a spawned worker of this study's process
+            if victim.state != TrialState.RUNNING or not is_worker_of(pid, proc.pid):
+                victim = None
+                continue
+            os.kill(pid, signal.SIGKILL)
     assert victim is not None, "no trial started"
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err
