@@ -229,7 +229,7 @@ def test_seeds_trains_the_replicates_as_one_population(tmp_path):
                           "hydra.launcher.workers=1", f"tracking.uri={uri}"],
                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert out.returncode == 0, out.stderr
-    assert "3 jobs in 1 population(s) (3)" in out.stdout + out.stderr
+    assert _population_sizes(uri) == [3]
     assert "3 runs (3 completed)" in out.stdout
     assert sorted(key[1] for key in _records(uri)) == ["4", "5", "6"]
 
@@ -244,9 +244,25 @@ def test_more_groups_than_workers_each_run_once(tmp_path):
                           "eta=0.1,0.2,0.3,0.4,0.5", "hydra/launcher=population", "hydra.launcher.max_members=1",
                           f"tracking.uri={uri}"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert out.returncode == 0, out.stderr
-    assert "5 jobs in 5 population(s)" in out.stdout + out.stderr
+    assert _population_sizes(uri) == [1, 1, 1, 1, 1]
     assert "5 runs (5 completed)" in out.stdout
     assert sorted(eta for eta, _ in _records(uri)) == ["0.1", "0.2", "0.3", "0.4", "0.5"]
+
+
+def _population_sizes(uri) -> list[int]:
+    """The sizes of the populations the sweep's runs trained in, read from their tags (each run:
+    its population's id and size), checked against the number of runs that share each id."""
+    from collections import Counter
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    runs = [r for r in client.search_runs([client.get_experiment_by_name("nnexp").experiment_id])
+            if "mlflow.parentRunId" in r.data.tags]
+    members = Counter(r.data.tags["nnexp.population"] for r in runs)
+    for r in runs:
+        assert int(r.data.tags["nnexp.population_size"]) == members[r.data.tags["nnexp.population"]]
+    return sorted(members.values())
 
 
 def _runs_with_metrics(db) -> int:
@@ -368,5 +384,5 @@ def test_the_memory_cap_splits_a_sweep_into_smaller_populations(tmp_path):
                           "hydra.launcher.max_memory_mb=7", "hydra.launcher.workers=1", f"tracking.uri={uri}"],
                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert out.returncode == 0, out.stderr
-    assert "6 jobs in 3 population(s) (2, 2, 2)" in out.stdout + out.stderr
+    assert _population_sizes(uri) == [2, 2, 2]
     assert len(_records(uri)) == 6

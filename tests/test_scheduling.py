@@ -64,7 +64,8 @@ def test_the_identity_check_sees_a_different_run():
 
 #: tags that say where and by which process a run was recorded (and the sweep's id): they differ
 #: between any two runs by design
-WHERE_RECORDED = {"nnexp.sweep", "nnexp.record_id", "nnexp.record", "nnexp.host", "nnexp.pid", "nnexp.pid_start"}
+WHERE_RECORDED = {"nnexp.sweep", "nnexp.record_id", "nnexp.record", "nnexp.host", "nnexp.pid", "nnexp.pid_start",
+                  "nnexp.population", "nnexp.population_size"}  # where and how it was scheduled
 
 
 def _records(uri):

@@ -180,8 +180,12 @@ def _param(stage_name):
 
 
 def test_replicates_train_as_one_population_of_seeds_times_values(digits_study):
-    out = digits_study.first.stdout + digits_study.first.stderr
-    assert "broad_strategy/lmbda_walk: trial(s) 0, 1, 2 trained as one population of 9" in out
+    client = MlflowClient(digits_study.uri)
+    runs = client.search_runs([client.get_experiment_by_name("nnexp").experiment_id], max_results=1000,
+                              filter_string="tags.`nnexp.stage` = 'lmbda_walk'")
+    first = [r for r in runs if r.data.tags["nnexp.trial"] in ("0", "1", "2")]  # the walk's first three values
+    assert len(first) == 9 and {(r.data.tags["nnexp.population"], r.data.tags["nnexp.population_size"])
+                                for r in first} == {(first[0].data.tags["nnexp.population"], "9")}
     for _, name in digits_study.decisions["lmbda_walk"]["studies"]:
         trials = stage(digits_study.storage, name).trials
         assert len({t.user_attrs["worker_pid"] for t in trials}) == 1  # one process
@@ -217,7 +221,11 @@ def test_trials_trained_as_populations_match_trials_trained_one_by_one(workdir):
         assert sorted(int(k.data.tags["nnexp.trial"]) for k in kids) == list(range(6))
         assert {t.user_attrs["mlflow_run_id"] for t in trials} == {k.info.run_id for k in kids}
         if population == 3:
-            assert (out.stdout + out.stderr).count("trained as one population of 3") == 2, out.stdout
+            populations = {k.data.tags["nnexp.population"]: set() for k in kids}
+            for k in kids:
+                populations[k.data.tags["nnexp.population"]].add(int(k.data.tags["nnexp.trial"]))
+                assert k.data.tags["nnexp.population_size"] == "3"
+            assert sorted(map(sorted, populations.values())) == [[0, 1, 2], [3, 4, 5]]  # asked three at a time
             assert "Warning" not in out.stderr, out.stderr
             # a population's members share its training clock
             assert len({round(t.user_attrs["train_seconds"], 9) for t in trials[:3]}) == 1

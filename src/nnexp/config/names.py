@@ -25,6 +25,8 @@ TAG_ERROR = "nnexp.error"
 TAG_DATASET_SHA256 = "nnexp.dataset_sha256"
 TAG_BEST_CHILD = "nnexp.best_child"
 TAG_SWEEP_OVERRIDES = "nnexp.sweep_overrides"
+TAG_POPULATION = "nnexp.population"  # an id shared by the runs trained together as one population
+TAG_POPULATION_SIZE = "nnexp.population_size"  # how many trained together (1: alone)
 
 # -- metrics --------------------------------------------------------------------------------------
 SPLIT_NAMES = ("training", "validation", "test")

@@ -12,6 +12,7 @@ import io
 import logging
 import sys
 import traceback
+import uuid
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -20,8 +21,8 @@ from nnexp.config.run_schema import flat_params
 from nnexp.config.identity import config_hash
 from nnexp.engine import save_network
 from nnexp.engine.network import Network, evaluate
-from nnexp.config.names import (COMPLETED, DIVERGED, FAILED, KILLED, RUNNING, TAG_CONFIG_HASH, TAG_EXPERIMENT, TAG_STATUS,
-                         TAG_SWEEP)
+from nnexp.config.names import (COMPLETED, DIVERGED, FAILED, KILLED, RUNNING, TAG_CONFIG_HASH, TAG_EXPERIMENT,
+                                TAG_POPULATION, TAG_POPULATION_SIZE, TAG_STATUS, TAG_SWEEP)
 from nnexp.runner.build import build_network, load_splits, train_spec
 from nnexp.runner.groups import check_compatible
 from nnexp.runner.interrupts import INTERRUPTIONS, Interrupts
@@ -105,13 +106,15 @@ def run_name(job: Job) -> str:
     return job.run_name or f"{head} eta={c.eta:g} lmbda={c.lmbda:g} mb={c.mini_batch_size} seed={c.seed}"
 
 
-def new_tracker(job: Job, uploader):
-    """The job's tracker, not yet started (None if tracking is off)."""
+def new_tracker(job: Job, uploader, population: tuple[str, int] = ("", 1)):
+    """The job's tracker, not yet started (None if tracking is off). ``population``: the id and
+    size of the population it trains in (tags: how it was scheduled, never what it computes)."""
     c = job.config
     if not c.tracking.enabled:
         return None
     tags = {TAG_EXPERIMENT: job.experiment or "none", TAG_STATUS: RUNNING,
-            TAG_CONFIG_HASH: job.identity or config_hash(c), **(job.tags or {})}
+            TAG_CONFIG_HASH: job.identity or config_hash(c), TAG_POPULATION: population[0] or uuid.uuid4().hex[:12],
+            TAG_POPULATION_SIZE: str(population[1]), **(job.tags or {})}
     if job.sweep_id:
         tags[TAG_SWEEP] = job.sweep_id
     return tracking.RunTracker(
@@ -192,7 +195,8 @@ def execute(jobs: Sequence[Job] | Job, *, progress: bool = False) -> list[RunRes
     nets = [build_network(j.config, s) for j, s in zip(jobs, streams)]
     specs = [train_spec(j.config) for j in jobs]
     uploader = tracking.Uploader()  # the population's runs reach the store off the training path
-    trackers = [new_tracker(j, uploader) for j in jobs]
+    population = (uuid.uuid4().hex[:12], len(jobs))
+    trackers = [new_tracker(j, uploader, population) for j in jobs]
     artifacts = [{"config.yaml": j.resolved_yaml} if j.resolved_yaml else {} for j in jobs]
     bar = ProgressBar(max(s.epochs for s in specs), progress and len(jobs) == 1)
     # interruptions are caught from before the records exist, so they never leave one RUNNING
