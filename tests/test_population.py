@@ -193,6 +193,46 @@ def test_jobs_are_grouped_by_compatibility_and_spread_over_workers():
     assert sorted(len(g) for g in groups) == [3, 4, 4, 4] and sorted(sum(groups, [])) == list(range(15))
 
 
+def _changed(**changes):
+    """The default run config with dotted-path changes, e.g. {"dataset.train_size": 100}."""
+    from nnexp.config.run_schema import RunConfig
+
+    c = RunConfig()
+    for path, value in changes.items():
+        *parents, leaf = path.split(".")
+        obj = c
+        for part in parents:
+            obj = getattr(obj, part)
+        setattr(obj, leaf, value)
+    return c
+
+
+@pytest.mark.parametrize("changes", [
+    {"dataset.name": "fashion_mnist"}, {"dataset.train_size": 1000}, {"dataset.classes": [0, 1]},
+    {"dataset.expanded": True}, {"dataset.data_dir": "/elsewhere"}, {"cost.name": "quadratic"},
+    {"dtype": "float32"}, {"mini_batch_size": 20}, {"regularization.penalty": "l1"},
+    {"regularization.dropout": 0.5}, {"monitor.every_images": 1000}, {"monitor.validation_sample": 100},
+    {"monitor.metrics": ["validation_accuracy"]}, {"sizes": [784, 100, 10]}, {"hidden": "tanh"}])
+def test_each_grouping_key_keeps_jobs_apart(changes):
+    """The README's grouping rule: jobs that differ in data, architecture, cost, dtype, mini-batch
+    size, penalty type, dropout on/off or monitoring never train as one population."""
+    from nnexp.runner import plan_groups
+
+    assert sorted(map(len, plan_groups([_changed(), _changed(**changes)], workers=1))) == [1, 1]
+
+
+@pytest.mark.parametrize("changes", [
+    {"eta": 3.0}, {"lmbda": 0.1}, {"seed": 7}, {"epochs": 5}, {"momentum": 0.5},
+    {"regularization.dropout": 0.0}, {"schedule.name": "halve_on_plateau"},
+    {"early_stopping.name": "no_improvement"}, {"init.name": "large"}])
+def test_what_may_differ_inside_a_population(changes):
+    """Every scalar (eta, lambda, seed, epochs, momentum, schedule, early stopping, the initial
+    weights) may differ between members: such jobs train as one population."""
+    from nnexp.runner import plan_groups
+
+    assert plan_groups([_changed(), _changed(**changes)], workers=1) == [[0, 1]]
+
+
 def test_seeds_n_expands_to_a_multirun_on_the_population_launcher_by_default():
     from nnexp.cli.run import default_launcher, expand_seeds
 

@@ -546,3 +546,22 @@ def test_a_study_from_python_decides_as_the_same_study_from_the_command_line(tmp
     bad = subprocess.run([sys.executable, "-c", script, "dataset=digits", "study.n_trial=4"], capture_output=True,
                          text=True, timeout=120, cwd=tmp_path / "api", env=env)
     assert bad.returncode != 0 and "unknown key 'study.n_trial' (did you mean 'n_trials'?)" in bad.stderr
+
+
+def test_tuning_never_scores_the_test_set_and_the_mini_batch_runs_train_alone(digits_study):
+    """Only the final stage's runs have a test metric (scored once, at their end); every run of the
+    mini-batch stage trained by itself (a population of one: its clock is a single run's) and
+    was scored on the whole validation set."""
+    client = MlflowClient(digits_study.uri)
+    runs = client.search_runs([client.get_experiment_by_name("nnexp").experiment_id], max_results=1000)
+    kids = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    for r in kids:
+        tested = sorted(k for k in r.data.metrics if "test" in k)
+        assert (tested == ["final_test_accuracy"]) == (r.data.tags["nnexp.stage"] == "final"), \
+            (r.data.tags["nnexp.stage"], tested)
+    trials = [t for _, name in digits_study.decisions["eta_refine"]["studies"] for t in stage(digits_study.storage, name).trials]
+    assert trials and not any("test_accuracy" in t.user_attrs for t in trials)
+    alone = [r for r in kids if r.data.tags["nnexp.stage"] == "mini_batch"]
+    assert len(alone) == 3 * len(digits_study.decisions["mini_batch"]["means"])
+    assert {r.data.tags["nnexp.population_size"] for r in alone} == {"1"}
+    assert {r.data.params["monitor.validation_sample"] for r in alone} == {"None"}

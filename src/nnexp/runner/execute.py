@@ -149,7 +149,8 @@ def _finish(job: Job, tracker, history: History, net, test, artifacts: dict) -> 
     """After training: test accuracy, summary metrics, artifacts and status into the record."""
     c = job.config
     result = RunResult(history.outcome, history, tracker.run_id if tracker else None, network=net)
-    result.test_accuracy = test_accuracy_of(history, net, test, "test_accuracy" in c.monitor.metrics)
+    if job.score_test:
+        result.test_accuracy = test_accuracy_of(history, net, test, "test_accuracy" in c.monitor.metrics)
     if tracker:
         summary = {"best_validation_accuracy": history.best_validation_accuracy,
                    "best_epoch": history.best_epoch, "final_test_accuracy": result.test_accuracy,

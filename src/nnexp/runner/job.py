@@ -26,6 +26,7 @@ class Job:
     run_name: str | None = None
     observers: Sequence[Callable] = ()  # extra training-loop observers (e.g. a study's pruner)
     on_start: Callable[[str], None] | None = None  # called with the MLflow run id once it exists
+    score_test: bool = True  # the test set scored once at the end (a study's tuning trials: never)
     # a run that is not a network trained on its dataset (the book's single neuron, a baseline
     # classifier): ``fit(job, observers) -> (History, summary metrics)``, tracked like any run,
     # with ``params`` and ``identity`` (its nnexp.config_hash) in place of the config's

@@ -29,4 +29,5 @@ class StagePlan:
     grace: int = 30
     population: int = 1  # trials asked at once and trained as one batched population
     replicates: int = 1  # seeds per trial (seed, seed + 1, ...), trained as one population; value: their mean
+    score_test: bool = False  # tuning never sees the test set; the final stage scores it, once
     alone: bool = False  # train every run by itself: its wall clock is a single run's (the mini-batch stage)

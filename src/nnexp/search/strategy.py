@@ -424,7 +424,7 @@ def stage_final(ctx: Context, eta: float, lmbda: float, mini_batch: int, schedul
         # eta0); early stopping with the schedule's own patience would end it at the first plateau,
         # before eta was ever halved: it waits for three halvings without improvement
         base.early_stopping.patience = 3 * int(ctx.settings.patience)
-    plan = ctx.plan("final", base, {}, prune=False, replicates=int(ctx.settings.replicates))
+    plan = ctx.plan("final", base, {}, prune=False, replicates=int(ctx.settings.replicates), score_test=True)
     study = run_stage(plan, 1, 1)
     (trial,) = finished_trials(study)[:1]
     c = trial_config(plan, {})

@@ -96,7 +96,7 @@ def _trial_jobs(trial, plan: StagePlan) -> list:
         jobs.append(runner.Job(
             config=cr, experiment=plan.experiment, tags=tags, parent_run_id=plan.parent_run_id,
             parent_record=plan.parent_record, run_dir=run_dir,
-            observers=[pruning] if plan.replicates == 1 else [], run_name=name,
+            observers=[pruning] if plan.replicates == 1 else [], run_name=name, score_test=plan.score_test,
             on_start=(lambda rid: trial.set_user_attr("mlflow_run_id", rid)) if r == 0 else None))
     trial.set_user_attr("run_dir", run_dirs[0])  # the run's local record: record/ in there
     if plan.replicates > 1:
