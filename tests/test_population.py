@@ -426,3 +426,47 @@ def test_the_memory_cap_splits_a_sweep_into_smaller_populations(tmp_path):
     assert out.returncode == 0, out.stderr
     assert _population_sizes(uri) == [2, 2, 2]
     assert len(_records(uri)) == 6
+
+
+RUN_JOBS_SCRIPT = """
+import json, sys
+from nnexp import runner
+
+if __name__ == "__main__":  # worker processes are spawned: the README's guard
+    jobs = [runner.compose(["dataset=digits", "epochs=3", f"seed={s}", f"eta={eta}", f"tracking.uri={sys.argv[1]}"])
+            for s in (0, 1) for eta in (0.1, 2.0)]
+    results = runner.run_jobs(jobs, workers=2)
+    print(json.dumps([[r.status, r.history.column("validation_accuracy"), r.network.weights[0].sum().item()]
+                      for r in results]))
+"""
+
+
+def test_run_jobs_with_two_workers_as_a_python_call(tmp_path):
+    """The README's Python API: ``runner.run_jobs(jobs, workers=2)`` from a script trains every job
+    (on two processes) to exactly what ``runner.execute`` gives each one alone in this process."""
+    import json
+    import subprocess
+    import sys
+
+    from nnexp import runner
+
+    script = tmp_path / "sweep.py"
+    script.write_text(RUN_JOBS_SCRIPT)
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    out = subprocess.run([sys.executable, str(script), uri], capture_output=True, text=True, cwd=tmp_path,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.splitlines()[-1])
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("nnexp").experiment_id])
+    assert len(runs) == 4 and {r.data.tags["nnexp.population_size"] for r in runs} == {"2"}
+    assert len({r.data.tags["nnexp.pid"] for r in runs}) == 2  # two populations on two processes
+    alone = []
+    for s in (0, 1):
+        for eta in (0.1, 2.0):
+            (r,) = runner.execute(runner.compose(["dataset=digits", "epochs=3", f"seed={s}", f"eta={eta}",
+                                                  "tracking=off"]))
+            alone.append([r.status, r.history.column("validation_accuracy"), r.network.weights[0].sum().item()])
+    assert got == alone
