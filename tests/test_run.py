@@ -230,20 +230,57 @@ def test_bad_input_from_the_command_line_is_one_line_and_exit_code_2(store):
     assert out.stderr.strip() == "nnexp.run: error: eta must be a positive number, got -1.0", out.stderr
 
 
+def _flat(overrides):
+    from nnexp import runner
+    from nnexp.config.run_schema import flat_params
+
+    return flat_params(runner.compose(overrides).config)
+
+
+def _leaves(node, prefix=""):
+    """A preset YAML's settings as dotted keys (its defaults list and hydra block left out)."""
+    for key, value in node.items():
+        if key in ("defaults", "hydra"):
+            continue
+        if isinstance(value, dict):
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
 @pytest.mark.parametrize("preset", PRESETS)
-def test_every_preset_composes_and_validates(preset):
-    with initialize_config_module(version_base="1.3", config_module="nnexp.conf"):
-        cfg = compose("config", overrides=[f"+experiment={preset}"], return_hydra_config=False)
-        c = to_run_config(cfg)
-    assert c.sizes[0] == 784 and c.dataset.name == "mnist"
+def test_every_preset_applies_exactly_what_its_file_sets(preset):
+    """Read independently of Hydra, each preset file's settings and group overrides: composed onto
+    the base config, they are what changed (a value written as an interpolation is resolved)."""
+    import yaml
+
+    body = yaml.safe_load((REPO / "conf" / "experiment" / f"{preset}.yaml").read_text())
+    composed = _flat([f"+experiment={preset}"])
+    for key, value in _leaves(body):
+        if "${" in str(value):
+            assert "${" not in str(composed[key]), key  # resolved, not left as text
+        else:
+            assert composed[key] == value, (key, composed[key], value)
+    for entry in body.get("defaults", []):
+        if isinstance(entry, dict):
+            ((where, option),) = entry.items()
+            assert composed[where.removeprefix("override /")] == option
 
 
-def test_book_presets_hold_the_books_settings():
-    with initialize_config_module(version_base="1.3", config_module="nnexp.conf"):
-        reg = to_run_config(compose("config", overrides=["+experiment=regularized"]))
-        more = to_run_config(compose("config", overrides=["+experiment=more_data", "dataset.train_size=200"]))
-    assert (reg.dataset.train_size, reg.total_epochs, reg.lmbda, reg.init.name) == (1000, 400, 0.1, "large")
-    assert more.lmbda == pytest.approx(0.02) and more.total_epochs == 7500
+def test_the_book_presets_relate_as_the_books_experiments():
+    """regularized is the overfitting run with lambda 0.1 and nothing else changed; regularized_full
+    is overfitting_full with lambda 5; more_data keeps lambda / n and the image budget (n x epochs)
+    fixed across training-set sizes."""
+    def diff(a, b):
+        return {k: (a[k], b[k]) for k in a if a[k] != b[k]}
+
+    assert diff(_flat(["+experiment=overfitting"]), _flat(["+experiment=regularized"])) == \
+        {"lmbda": (0.0, 0.1), "regularization": ("none", "l2"), "regularization.penalty": ("none", "l2")}
+    assert diff(_flat(["+experiment=overfitting_full"]), _flat(["+experiment=regularized_full"])) == \
+        {"lmbda": (0.0, 5.0), "regularization": ("none", "l2"), "regularization.penalty": ("none", "l2")}
+    small, large = (_flat(["+experiment=more_data", f"dataset.train_size={n}"]) for n in (200, 1000))
+    assert small["lmbda"] / 200 == pytest.approx(large["lmbda"] / 1000)
+    assert small["epochs"] * 200 == large["epochs"] * 1000 == small["budget_images"]
 
 
 @pytest.mark.parametrize("args,fragment", [
