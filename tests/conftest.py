@@ -119,3 +119,26 @@ def start_together(argvs: list[list[str]], folder: Path, timeout: float = 120, *
         time.sleep(0.02)
     (folder / "go").touch()
     return procs
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` (Linux /proc), children of children included."""
+    found, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            kids = {int(k) for t in Path(f"/proc/{p}/task").iterdir()
+                    for k in (t / "children").read_text().split()}
+        except OSError:
+            continue
+        todo += list(kids - found)
+        found |= kids
+    return {p for p in found if alive(p)}
+
+
+def alive(pid: int) -> bool:
+    """A process that runs (not a zombie, not gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in "ZX"
+    except OSError:
+        return False

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from conftest import alive, descendants
 
 from nnexp.engine.network import init_network
 from nnexp.train import (DIVERGED, EARLY_STOPPED, EarlyStopping, HalveOnPlateau, Monitor, Streams,
@@ -350,6 +351,7 @@ def test_sigterm_to_a_population_sweep_leaves_every_run_killed(tmp_path):
         while time.time() < deadline and _runs_with_metrics(tmp_path / "m.db") < 4 and proc.poll() is None:
             time.sleep(0.5)
         assert _runs_with_metrics(tmp_path / "m.db") == 4, "the runs never all started"
+        workers = descendants(proc.pid)
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=120)
     finally:
@@ -357,6 +359,7 @@ def test_sigterm_to_a_population_sweep_leaves_every_run_killed(tmp_path):
             proc.kill()
             print(proc.communicate())
     assert proc.returncode == 130
+    assert workers and not {p for p in workers if alive(p)}  # no worker left behind
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("nnexp").experiment_id])
     assert len(runs) == 5 and {r.info.status for r in runs} == {"KILLED"}

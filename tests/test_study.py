@@ -13,7 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from conftest import BARRIER, start_together
+from conftest import BARRIER, alive, descendants, start_together
 
 FAST = ["dataset=digits", "study.eta.epochs=2", "study.lmbda.epochs=8",
         "study.eta.refine_epochs=10", "study.mini_batch.epochs=1",
@@ -403,8 +403,10 @@ def test_hopeless_trials_are_pruned_by_the_default_median_pruner(workdir):
 def test_an_interrupted_study_exits_130_in_one_line_and_a_rerun_resumes(workdir, signum):
     storage = f"sqlite:///{workdir / 'optuna.db'}"
     args = [sys.executable, "-m", "nnexp.study", *tpe("study.n_trials=4", "study.epochs=40", "study.pruner=none",
-                                                      "study.patience=1000", f"study.storage={storage}")]
+                                                      "study.patience=1000", f"study.storage={storage}"),
+            "--workers", "2"]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    workers: set[int] = set()
     try:
         deadline = time.time() + 120
         done = 0
@@ -415,12 +417,14 @@ def test_an_interrupted_study_exits_130_in_one_line_and_a_rerun_resumes(workdir,
             except Exception:  # noqa: BLE001 - the storage or the stage is not there yet
                 pass
         assert done >= 1, "no trial finished"
+        workers = descendants(proc.pid)
         proc.send_signal(signum)
         out, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 130, err
+    assert workers and not {p for p in workers if alive(p)}  # its worker processes ended with it
     said = [line for line in (out + err).splitlines() if "interrupted: " in line]
     assert len(said) == 1 and "re-run" in said[0] and "Traceback" not in out + err
     before = counts(stage(storage, "tpe/search"))
