@@ -121,8 +121,10 @@ def start_together(argvs: list[list[str]], folder: Path, timeout: float = 120, *
     return procs
 
 
-def descendants(pid: int) -> set[int]:
-    """Every live process below ``pid`` (Linux /proc), children of children included."""
+def descendants(pid: int, helpers: bool = False) -> set[int]:
+    """Every live process below ``pid`` (Linux /proc), children of children included; without
+    ``helpers``, not multiprocessing's resource tracker (bookkeeping that ends by itself once its
+    parent is gone, not a worker)."""
     found, todo = set(), [pid]
     while todo:
         p = todo.pop()
@@ -133,7 +135,13 @@ def descendants(pid: int) -> set[int]:
             continue
         todo += list(kids - found)
         found |= kids
-    return {p for p in found if alive(p)}
+    def helper(p: int) -> bool:
+        try:
+            return b"resource_tracker" in Path(f"/proc/{p}/cmdline").read_bytes()
+        except OSError:
+            return False
+
+    return {p for p in found if alive(p) and (helpers or not helper(p))}
 
 
 def alive(pid: int) -> bool:

@@ -424,7 +424,8 @@ def test_an_interrupted_study_exits_130_in_one_line_and_a_rerun_resumes(workdir,
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 130, err
-    assert workers and not {p for p in workers if alive(p)}  # its worker processes ended with it
+    left = {p: Path(f"/proc/{p}/cmdline").read_bytes() for p in workers if alive(p)}
+    assert workers and not left, left  # its worker processes ended with it
     said = [line for line in (out + err).splitlines() if "interrupted: " in line]
     assert len(said) == 1 and "re-run" in said[0] and "Traceback" not in out + err
     before = counts(stage(storage, "tpe/search"))
