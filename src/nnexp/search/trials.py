@@ -243,12 +243,15 @@ def _progress_line(study, trial) -> None:
 
 
 def _worker(plan: StagePlan, worker: int, enqueue: list[dict], n_trials: int) -> None:
-    """Run ``n_trials`` trials of a stage; enqueue the fixed points first (grid stages)."""
-    storage = make_storage(plan.storage, plan.heartbeat, plan.grace)
-    study = open_study(plan, storage, worker)
-    for params in enqueue:
-        study.enqueue_trial(params, skip_if_exists=False)
-    optimize(study, plan, storage, n_trials)
+    """Run ``n_trials`` trials of a stage; enqueue the fixed points first (grid stages). Ctrl-C or
+    SIGTERM at any moment (a worker process is terminated by its launcher) ends the stage with the
+    asked trials told FAIL, never left RUNNING: the interruption is caught from the first line."""
+    with runner.Interrupts():
+        storage = make_storage(plan.storage, plan.heartbeat, plan.grace)
+        study = open_study(plan, storage, worker)
+        for params in enqueue:
+            study.enqueue_trial(params, skip_if_exists=False)
+        optimize(study, plan, storage, n_trials)
 
 
 def _worker_task(task: tuple) -> None:
