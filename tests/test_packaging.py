@@ -19,6 +19,7 @@ def test_wheel_ships_the_configs_and_runs_from_them(tmp_path):
     shipped = {n for n in names if n.startswith("nnexp/conf/") and n.endswith(".yaml")}
     in_repo = {"nnexp/conf/" + str(p.relative_to(REPO / "conf")) for p in (REPO / "conf").rglob("*.yaml")}
     assert shipped == in_repo and "nnexp/conf/__init__.py" in names
+    assert {"nnexp/report/page.html.j2", "nnexp/report/page.md.j2"} <= names  # the report page's templates
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     env = {**os.environ, "PYTHONPATH": str(site)}
