@@ -224,6 +224,12 @@ def test_bad_input_is_one_line(store, args, fragment, capsys):
     assert len(lines) == 1 and fragment in lines[0] and lines[0].startswith("nnexp.run: error:")
 
 
+@pytest.mark.parametrize("args", [["eta=0.1,0.2", "seed=range(3)"], ["sizes=[64,30,10]"], ["eta=${lmbda}"],
+                                  ["+experiment=more_data", "dataset.train_size=200"]])
+def test_the_value_check_passes_what_hydra_accepts(args):
+    check_overrides(args)
+
+
 def test_bad_input_from_the_command_line_is_one_line_and_exit_code_2(store):
     out = nnexp_run("dataset=digits", "eta=-1")
     assert out.returncode == 2 and out.stdout == ""
@@ -288,6 +294,10 @@ def test_the_book_presets_relate_as_the_books_experiments():
     (["init=huge"], "choose one of: large, scaled"),
     (["-m", "schedule=constant,halve"], "unknown schedule 'halve'"),
     (["experiment=overfitting"], "+experiment=overfitting"),
+    (["eta=abc"], "bad value for 'eta': Value 'abc' of type 'str' could not be converted to Float"),
+    (["-m", "eta=0.1,abc"], "bad value for 'eta'"),
+    (["mini_batch_size=1.5"], "bad value for 'mini_batch_size'"),
+    (["dataset.classes=[0,x]"], "bad value for 'dataset.classes'"),
 ])
 def test_override_check_catches_typos_before_hydra(args, fragment):
     with pytest.raises(ConfigError, match=None) as err:

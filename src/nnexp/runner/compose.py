@@ -62,12 +62,40 @@ def check_overrides(args: Sequence[str]) -> None:
             if sub not in valid:
                 raise ConfigError(f"unknown key '{plain}'{suggest(sub, valid)}; valid keys of {root}: "
                                   f"{', '.join(valid)}")
+            check_value(arg)
             continue
+        if root not in groups:
+            check_value(arg)
         if root in groups and "(" not in value and "*" not in value and not key.startswith("~"):
             for option in value.split(","):
                 if option not in groups[root]:
                     raise ConfigError(f"unknown {root} '{option}'{suggest(option, groups[root])}; "
                                       f"choose one of: {', '.join(groups[root])}")
+
+
+def check_value(arg: str) -> None:
+    """``key=value`` (every value of a sweep) has the type the schema gives the key: a one-line
+    ConfigError here rather than Hydra's multi-line merge error. Interpolations are left to Hydra."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf.errors import OmegaConfBaseException
+
+    from nnexp.config.run_schema import RunConfig
+
+    try:
+        (override,) = OverridesParser.create().parse_overrides([arg])
+    except Exception:  # noqa: BLE001 - a syntax error: Hydra reports it
+        return
+    key = override.key_or_group.lstrip("+~")
+    values = list(override.sweep_iterator()) if override.is_sweep_override() else [override.value()]
+    schema = OmegaConf.structured(RunConfig)
+    for value in values:
+        if isinstance(value, str) and "${" in value:
+            continue
+        try:
+            OmegaConf.update(schema, key, value, merge=True)
+        except OmegaConfBaseException as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ConfigError(f"bad value for '{key}': {first}") from None
 
 
 def make_job(cfg: DictConfig, *, experiment: str | None = None, **record) -> Job:
