@@ -196,15 +196,24 @@ def test_a_server_down_from_the_start_gets_the_run_at_sync_time(workdir, server)
 @pytest.mark.slow  # multi-process robustness: run by .ci/run
 def test_a_sweep_whose_server_is_killed_is_synced_parent_and_children_nested(workdir, server):
     server.start()
-    proc = subprocess.Popen([sys.executable, "-m", "nnexp.run", "-m", *DIGITS, "epochs=120", "seed=0,1,2,3"],
+    # one worker: the four runs train as one population, in step, so none can end (and be
+    # uploaded whole) before the others have started: every child is cut off by the kill
+    proc = subprocess.Popen([sys.executable, "-m", "nnexp.run", "-m", *DIGITS, "epochs=120", "seed=0,1,2,3",
+                             "hydra.launcher.workers=1"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "MLFLOW_TRACKING_URI": server.url})
+                            env={**os.environ, "MLFLOW_TRACKING_URI": server.url}, start_new_session=True)
     def children_training():
         kids = [p for p in records(workdir) if p.parent.parent.name.isdigit()]  # multirun/.../N/record/
         return len(kids) == 4 and all(len(epochs_recorded(p)) >= 2 for p in kids)
 
     wait_for(children_training, what="the sweep's runs")
+    os.killpg(proc.pid, signal.SIGSTOP)  # held still while its store goes away: no run can end first
+    unfinished = [p for p in records(workdir) if events(p)[-1]["event"] != "end"]
+    if len(unfinished) != 5:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail(f"{5 - len(unfinished)} run(s) ended before the server was killed: nothing to exercise")
     server.kill()
+    os.killpg(proc.pid, signal.SIGCONT)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     assert "Traceback" not in err
