@@ -150,3 +150,41 @@ def alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in "ZX"
     except OSError:
         return False
+
+
+# -- what a run computed, as its MLflow run holds it ---------------------------------------------
+#: wall-clock metrics: the only ones that may differ between two runs of one configuration
+CLOCK_METRICS = ("epoch_seconds", "train_seconds")
+
+
+def run_outcome(uri: str, run) -> tuple[dict, dict]:
+    """A tracked run's every metric history but the clocks ({key: [(step, value), ...]}) and the
+    arrays of its final network (the run's ``model.npz`` artifact), read back from the store."""
+    import tempfile
+
+    import numpy as np
+    from mlflow.tracking import MlflowClient
+
+    client, rid = MlflowClient(uri), run.info.run_id
+    metrics = {key: sorted((m.step, m.value) for m in client.get_metric_history(rid, key))
+               for key in run.data.metrics if key not in CLOCK_METRICS}
+    with tempfile.TemporaryDirectory() as d, np.load(client.download_artifacts(rid, "model.npz", d)) as f:
+        arrays = {name: f[name] for name in f.files}
+    return metrics, arrays
+
+
+def assert_same_outcome(got: tuple[dict, dict], want: tuple[dict, dict], metrics=None) -> None:
+    """Bit-for-bit: the same values at the same steps for every metric (``metrics``: only these),
+    and the same final weights and biases (dtype, shape, bytes)."""
+    (got_metrics, got_arrays), (want_metrics, want_arrays) = got, want
+    if metrics is None:
+        assert sorted(got_metrics) == sorted(want_metrics)
+        metrics = want_metrics
+    for key in metrics:
+        assert got_metrics[key] == want_metrics[key], key  # floats compared with ==: exact
+    assert sorted(got_arrays) == sorted(want_arrays)
+    for name, want_array in want_arrays.items():
+        a = got_arrays[name]
+        assert (a.dtype, a.shape) == (want_array.dtype, want_array.shape), name
+        assert a.tobytes() == want_array.tobytes(), (
+            name, float(abs(a.astype("float64") - want_array.astype("float64")).max()) if a.dtype.kind == "f" else a)

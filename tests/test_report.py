@@ -382,3 +382,48 @@ def test_a_configuration_two_figures_share_is_run_once(store):
     runs = client.search_runs([client.get_experiment_by_name("nnexp").experiment_id], max_results=1000)
     hashes = Counter(r.data.tags["nnexp.config_hash"] for r in runs if "nnexp.config_hash" in r.data.tags)
     assert len(hashes) >= 27 and max(hashes.values()) == 1
+
+
+def test_a_run_the_report_launched_gives_exactly_the_plain_run_of_its_job(store, tmp_path):
+    """The README: a run's every metric and its final weights are bit-for-bit the same by the
+    report as alone, in float64 and float32. multiple_eta's eta = 2.5 arm (a population of three
+    etas or more, on the report's two processes) against ``nnexp.run`` of the job the report composed."""
+    from mlflow.tracking import MlflowClient
+
+    from conftest import assert_same_outcome, run_outcome
+    from nnexp.report import plan_jobs
+
+    own = tmp_path / "float32"  # the float32 report: its own store, two populations of three runs
+    own.mkdir()
+    own_uri = f"sqlite:///{own / 'mlflow.db'}"
+    proc = subprocess.run([sys.executable, "-m", "nnexp.report", "multiple_eta", "--seeds", "2", *SMALL, "-o",
+                           "dtype=float32"], capture_output=True, text=True, cwd=own, timeout=300,
+                          env={**os.environ, "MLFLOW_TRACKING_URI": own_uri})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    cases = []  # (store, the report's run, the job it ran)
+    for uri, extra, seed in ((os.environ["MLFLOW_TRACKING_URI"], SMALL[1::2], 1),
+                             (own_uri, [*SMALL[1::2], "dtype=float32"], 0)):
+        (job,) = [j for j in plan_jobs(load_figures(), ["multiple_eta"], 2, extra)
+                  if j.arm == "eta = 2.5" and j.seed == seed]
+        client = MlflowClient(uri)
+        (run,) = client.search_runs([client.get_experiment_by_name("nnexp").experiment_id],
+                                    f"tags.`nnexp.config_hash` = '{job.key}'")
+        assert int(run.data.tags["nnexp.population_size"]) >= 3  # trained with the other etas (and more)
+        cases.append((uri, run, job))
+    procs = []
+    for i, (_, _, job) in enumerate(cases):
+        (tmp_path / f"plain{i}").mkdir()
+        procs.append(subprocess.Popen([sys.executable, "-m", "nnexp.run", *job.overrides,
+                                       f"tracking.uri=sqlite:///{tmp_path / f'plain{i}' / 'mlflow.db'}"],
+                                      cwd=tmp_path / f"plain{i}", stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True))
+    for i, ((uri, run, job), p) in enumerate(zip(cases, procs)):
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+        plain_uri = f"sqlite:///{tmp_path / f'plain{i}' / 'mlflow.db'}"
+        client = MlflowClient(plain_uri)
+        (alone,) = client.search_runs([client.get_experiment_by_name("nnexp").experiment_id])
+        assert alone.data.tags["nnexp.config_hash"] == job.key and alone.data.params == run.data.params
+        want = run_outcome(plain_uri, alone)
+        assert want[1]["w0"].dtype == ("float32" if i else "float64") and len(want[0]["training_cost"]) == 3
+        assert_same_outcome(run_outcome(uri, run), want)

@@ -1,5 +1,6 @@
 """``python -m nnexp.run`` end to end: real subprocesses, a real MLflow SQLite store."""
 
+import json
 import os
 import signal
 import sqlite3
@@ -107,6 +108,102 @@ def test_joblib_parallel_multirun_on_a_fresh_store_loses_no_run(store):
     assert len(runs) == 3 and len(children) == 2
     assert {r.data.params["seed"] for r in children} == {"1", "2"}
     assert all(r.info.status == "FINISHED" for r in runs)
+
+
+# -- results never depend on scheduling: through any launcher, as a study trial ------------------
+SWEPT = ["dataset=digits", "epochs=3", "monitor.progress=false"]
+
+
+def two_at_a_time(commands: list[tuple[list[str], Path]]) -> None:
+    """Run each command (argv, working directory), two at once (one per core); each must succeed."""
+    for i in range(0, len(commands), 2):
+        procs = [subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for argv, cwd in commands[i:i + 2]]
+        for proc in procs:
+            _, err = proc.communicate(timeout=300)
+            assert proc.returncode == 0, err[-3000:]
+
+
+def plain_runs(root: Path, argvs: list[list[str]]) -> list:
+    """``python -m nnexp.run ARGS`` for each argv, each in its own directory with its own store;
+    the tracked run of each, with its store's URI."""
+    uris = [f"sqlite:///{root / f'plain{i}' / 'mlflow.db'}" for i in range(len(argvs))]
+    for i in range(len(argvs)):
+        (root / f"plain{i}").mkdir()
+    two_at_a_time([([sys.executable, "-m", "nnexp.run", *args, f"tracking.uri={uri}"], root / f"plain{i}")
+                   for i, (args, uri) in enumerate(zip(argvs, uris))])
+    return [(uri, all_runs(uri)[1][0]) for uri in uris]
+
+
+@pytest.fixture(scope="module")
+def plain_digits(tmp_path_factory):
+    """The plain single runs of the launcher sweeps' jobs: (dtype, seed) -> (store URI, run)."""
+    keys = [(dtype, seed) for dtype in ("float64", "float32") for seed in (0, 1)]
+    runs = plain_runs(tmp_path_factory.mktemp("plain"), [[*SWEPT, f"dtype={d}", f"seed={s}"] for d, s in keys])
+    return dict(zip(keys, runs))
+
+
+@pytest.mark.parametrize("launcher, sweep, n_runs", [
+    ("joblib", ["dtype=float64,float32", "seed=0,1"], 4),
+    ("submitit_local", ["dtype=float64,float32", "seed=1"], 2),  # two jobs: submitit's are the slower to start
+], ids=["joblib", "submitit_local"])
+def test_a_sweep_through_another_launcher_gives_each_run_exactly_its_plain_run(store, plain_digits, launcher, sweep,
+                                                                                n_runs):
+    """The README: a run's every metric and its final weights are bit-for-bit the same alone and
+    through any launcher, in float64 and float32. Each run of a sweep through joblib /
+    submitit_local against the plain ``nnexp.run`` of its configuration."""
+    from conftest import assert_same_outcome, run_outcome
+
+    out = nnexp_run("-m", f"hydra/launcher={launcher}", *SWEPT, *sweep)
+    assert out.returncode == 0, out.stderr[-3000:]
+    _, runs = all_runs(store)
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == n_runs and {r.data.params["dtype"] for r in children} == {"float64", "float32"}
+    for got in children:
+        uri, alone = plain_digits[(got.data.params["dtype"], int(got.data.params["seed"]))]
+        assert got.data.params == alone.data.params  # the same configuration
+        assert got.data.tags["nnexp.config_hash"] == alone.data.tags["nnexp.config_hash"]
+        want = run_outcome(uri, alone)
+        assert want[1]["w0"].dtype == np.dtype(got.data.params["dtype"]) and len(want[0]["validation_accuracy"]) == 3
+        assert_same_outcome(run_outcome(store, got), want)
+
+
+def test_a_study_trial_gives_exactly_the_plain_run_of_its_configuration(tmp_path):
+    """The README: bit-for-bit the same as a study trial, in float64 and float32. A random-search
+    trial's run (its configuration read back from its MLflow params) against ``nnexp.run`` of that
+    configuration; the trial scores no test set, so the metrics both log are compared."""
+    from conftest import assert_same_outcome, run_outcome
+
+    dtypes = ("float64", "float32")
+    studies = []
+    for dtype in dtypes:
+        (tmp_path / dtype).mkdir()
+        studies.append(([sys.executable, "-m", "nnexp.study", "study=random", "dataset=digits", f"dtype={dtype}",
+                         "study.epochs=3", "study.n_trials=2", "study.workers=1", "study.stop_after=search",
+                         f"study.storage=sqlite:///{tmp_path / dtype / 'optuna.db'}",
+                         f"tracking.uri=sqlite:///{tmp_path / dtype / 'mlflow.db'}"], tmp_path / dtype))
+    two_at_a_time(studies)
+    trials = []
+    for dtype in dtypes:
+        uri = f"sqlite:///{tmp_path / dtype / 'mlflow.db'}"
+        by_number = {r.data.tags["nnexp.trial"]: r for r in all_runs(uri)[1] if "nnexp.trial" in r.data.tags}
+        assert sorted(by_number) == ["0", "1"]
+        assert {r.data.tags["nnexp.status"] for r in by_number.values()} == {"completed"}
+        trials.append((uri, by_number["0"]))
+    commands = []
+    for _, trial in trials:
+        p = trial.data.params
+        commands.append([f"dataset={p['dataset']}", f"early_stopping={p['early_stopping']}",
+                         f"monitor.metrics=[{','.join(json.loads(p['monitor.metrics']))}]",
+                         *(f"{k}={p[k]}" for k in ("eta", "lmbda", "mini_batch_size", "epochs", "seed", "dtype"))])
+    for dtype, (uri, trial), (plain_uri, alone) in zip(dtypes, trials, plain_runs(tmp_path, commands)):
+        assert alone.data.params == trial.data.params  # the same configuration
+        assert alone.data.tags["nnexp.config_hash"] == trial.data.tags["nnexp.config_hash"]
+        got, want = run_outcome(uri, trial), run_outcome(plain_uri, alone)
+        shared = sorted(set(got[0]) & set(want[0]))
+        assert {"training_cost", "validation_accuracy", "eta", "best_validation_accuracy"} <= set(shared)
+        assert want[1]["w0"].dtype == np.dtype(dtype) and len(want[0]["validation_accuracy"]) == 3
+        assert_same_outcome(got, want, metrics=shared)
 
 
 def wait_for_metrics(uri: str, n: int, runs: int = 1, timeout: float = 60) -> None:
