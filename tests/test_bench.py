@@ -64,6 +64,8 @@ QUICK_TABLES = {
     "study-population": (2, "final val acc", lambda v: 0.5 < v <= 1),
     "population": (8, "1 process", lambda v: v > 0),
     "sweep": (2, "wall s", lambda v: v > 0),
+    # 400 simulated stages per kind: the null rate within 2 standard errors of 5%
+    "calibration": (4, "null false-decision rate", lambda v: 0 <= v <= 5 + 2 * 100 * (0.05 * 0.95 / 400) ** 0.5),
 }
 
 

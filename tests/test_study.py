@@ -64,10 +64,10 @@ def digits_study(tmp_path_factory):
                               timeout=600, cwd=d, env=env)
 
     storage = f"sqlite:///{d / 'optuna.db'}"
-    first = study(*FAST, "study.stop_after=lmbda_walk")
+    first = study(*FAST, "study.workers=1", "study.stop_after=lmbda_walk")
     assert first.returncode == 0, first.stderr
     early = {s: len(stage(storage, f"broad_strategy/{s}").trials) for s in ("eta_threshold", "lmbda_walk")}
-    second = study(*FAST)
+    second = study(*FAST, "study.workers=1")
     assert second.returncode == 0, second.stderr
     decisions = {s: stage(storage, f"broad_strategy/{s}").user_attrs["decision"] for s in ALL_STAGES}
     return SimpleNamespace(dir=d, storage=storage, uri=env["MLFLOW_TRACKING_URI"], first=first, second=second,
@@ -93,12 +93,16 @@ def test_broad_strategy_resumes_runs_every_stage_and_its_preset_reproduces(digit
     client, kids, parents = children()
     (parent,) = parents
     assert parent.info.status == "FINISHED" and "nnexp.decision.final" in parent.data.tags
-    # every trial of every problem a stage ran on trains 3 seed replicates, each its own child run
+    # every trial of every problem a stage ran on trains its seed replicates (3, or 6 more where a
+    # comparison was unresolved), each its own child run
     names = [name for s in decisions for _, name in decisions[s]["studies"]]
-    n_runs = 3 * sum(len(stage(storage, name).trials) for name in names)
+    seeds = {name: [t.user_attrs["seeds"] for t in stage(storage, name).trials] for name in names}
+    assert all(x == [0, 1, 2] for name in names if not name.endswith("+seeds") for x in seeds[name])
+    assert all(x in ([3, 4, 5], [6, 7, 8]) for name in names if name.endswith("+seeds") for x in seeds[name])
+    n_runs = sum(len(x) for name in names for x in seeds[name])
     assert len(kids) == n_runs and all(k.data.tags["mlflow.parentRunId"] == parent.info.run_id for k in kids)
     assert {k.data.tags["nnexp.stage"] for k in kids} == {n.split("/", 1)[1] for n in names}
-    assert {k.data.tags["nnexp.replicate"] for k in kids} == {"0", "1", "2"}
+    assert {k.data.tags["nnexp.replicate"] for k in kids} == {str(i) for i in range(6)}
     assert "decisions.md" in {a.path for a in client.list_artifacts(parent.info.run_id)}
     # the preset reproduces the reported validation accuracy
     rerun = subprocess.run([sys.executable, "-m", "nnexp.run", "--config-dir", str(out), "+experiment=broad_strategy",
@@ -116,59 +120,99 @@ def test_a_stage_whose_trials_tie_escalates_instead_of_deciding(digits_study):
     stripped = stage(digits_study.storage, first_study).trials
     assert first_rung == "stripped" and stripped
     assert all(t.user_attrs["replicate_values"] == [1.0, 1.0, 1.0] for t in stripped)  # saturated
-    assert higher and walk["problem"] == higher[-1][0] != "stripped"
+    assert higher and walk["problem"] == higher[-1][0].removesuffix("+seeds") != "stripped"
     assert any("escalated to" in n for n in walk["notes"])
     decided_on = stage(digits_study.storage, higher[-1][1]).trials
     assert len({t.value for t in decided_on}) > 1  # where it decided, the scores differ
 
 
-def paired_t_interval(a, b):
-    """b - a over the same seeds, 95% t-interval: computed here from the raw replicate values,
-    independently of nnexp.stats."""
+def paired_test(a, b, floor):
+    """b - a over the seeds both have, computed here independently of nnexp.stats: mean, the std
+    floored at the rounding of two scores (floor / sqrt(6)), the 95% t-interval, and the p-values
+    of "b beats a by more than the floor" (one-sided) and "they differ by more" (two-sided)."""
     import numpy as np
     from scipy import stats
 
-    d = np.subtract(b, a)
-    half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / len(d) ** 0.5
-    return d.mean() - half, d.mean() + half
+    n = min(len(a), len(b))
+    d = np.subtract(b[:n], a[:n])
+    sd = max(d.std(ddof=1), floor / 6 ** 0.5)
+    se = sd / n ** 0.5
+    half = stats.t.ppf(0.975, n - 1) * se
+    return {"mean": d.mean(), "lo": d.mean() - half, "hi": d.mean() + half, "n": n,
+            "greater": stats.t.sf((d.mean() - floor) / se, n - 1),
+            "differ": min(1.0, 2 * stats.t.sf((abs(d.mean()) - floor) / se, n - 1))}
+
+
+def holm_rejects(p, alpha):
+    out = set()
+    for i, (k, v) in enumerate(sorted(p.items(), key=lambda kv: kv[1])):
+        if v > alpha / (len(p) - i):
+            break
+        out.add(k)
+    return out
 
 
 def replicate_scores_of(storage, decision, name):
-    """Each value's per-seed scores, read from the trials of the problem the stage decided on."""
-    trials = [t for t in stage(storage, decision["studies"][-1][1]).trials if t.state == TrialState.COMPLETE]
-    key = "mini_batch_size" if name == "mini_batch" else _param(name)
-    if name != "mini_batch":
-        return {float(t.params[key]): t.user_attrs["replicate_values"] for t in trials}
-    horizon = decision["horizon_seconds"]  # validation accuracy of the last evaluation within the horizon
-    return {float(t.params[key]): [[row[3] for row in c if row[1] <= horizon + 1e-9][-1]
-                                   for c in t.user_attrs["replicate_curves"]] for t in trials}
+    """Each value's score per seed on the problem the stage decided on (its first seeds, then
+    the extra ones), recomputed from the trials' curves: the best validation accuracy within the
+    fewest images any run trained, or (mini-batch) the mean accuracy over the horizon."""
+    rung = decision["studies"][-1][0].removesuffix("+seeds")
+    key = _param(name)
+    runs = {}
+    for r, study_name in decision["studies"]:
+        if r.removesuffix("+seeds") != rung:
+            continue
+        for t in sorted(stage(storage, study_name).trials, key=lambda t: t.number):
+            if t.state == TrialState.COMPLETE:
+                runs.setdefault(float(t.params[key]), []).extend(
+                    zip(t.user_attrs["replicate_curves"], t.user_attrs["replicate_statuses"]))
+    if name == "mini_batch":
+        h = decision["horizon_seconds"]
+
+        def area(curve):
+            total, t0, acc0 = 0.0, 0.0, 0.0
+            for _, t, _, acc in curve:
+                t = min(t, h)
+                total, t0, acc0 = total + acc0 * (t - t0), t, acc
+            return (total + acc0 * max(0.0, h - t0)) / h
+        return {v: [area(c) for c, _ in rs] for v, rs in runs.items()}
+    budget = min(c[-1][0] for rs in runs.values() for c, status in rs if status not in ("diverged", "failed"))
+    return {v: [max(row[3] for row in c if row[0] <= budget) for c, _ in rs] for v, rs in runs.items()}
 
 
-def test_every_decision_follows_its_paired_interval_and_the_log_shows_it(digits_study):
-    """Each grid stage's choice recomputed from the replicate values: means, the paired interval of
-    the best against the default, the tie rule, and the numbers the decision log prints."""
+def test_every_decision_follows_its_tests_and_the_log_shows_it(digits_study):
+    """Each grid stage's choice recomputed from the runs' curves, independently of nnexp: the
+    scores, Holm over the pairs (a tie?) and over the comparisons with the default (replaced?),
+    at half the error rate per look, and the numbers and seed counts the decision log prints."""
     md = (digits_study.dir / "studies" / "broad_strategy" / "decisions.md").read_text()
     for name in GRID_STAGES:
         d = digits_study.decisions[name]
         scores = replicate_scores_of(digits_study.storage, d, name)
         means = {v: sum(x) / len(x) for v, x in scores.items()}
-        best, default = max(means, key=lambda v: (means[v], v == float(d["default"]))), float(d["default"])
+        default, floor, alpha = float(d["default"]), d["floor"], 0.05 / 2
+        best = max(means, key=lambda v: (means[v], v == default))
         assert float(d["best"]) == best, (name, means)
-        ceiling = all(x >= 1.0 for xs in scores.values() for x in xs)
-        worse = [v for v in scores if v != best and not (paired_t_interval(scores[v], scores[best])[0] <= 0
-                                                          <= paired_t_interval(scores[v], scores[best])[1])]
-        tie = ceiling or not worse
+        assert d["alpha"] == alpha and {f"{k:.6g}": len(x) for k, x in scores.items()} == d["seeds"]
+        saturated = sum(min(x) >= 1.0 for x in scores.values()) >= 2
+        values = sorted(scores)
+        pairs = {(u, v): paired_test(scores[u], scores[v], floor)["differ"]
+                 for i, u in enumerate(values) for v in values[i + 1:]}
+        tie = saturated or not holm_rejects(pairs, alpha)
         assert d["tie"] == tie, (name, d["why"])
-        chosen = float(d[_param(name)])
-        if best == default:
-            assert chosen == default
-            continue
-        lo, hi = paired_t_interval(scores[default], scores[best])
-        assert (d["vs_default"]["lo"], d["vs_default"]["hi"]) == (pytest.approx(lo), pytest.approx(hi))
-        assert chosen == (best if not tie and lo > 0 else default), (name, d["why"])
+        beats = holm_rejects({v: paired_test(scores[default], scores[v], floor)["greater"]
+                              for v in values if v != default}, alpha)
+        chosen = max(beats, key=lambda v: means[v]) if beats and not tie else default
+        assert float(d[_param(name)]) == chosen, (name, d["why"])
         section = md.split(f"## {name}\n", 1)[1].split("\n## ", 1)[0]
-        assert (f"best {best:.4g} vs default {default:.4g}: {100 * (means[best] - means[default]):+.2f} pp, "
-                f"95% interval [{100 * lo:+.2f}, {100 * hi:+.2f}] over {len(scores[best])} seeds") in section
+        for v, x in scores.items():  # every value's mean and its seeds
+            assert any(line.startswith(f"| {v:.6g} | {means[v]:.4f} |") and line.endswith(f"| {len(x)} |")
+                       for line in section.splitlines()), (name, v)
+        if best != default:
+            shown = chosen if chosen != default else best
+            t = paired_test(scores[default], scores[shown], floor)
+            label = f"chosen {chosen:.4g}" if chosen != default else f"best {best:.4g}"
+            assert (f"{label} vs default {default:.4g}: {100 * t['mean']:+.2f} pp, "
+                    f"95% interval [{100 * t['lo']:+.2f}, {100 * t['hi']:+.2f}] over {t['n']} seeds") in section
         assert "- rule: " in section and "**Question.**" in section
     final = digits_study.decisions["final"]
     assert len(final["test_accuracies"]) == 3 and final["seeds"] == [0, 1, 2]
@@ -189,7 +233,8 @@ def test_replicates_train_as_one_population_of_seeds_times_values(digits_study):
     for _, name in digits_study.decisions["lmbda_walk"]["studies"]:
         trials = stage(digits_study.storage, name).trials
         assert len({t.user_attrs["worker_pid"] for t in trials}) == 1  # one process
-        assert all(t.user_attrs["seeds"] == [0, 1, 2] for t in trials)
+        blocks = [t.params.get("block", 0) for t in trials]  # extra seeds come in blocks of 3
+        assert all(t.user_attrs["seeds"] == [3 * b, 3 * b + 1, 3 * b + 2] for t, b in zip(trials, blocks))
         assert all(t.value == pytest.approx(sum(t.user_attrs["replicate_values"]) / 3) for t in trials)
 
 
@@ -202,7 +247,8 @@ def test_trials_trained_as_populations_match_trials_trained_one_by_one(workdir):
     population; with the same sampler stream they get the values of one-by-one training."""
     space = ["study.pruner=none", "~study.space",
              "+study.space={eta:{low:0.05,high:3.0,log:true},lmbda:{low:0.1,high:10.0,log:true}}"]
-    base = ["study=random", "dataset=digits", "study.epochs=4", "study.stop_after=search", "study.n_trials=6"]
+    base = ["study=random", "dataset=digits", "study.epochs=4", "study.stop_after=search", "study.n_trials=6",
+            "study.workers=1"]  # one sampler stream: the same values whichever the population
     results = {}
     for population in (1, 3):
         d = workdir / f"p{population}"
@@ -359,6 +405,10 @@ def test_two_workers_on_a_fresh_storage_lose_nothing(workdir, backend, request):
     ({"stop_after": "lmbda"}, "unknown stage 'lmbda' for study.stop_after"),
     ({"eta": {"refine_step": 0.5}}, "study.eta.refine_step and study.lmbda.refine_step must be > 1"),
     ({"replicates": 0}, "study.replicates must be a whole number >= 1"),
+    ({"replicates": 1}, "study.replicates must be >= 2 for the broad strategy"),
+    ({"max_replicates": 2}, "study.max_replicates (2) must be >= study.replicates (3)"),
+    ({"min_effect": 2}, "study.min_effect is an accuracy difference in [0, 1)"),
+    ({"workers": 0}, "study.workers must be >= 1 (or null: the machine's cores)"),
     ({"ladder": [{"name": "stripped"}]}, "study.ladder: every rung needs its own name"),
 ])
 def test_study_settings_are_typed_and_bad_values_are_one_line(raw, fragment):
@@ -483,7 +533,7 @@ def test_a_choice_at_the_edge_of_the_values_tried_walks_on(workdir):
     out = nnexp("nnexp.study", *FAST, "study.stop_after=lmbda_walk", "study.lmbda.start=1000", "tracking=off")
     assert out.returncode == 0, out.stderr
     walk = stage(storage, "broad_strategy/lmbda_walk").user_attrs["decision"]
-    decided = stage(storage, walk["studies"][-1][1]).trials
+    decided = stage(storage, [n for r, n in walk["studies"] if not r.endswith("+seeds")][-1]).trials
     tried = sorted(t.params["lmbda"] for t in decided)
     assert any("was at the edge of the values tried" in n for n in walk["notes"]), walk["notes"]
     assert len(tried) > 3 and tried[0] < 100  # walked below the first three decades (100, 1000, 10000)
@@ -518,7 +568,7 @@ def test_a_study_from_python_decides_as_the_same_study_from_the_command_line(tmp
     """``nnexp.search.run(overrides)`` from a script: the same override checks, the same trials and
     decisions, the same outputs (decision log with its plots, preset, reproduce command)."""
     args = ["study=tpe", "dataset=digits", "study.epochs=3", "study.n_trials=4", "study.final.epochs=4",
-            "study.population=2"]
+            "study.population=2", "study.workers=1"]  # one worker: one sampler stream, the same trials
     (tmp_path / "cli").mkdir()
     (tmp_path / "api").mkdir()
     env = {**os.environ, "MLFLOW_TRACKING_URI": "sqlite:///mlflow.db"}
@@ -551,6 +601,17 @@ def test_a_study_from_python_decides_as_the_same_study_from_the_command_line(tmp
     bad = subprocess.run([sys.executable, "-c", script, "dataset=digits", "study.n_trial=4"], capture_output=True,
                          text=True, timeout=120, cwd=tmp_path / "api", env=env)
     assert bad.returncode != 0 and "unknown key 'study.n_trial' (did you mean 'n_trials'?)" in bad.stderr
+
+
+def test_a_study_uses_every_core_by_default_and_one_line_for_one_replicate(workdir):
+    storage = f"sqlite:///{workdir / 'optuna.db'}"
+    out = nnexp("nnexp.study", *FAST, "study.stop_after=eta_threshold", "tracking=off")
+    assert out.returncode == 0, out.stderr
+    pids = {t.user_attrs["worker_pid"] for t in stage(storage, "broad_strategy/eta_threshold").trials}
+    assert len(pids) == min(len(os.sched_getaffinity(0)), 6)  # a worker process per core (6 decades)
+    one = nnexp("nnexp.study", *FAST, "study.replicates=1", "tracking=off")
+    assert one.returncode != 0 and len(one.stderr.strip().splitlines()) == 1
+    assert "study.replicates must be >= 2 for the broad strategy" in one.stderr
 
 
 def test_tuning_never_scores_the_test_set_and_the_mini_batch_runs_train_alone(digits_study):

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Callable, Mapping
 
+from nnexp.bench.calibration import calibration_section
 from nnexp.bench.context import Bench
 from nnexp.bench.population import population_section
 from nnexp.bench.sgd import sgd_section
@@ -34,6 +35,8 @@ SECTIONS: Mapping[str, Section] = MappingProxyType({
                                 "broad strategy with trials one by one vs batched populations"),
     "population": Section(population_section, "K networks trained as one population, 1 and 2 processes"),
     "sweep": Section(sweep_section, "a tracked sweep end to end, basic vs population launcher"),
+    "calibration": Section(calibration_section, "the broad strategy's decisions: null false-decision rate and "
+                                                "power per stage kind, simulated"),
 })
 #: The sections run without --only.
 DEFAULT_SECTIONS = ("sgd", "tracking", "population")

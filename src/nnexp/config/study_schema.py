@@ -30,11 +30,12 @@ class Rung:
     hidden: list[int] | None = field(default_factory=list)  # None: the configured hidden layers
     every_images: int | None = 1000  # None: once an epoch
     validation_sample: int | None = 100  # None: the whole validation set
+    epochs: int | None = 10  # the lambda stages' epochs on this rung; None: study.lmbda.epochs
 
 
 def _ladder() -> list[Rung]:
-    return [Rung("all_classes", None, [], None, 1000), Rung("few_hidden", None, [10], None, None),
-            Rung("full", None, None, None, None)]
+    return [Rung("all_classes", None, [], None, 1000, 10), Rung("few_hidden", None, [10], None, None, 10),
+            Rung("full", None, None, None, None, None)]
 
 
 @dataclass
@@ -44,7 +45,7 @@ class EtaStage:
     epochs: int = 3  # "the first few epochs"
     refine_step: float = 2.0  # eta_refine (configured network, chosen mini-batch): eta / step, eta, eta x step
     refine_max_steps: int = 2  # ... beyond the edge at most this often
-    refine_epochs: int = 30
+    refine_epochs: int = 10
 
 
 @dataclass
@@ -52,7 +53,7 @@ class LmbdaStage:
     start: float = 1.0  # in full-data units
     max_steps: int = 3  # the walk in factors of 10 beyond the first three decades
     refine_step: float = 3.0  # lmbda_refine: lambda / step, lambda, lambda x step
-    epochs: int = 30
+    epochs: int = 30  # every value trains exactly this long (the same budget), unless its rung says
 
 
 @dataclass
@@ -76,13 +77,15 @@ class StudySettings:
     question: str = ""
     study_name: str | None = None  # default: name; stages are <study_name>/<stage>
     storage: str | None = None  # Optuna storage URL; None = sqlite:///optuna.db
-    workers: int = 1
+    workers: int | None = None  # worker processes per stage; None: the machine's cores
     population: int = 1  # trials asked at once per worker and trained as one population
     seed: int = 0
     pruner: str = "median"
     patience: int = 10
     scientific: list[str] = field(default_factory=lambda: ["eta", "lmbda", "mini_batch_size"])
     replicates: int = 3  # seeds per trial of a grid stage and of the final stage, trained as one population
+    max_replicates: int = 6  # a grid stage's unresolved comparison trains its contenders up to this many seeds
+    min_effect: float = 0.0  # the smallest accuracy difference a grid stage acts on (at least one validation example)
     stripped: Rung = field(default_factory=Rung)
     ladder: list[Rung] = field(default_factory=_ladder)
     eta: EtaStage = field(default_factory=EtaStage)
@@ -137,11 +140,18 @@ def validate(s: StudySettings) -> None:
     check(s.sampler in SAMPLERS, f"unknown study.sampler '{s.sampler}'; choose one of: {', '.join(SAMPLERS)}")
     check(s.population >= 1, f"study.population must be a whole number >= 1 (trials trained together), "
                              f"got {s.population!r}")
-    check(s.workers >= 1, f"study.workers must be >= 1, got {s.workers}")
+    check(s.workers is None or s.workers >= 1, f"study.workers must be >= 1 (or null: the machine's cores), "
+                                               f"got {s.workers}")
     check(s.stop_after is None or s.stop_after in STAGES[s.kind],
           f"unknown stage '{s.stop_after}' for study.stop_after; stages: {', '.join(STAGES[s.kind])}")
     check(s.kind != "sampler" or bool(s.space), "a sampler study needs study.space (eta, lmbda, mini_batch_size)")
     check(s.replicates >= 1, f"study.replicates must be a whole number >= 1 (seeds per trial), got {s.replicates!r}")
+    check(s.kind != "broad_strategy" or s.replicates >= 2,
+          f"study.replicates must be >= 2 for the broad strategy: its grid stages compare values over paired "
+          f"seeds, and one seed gives no interval (got {s.replicates})")
+    check(s.max_replicates >= s.replicates, f"study.max_replicates ({s.max_replicates}) must be >= study.replicates "
+                                            f"({s.replicates})")
+    check(0 <= s.min_effect < 1, f"study.min_effect is an accuracy difference in [0, 1), got {s.min_effect}")
     check(s.eta.refine_step > 1 and s.lmbda.refine_step > 1,
           "study.eta.refine_step and study.lmbda.refine_step must be > 1 (factors)")
     check(len({r.name for r in [s.stripped, *s.ladder]}) == len(s.ladder) + 1,

@@ -14,9 +14,9 @@ from nnexp.runner.execute import RunResult, execute, recorded_as
 from nnexp.runner.groups import MAX_MEMBERS, MAX_MEMORY_MB, group_key, plan_groups
 from nnexp.runner.interrupts import INTERRUPTIONS, Interrupts, Terminated, interruptions_deferred
 from nnexp.runner.job import Job, sweep_links
-from nnexp.runner.pool import WorkerPool, one_blas_thread, run_tasks
+from nnexp.runner.pool import WorkerPool, available_cores, one_blas_thread, run_tasks
 from nnexp.runner.sweep import run_jobs, warm_up
 
-__all__ = ["MAX_MEMBERS", "MAX_MEMORY_MB", "INTERRUPTIONS", "Interrupts", "interruptions_deferred", "Job", "RunResult", "Terminated", "WorkerPool", "warm_up", "build_network", "check_overrides",
+__all__ = ["available_cores", "MAX_MEMBERS", "MAX_MEMORY_MB", "INTERRUPTIONS", "Interrupts", "interruptions_deferred", "Job", "RunResult", "Terminated", "WorkerPool", "warm_up", "build_network", "check_overrides",
            "compose", "execute", "group_key", "load_splits", "make_job", "one_blas_thread", "plan_groups", "recorded_as", "run_jobs", "run_tasks", "sweep_links",
            "train_spec"]

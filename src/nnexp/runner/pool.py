@@ -28,6 +28,14 @@ def quiet_libraries() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def available_cores() -> int:
+    """The cores this process may run on (its affinity mask, e.g. a SLURM or container limit)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def one_blas_thread():
     """Pin every loaded BLAS to one thread (a context manager; also used by workers)."""
     from threadpoolctl import threadpool_limits

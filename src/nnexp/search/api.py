@@ -40,13 +40,14 @@ def load_settings(cfg: DictConfig) -> tuple[StudySettings, RunConfig]:
 
 
 
-def _n_images(c: RunConfig, classes=None) -> int:
+def _n_images(c: RunConfig, classes=None, split: int = 1) -> int:
+    """Images of the config's training (split 1) or validation (2) set, with only ``classes``."""
     from nnexp.runner import load_splits
 
     c = copy.deepcopy(c)
     if classes is not None:
         c.dataset.classes, c.dataset.train_size = list(classes), None
-    return len(load_splits(c)[1])
+    return len(load_splits(c)[split])
 
 
 def study_files() -> dict[str, dict]:
@@ -108,20 +109,23 @@ def run_study(cfg: DictConfig, workers: int | None = None, *, experiment: str | 
     settings, base = load_settings(cfg)
     name = settings.study
     storage_url = settings.storage or DEFAULT_STORAGE
-    ctx = Context(name=name, settings=settings, base=base, storage_url=storage_url,
-                  workers=int(workers or settings.workers), experiment=experiment)
-    ctx.n_full = _n_images(base)
-    counted = {None: ctx.n_full}
+    from nnexp.runner import available_cores
 
-    def count_images(classes) -> int:
-        key = None if classes is None else tuple(classes)
+    ctx = Context(name=name, settings=settings, base=base, storage_url=storage_url,
+                  workers=int(workers or settings.workers or available_cores()), experiment=experiment)
+    counted: dict = {}
+
+    def count(classes, split: int) -> int:
+        key = (None if classes is None else tuple(classes), split)
         if key not in counted:
-            counted[key] = _n_images(base, classes)
+            counted[key] = _n_images(base, classes, split)
         return counted[key]
 
-    ctx.count_images = count_images
+    ctx.count_images = lambda classes: count(classes, 1)
+    ctx.count_validation = lambda classes: count(classes, 2)
+    ctx.n_full = ctx.count_images(None)
     if settings.kind == "broad_strategy":
-        ctx.n_stage = count_images(settings.stripped.classes)
+        ctx.n_stage = ctx.count_images(settings.stripped.classes)
     make_storage(storage_url)  # create the schema once, before any worker starts
     meta = meta_study(ctx)
     if base.tracking.enabled:
@@ -140,7 +144,14 @@ def run_study(cfg: DictConfig, workers: int | None = None, *, experiment: str | 
              tracking.redact(storage_url), ctx.workers, ctx.n_full,
              f", stripped problem {ctx.n_stage} images" if ctx.n_stage else "")
     strategy = broad_strategy if settings.kind == "broad_strategy" else sampler_study
-    strategy(ctx, stop_after)
+    if ctx.workers > 1:  # the worker processes start once, and import and load the data meanwhile
+        from nnexp.runner import WorkerPool, warm_up
+
+        with WorkerPool(ctx.workers, local=False, warm=warm_up, warm_with=base) as ctx.pool:
+            strategy(ctx, stop_after)
+        ctx.pool = None
+    else:
+        strategy(ctx, stop_after)
     if "final" in ctx.decisions:
         write_outputs(ctx, command, draw)
     elif ctx.parent:

@@ -15,7 +15,8 @@ from nnexp.config.names import COMPLETED, STUDY_PLOTS_FILE, TAG_STATUS
 from nnexp.search.backend import finished_trials, make_storage
 from nnexp.search.trials import fixed_params
 from nnexp.config.study_schema import STAGES
-from nnexp.search.strategy import RULE, Context
+from nnexp.search.strategy import Context
+from nnexp.search.weighing import RULE
 
 log = logging.getLogger("nnexp.study")
 
@@ -85,16 +86,16 @@ def decision_log(ctx: Context, out_dir: Path, command: str) -> Path:
              f"dataset {ctx.base.dataset.name} ({ctx.n_full} training images)",
              f"- storage: `{tracking.redact(ctx.storage_url)}`; MLflow parent run: `{ctx.parent.run_id if ctx.parent else None}`",
              f"- command: `{command}`", ""]
-    lines += [f"**How a grid stage decides.** Each value trains {s.replicates} seed(s) as one population; values are "
-              f"compared by their mean over the same seeds, and {RULE}. A stage whose values tie (all at 100%, or "
-              "none shown worse than the best) escalates to the next larger problem.", ""]
+    rule = RULE.format(alpha=0.05, first=s.replicates, cap=max(s.max_replicates, s.replicates))
+    lines += [f"**How a grid stage decides.** Each value trains {s.replicates} seed(s) as one population, scored "
+              f"seed by seed and compared over the same seeds: {rule}.", ""]
     for stage in STAGES[s.kind]:
         decision = ctx.decisions.get(stage)
         studies = ctx.stage_studies.get(stage)
         if decision is None or not studies:
             continue
         lines += [f"## {stage}", "", f"**Question.** {decision.get('question', '')}", ""]
-        lines += [f"**Problem.** {' → '.join(rung for rung, _ in studies)}", ""]
+        lines += [f"**Problem.** {' → '.join(rung for rung, _ in studies if not rung.endswith('+seeds'))}", ""]
         lines += _evidence_lines(decision)
         lines += [f"**Decision.** {decision.get('summary', '')}", ""]
         lines += [f"- note: {n}" for n in decision.get("notes", [])]
@@ -139,11 +140,17 @@ def _evidence_lines(d: dict) -> list[str]:
             return ["**Evidence.** training cost decreasing over the first epochs, for every seed? "
                     + ", ".join(f"eta {k}: {'yes' if v else 'no'}" for k, v in d["decreasing"].items()), ""]
         return []
-    rows = ["**Evidence.** " + d.get("evidence", ""), "", "| value | mean | std over seeds |", "|---|---|---|"]
-    rows += [f"| {k} | {v:.4f} | {d['stds'][k]:.4f} |" for k, v in d["means"].items()]
+    seeds = d.get("seeds") or {}
+    rows = ["**Evidence.** " + d.get("evidence", ""), "", "| value | mean | std over seeds | seeds |", "|---|---|---|---|"]
+    rows += [f"| {k} | {v:.4f} | {d['stds'][k]:.4f} | {seeds.get(k, '')} |" for k, v in d["means"].items()]
     rows.append("")
+    if "alpha" in d:
+        rows.append(f"- decided at look {d.get('look', 1)} with up to {max(seeds.values(), default=0)} seeds per "
+                    f"value, each test at {100 * d['alpha']:.3g}% (Holm), resolution floor "
+                    f"{100 * d['floor']:.2g} pp")
     for key, label in (("vs_runner_up", f"best {d['best']:.4g} vs runner-up {d.get('runner_up') or 0:.4g}"),
-                       ("vs_default", f"best {d['best']:.4g} vs default {d['default']:.4g}"),
+                       ("vs_default", (f"chosen {d['chosen']:.4g}" if d.get("chosen") not in (None, d["default"])
+                                       else f"best {d['best']:.4g}") + f" vs default {d['default']:.4g}"),
                        ("vs_start", f"chosen {d.get('chosen') or 0:.4g} vs the stage's start {d.get('start') or 0:.4g}")):
         iv = d.get(key)
         if iv:

@@ -19,7 +19,10 @@ from nnexp.search.backend import best_of, finished_trials
 from nnexp.config.study_schema import Rung, StudySettings
 from nnexp.search.stage_plan import StagePlan
 from nnexp.search.trials import fixed_params, run_stage, run_stage_budget, trial_config
-from nnexp.stats import includes_zero, mean_std, paired_interval
+from nnexp.stats import mean_std
+from nnexp.stats.decide import Resolution
+from nnexp.search.weighing import (Grid, area_under_curve, best_within, budget_images, fmt,
+                                   one_epoch_seconds, walk)
 
 log = logging.getLogger("nnexp.study")
 
@@ -40,11 +43,6 @@ QUESTIONS = {
     "final": "What validation and test accuracy does the chosen configuration reach? (Its seeds, measured once.)",
     "search": "Which eta, lambda and mini-batch size does the sampler find best?",
 }
-#: how a grid stage decides between values compared over the same seeds
-RULE = ("the default (the book's starting value, or the previous stage's choice) stays unless another value "
-        "beats it by a paired 95% interval above zero; then the best mean is taken")
-
-
 @dataclass
 class Context:
     name: str
@@ -54,9 +52,11 @@ class Context:
     workers: int
     experiment: str | None
     count_images: Callable[[list | None], int] = lambda classes: 0  # training images with these classes
+    count_validation: Callable[[list | None], int] = lambda classes: 0  # validation images, likewise
     n_full: int = 0  # training images of the full problem
     n_stage: int = 0  # training images of the stripped-down problem
     parent: tracking.ParentRun | None = None  # the study's MLflow parent run (None: tracking off)
+    pool: Any = None  # the study's worker processes (runner.WorkerPool), started once; None: one worker
     decisions: dict = field(default_factory=dict)
     stage_studies: dict = field(default_factory=dict)  # stage -> [(rung, Optuna study), ...]
     output_dir: Path | None = None  # where the outputs went, once written
@@ -81,6 +81,13 @@ class Context:
                 seen.add(key)
                 out.append(r)
         return out
+
+    def resolution(self, classes: list | None, validation_sample: int | None) -> Resolution:
+        """What a validation score on this problem resolves: one of its validation examples, or
+        study.min_effect, whichever is larger."""
+        n = self.count_validation(classes)
+        n = min(n, int(validation_sample)) if validation_sample else n
+        return Resolution(1.0 / max(n, 1), float(self.settings.min_effect))
 
     def lmbda_scale(self, rung: Rung) -> float:
         """A lambda in full-data units on this rung's training set (the book's lambda / n)."""
@@ -160,52 +167,6 @@ def diverged_share(trials) -> float:
     return sum(s in (DIVERGED, FAILED) for s in statuses) / len(statuses) if statuses else 0.0
 
 
-def weigh(scores: dict[float, list[float]], default: float) -> dict:
-    """Compare a grid stage's values over the same seeds and decide (``RULE``).
-
-    ``tie``: the stage has no signal on this problem, i.e. every score is at the ceiling (100%),
-    or no value is shown worse than the best (each one's paired interval against it includes zero).
-    """
-    means = {v: mean_std(x)[0] for v, x in scores.items()}
-    ranked = sorted(means, key=lambda v: (-means[v], v != default))
-    best, worst = ranked[0], ranked[-1]
-    out = {"means": {f"{v:.6g}": means[v] for v in sorted(means)},
-           "stds": {f"{v:.6g}": mean_std(scores[v])[1] for v in sorted(means)},
-           "best": best, "default": default}
-    if len(ranked) > 1:
-        out["runner_up"] = ranked[1]
-        out["vs_runner_up"] = paired_interval(scores[ranked[1]], scores[best])
-    ceiling = all(x >= 1.0 for xs in scores.values() for x in xs)
-    spread = paired_interval(scores[worst], scores[best]) if len(ranked) > 1 else None
-    shown_worse = [v for v in ranked[1:] if not includes_zero(paired_interval(scores[v], scores[best]))]
-    out["tie"] = bool(ceiling or not shown_worse)
-    out["tie_reason"] = ("every trial scored 100%: saturated" if ceiling else
-                         f"no value is shown worse than the best: every paired interval includes zero (best vs "
-                         f"worst {_pp(spread)})" if out["tie"] and spread else "")
-    chosen, why = best, f"{_fmt(best)} has the best mean"
-    if default in scores and best != default:
-        vs = out["vs_default"] = paired_interval(scores[default], scores[best])
-        if out["tie"]:
-            chosen, why = default, f"the values tie ({out['tie_reason']}): the default {_fmt(default)} stays"
-        elif includes_zero(vs):
-            chosen, why = default, (f"the default {_fmt(default)} is kept: {_fmt(best)} beats it by {_pp(vs)}, "
-                                    "an interval that includes zero")
-        else:
-            why = f"{_fmt(best)} beats the default {_fmt(default)} by {_pp(vs)}"
-    out["chosen"], out["why"] = chosen, why
-    return out
-
-
-def _fmt(v: float) -> str:
-    return f"{v:.4g}"
-
-
-def _pp(interval: dict) -> str:
-    """A paired difference in accuracy as percentage points with its 95% interval."""
-    return (f"{100 * interval['mean']:+.2f} pp (95% interval {100 * interval['lo']:+.2f} to "
-            f"{100 * interval['hi']:+.2f}, {interval['n']} seeds)")
-
-
 def cost_decreasing(costs: list) -> bool:
     """Did the training cost decrease, rather than oscillate or rise? It ends lower than it
     started, and the rises along the way add up to less than half the net fall."""
@@ -239,7 +200,7 @@ def stage_eta_threshold(ctx: Context) -> dict:
     decades = sorted(float(v) for v in s.decades)
     values = [{"eta": v} for v in decades]
     plan = _grid_plan(ctx, "eta_threshold", base, "eta", len(values))
-    study = run_stage(plan, len(values), ctx.workers, values)
+    study = run_stage(plan, len(values), ctx.workers, values, pool=ctx.pool)
     trend = {eta: decreasing(t) for eta, t in _grid_scores(study, "eta").items()}
     threshold = next((eta for eta in decades if not trend[eta]), None)
     notes = []
@@ -253,7 +214,7 @@ def stage_eta_threshold(ctx: Context) -> dict:
     else:  # refine inside the decade below the threshold
         refine = [{"eta": threshold / 10 * float(r)} for r in s.refine]
         plan.population = len(refine)
-        study = run_stage(plan, len(values) + len(refine), ctx.workers, values + refine)
+        study = run_stage(plan, len(values) + len(refine), ctx.workers, values + refine, pool=ctx.pool)
         trend = {eta: decreasing(t) for eta, t in _grid_scores(study, "eta").items()}
         threshold = min(eta for eta, down in trend.items() if not down and eta >= threshold / 10)
     eta = threshold / 2
@@ -266,46 +227,91 @@ def stage_eta_threshold(ctx: Context) -> dict:
         "decreasing": {f"{k:.6g}": v for k, v in sorted(trend.items())}})
 
 
-def walk(ctx: Context, stage: str, plan: StagePlan, name: str, default: float, step: float, max_steps: int,
-         fixed: dict | None = None) -> tuple[Any, dict, list[dict]]:
-    """A grid walk: default / step, default, default x step; while the best mean lies at an edge
-    of the values tried, one more step beyond it (at most ``max_steps``), even when the interval
-    does not yet let it replace the default: the tuning playbook's rule that a best value at the
-    edge of the search space means the space was too narrow. Stops when the values tie (no
-    signal). Returns the study, the last weighing and the notes."""
-    fixed = fixed or {}
-    values = [{name: default / step, **fixed}, {name: default, **fixed}, {name: default * step, **fixed}]
-    study = run_stage(plan, len(values), ctx.workers, values)
-    scores = lambda: {k: replicate_scores(t) for k, t in _grid_scores(study, name).items()}  # noqa: E731
-    w, notes, steps = weigh(scores(), default), [], 0
-    while not w["tie"]:
-        tried = sorted(float(v[name]) for v in values)
-        best = w["best"]
-        if best not in (tried[0], tried[-1]):
-            break
-        if steps >= max_steps:
-            notes.append(f"{name} {_fmt(best)} (the best mean) is at the edge of the values tried after {steps} "
-                         f"step(s) beyond the first three: widen the search (study settings for {stage})")
-            break
-        nxt = best * step if best == tried[-1] else best / step
-        notes.append(f"{name} {_fmt(best)} (the best mean) was at the edge of the values tried: "
-                     f"{name} {_fmt(nxt)} tried too")
-        values.append({name: nxt, **fixed})
-        plan.population = 1
-        study = run_stage(plan, len(values), ctx.workers, values)
-        w, steps = weigh(scores(), w["chosen"]), steps + 1  # the incumbent is now the default
-    if w["chosen"] != default and w["default"] != default:  # the start was replaced on the way: say by how much
-        final = scores()
-        w["start"], w["vs_start"] = default, paired_interval(final[default], final[w["chosen"]])
-        w["why"] += f"; it replaced the start {_fmt(default)}, which it beats by {_pp(w['vs_start'])}"
-    return study, w, notes
+def runs_of(trial) -> list[tuple[list, str | None]]:
+    """The trial's runs, one per seed replicate in seed order: (curve, status)."""
+    curves = trial.user_attrs.get("replicate_curves") or [trial.user_attrs.get("curve", [])]
+    statuses = trial.user_attrs.get("replicate_statuses") or [trial.user_attrs.get(TAG_STATUS)]
+    return list(zip(curves, statuses))
+
+
+def equal_budget_scores(runs: dict) -> dict[float, list[float]]:
+    """The best validation accuracy per seed within the same number of training images for every
+    value: the fewest any of the stage's runs trained (early stopping ends runs at different
+    points; a run that trained on would otherwise get more draws of the noisy validation score,
+    and its maximum would be biased up)."""
+    budget = budget_images([r for rs in runs.values() for r in rs])
+    return {k: [best_within(c, budget) for c, _ in rs] for k, rs in runs.items()}
+
+
+class StudyGrid(Grid):
+    """A grid stage trained through Optuna: every value trains ``replicates`` seeds in the
+    stage's study; where a comparison is unresolved, its values train more seeds, up to
+    ``max_replicates``, in the study ``<stage>+seeds``: blocks of ``replicates`` seeds (block b:
+    seed + b x replicates, ...), each block a trial, so that the blocks of one value spread over
+    the workers. Scores are paired by seed."""
+
+    def __init__(self, ctx: Context, plan: StagePlan, name: str, res: Resolution, fixed: dict | None = None,
+                 score: Callable[[dict], dict] | None = None):
+        s = ctx.settings
+        super().__init__(name, res, int(s.replicates), int(s.max_replicates), label=plan.stage)
+        self.ctx, self.plan, self.fixed = ctx, plan, dict(fixed or {})
+        self.score = score or equal_budget_scores
+        self.study = self.extra = None
+        self.blocks = list(range(1, -(-self.cap // self.first)))  # the extra seeds' blocks
+        self.extra_plan = copy.deepcopy(plan)
+        self.extra_plan.stage = plan.stage + "+seeds"
+        self.extra_plan.space = {**plan.space, "block": {"choices": self.blocks}}
+
+    def _points(self, values: list[float], blocks: list[int] | None = None) -> list[dict]:
+        if blocks is None:
+            return [{self.name: v, **self.fixed} for v in values]
+        return [{self.name: v, **self.fixed, "block": b} for v in values for b in blocks]
+
+    def train(self, values: list[float]) -> None:
+        new = [v for v in values if v not in self.values]
+        self.plan.population = max(1, len(new))
+        self.values += new
+        self.study = run_stage(self.plan, len(self.values), self.ctx.workers, self._points(self.values),
+                               pool=self.ctx.pool)
+        if self.extended:
+            self.extend(new)
+
+    def extend(self, values: list[float]) -> None:
+        new = [v for v in values if v not in self.extended]
+        if not new:
+            return
+        self.extended += new
+        points = self._points(self.extended, self.blocks)
+        self.extra_plan.population = len(new) * len(self.blocks)
+        self.extra = run_stage(self.extra_plan, len(points), self.ctx.workers, points, pool=self.ctx.pool)
+
+    def runs(self) -> dict[float, list[tuple[list, str | None]]]:
+        """value -> its runs (curve, status) in seed order, the extra seeds after the first."""
+        out = {k: runs_of(t) for k, t in _grid_scores(self.study, self.name).items()}
+        if self.extra is not None:
+            for t in sorted(finished_trials(self.extra), key=lambda t: int(fixed_params(t)["block"])):
+                k = float(fixed_params(t)[self.name])
+                out[k] = out.get(k, []) + runs_of(t)
+        return out
+
+    def scores(self) -> dict[float, list[float]]:
+        return self.score(self.runs())
+
+    def studies(self, rung: str) -> list[tuple[str, Any]]:
+        return [(rung, self.study)] + ([(rung + "+seeds", self.extra)] if self.extra is not None else [])
+
+
+BEST_WITHIN = ("best validation accuracy per seed within the same number of training images for every value "
+               "(the fewest any of the stage's runs trained)")
 
 
 def _evidence(w: dict, scores_name: str) -> dict:
-    return {"evidence": scores_name, "means": w["means"], "stds": w["stds"], "best": w["best"], "chosen": w["chosen"],
+    return {"evidence": scores_name, "means": w["means"], "stds": w["stds"], "seeds": w["seeds"],
+            "look": w.get("look", 1), "alpha": w["alpha"], "floor": w["floor"],
+            "best": w["best"], "chosen": w["chosen"],
             "runner_up": w.get("runner_up"), "vs_runner_up": w.get("vs_runner_up"),
             "default": w["default"], "vs_default": w.get("vs_default"), "start": w.get("start"),
-            "vs_start": w.get("vs_start"), "rule": RULE, "why": w["why"]}
+            "vs_start": w.get("vs_start"), "why": w["why"]}
 
 
 def stage_lmbda(ctx: Context, eta: float) -> dict:
@@ -315,42 +321,46 @@ def stage_lmbda(ctx: Context, eta: float) -> dict:
     start = float(s.start)
     rungs, studies, notes = ctx.rungs(), [], []
     for i, rung in enumerate(rungs):
-        base = rung_base(ctx, rung, int(s.epochs), early_stopping=True)
+        base = rung_base(ctx, rung, int(rung.epochs or s.epochs), early_stopping=False)
         base.eta = eta
         stage = "lmbda_walk" if i == 0 else f"lmbda_walk@{rung.name}"
         plan = _grid_plan(ctx, stage, base, "lmbda", 3, lmbda_scale=ctx.lmbda_scale(rung))
-        study, w, walk_notes = walk(ctx, "lmbda_walk", plan, "lmbda", start, 10.0, int(s.max_steps))
-        studies.append((rung.name, study))
+        grid = StudyGrid(ctx, plan, "lmbda", ctx.resolution(rung.classes, rung.validation_sample))
+        # a tie on a lower rung escalates (a larger problem has more signal per seed); on the
+        # configured problem, the last rung, an unresolved tie trains more seeds
+        w, walk_notes = walk(grid, "lmbda_walk", start, 10.0, int(s.max_steps), settle_ties=i + 1 == len(rungs))
+        studies += grid.studies(rung.name)
         if w["tie"] and i + 1 < len(rungs):
             notes.append(f"on {rung.name} the trials tie ({w['tie_reason']}): escalated to {rungs[i + 1].name}")
             continue
         if w["tie"]:
             notes.append(f"on {rung.name}, the configured problem, the trials still tie ({w['tie_reason']}): "
-                         f"lambda stays at its start {_fmt(start)}")
+                         f"lambda stays at its start {fmt(start)}")
         notes += walk_notes
         break
     best = w["chosen"]
-    trials = finished_trials(study)
-    summary = (f"lambda {_fmt(best)} (full-data units) on {rung.name}: {w['why']}"
-               if not w["tie"] else f"lambda {_fmt(best)}: no value differed on any problem up to {rung.name}")
+    trials = finished_trials(grid.study)
+    summary = (f"lambda {fmt(best)} (full-data units) on {rung.name}: {w['why']}"
+               if not w["tie"] else f"lambda {fmt(best)}: no value differed on any problem up to {rung.name}")
     return record_decision(ctx, "lmbda_walk", studies, {
         "lmbda": best, "lmbda_stage": best * ctx.lmbda_scale(rung), "problem": rung.name,
         "tie": w["tie"], "notes": notes, "diverged_share": diverged_share(trials),
-        **_evidence(w, "best validation accuracy"), "summary": summary})
+        **_evidence(w, BEST_WITHIN), "summary": summary})
 
 
 def stage_lmbda_refine(ctx: Context, eta: float) -> dict:
     """lambda / step and lambda x step around the walk's choice, on the problem it was chosen on."""
     walked, s = ctx.decisions["lmbda_walk"], ctx.settings.lmbda
     rung = next(r for r in ctx.rungs() if r.name == walked["problem"])
-    base = rung_base(ctx, rung, int(s.epochs), early_stopping=True)
+    base = rung_base(ctx, rung, int(rung.epochs or s.epochs), early_stopping=False)
     base.eta = eta
     plan = _grid_plan(ctx, "lmbda_refine", base, "lmbda", 3, lmbda_scale=ctx.lmbda_scale(rung))
-    study, w, notes = walk(ctx, "lmbda_refine", plan, "lmbda", float(walked["lmbda"]), float(s.refine_step), 1)
-    return record_decision(ctx, "lmbda_refine", [(rung.name, study)], {
+    grid = StudyGrid(ctx, plan, "lmbda", ctx.resolution(rung.classes, rung.validation_sample))
+    w, notes = walk(grid, "lmbda_refine", float(walked["lmbda"]), float(s.refine_step), 1)
+    return record_decision(ctx, "lmbda_refine", grid.studies(rung.name), {
         "lmbda": w["chosen"], "problem": rung.name, "tie": w["tie"], "notes": notes,
-        "diverged_share": diverged_share(finished_trials(study)), **_evidence(w, "best validation accuracy"),
-        "summary": f"lambda {_fmt(w['chosen'])} on {rung.name}: {w['why']}"})
+        "diverged_share": diverged_share(finished_trials(grid.study)), **_evidence(w, BEST_WITHIN),
+        "summary": f"lambda {fmt(w['chosen'])} on {rung.name}: {w['why']}"})
 
 
 def stage_eta_refine(ctx: Context, eta: float, lmbda: float, mini_batch: int) -> dict:
@@ -359,28 +369,36 @@ def stage_eta_refine(ctx: Context, eta: float, lmbda: float, mini_batch: int) ->
     optimize the other hyper-parameters": the linear scaling of eta with the size is a starting
     point, and a scaled eta that is too large for the longer runs is walked down here."""
     s = ctx.settings.eta
-    base = full_base(ctx, int(s.refine_epochs), schedule="constant", early_stopping=True)
+    base = full_base(ctx, int(s.refine_epochs), schedule="constant", early_stopping=False)
     base.lmbda, base.mini_batch_size = lmbda, mini_batch
     plan = _grid_plan(ctx, "eta_refine", base, "eta", 3)
-    study, w, notes = walk(ctx, "eta_refine", plan, "eta", eta, float(s.refine_step), int(s.refine_max_steps))
+    grid = StudyGrid(ctx, plan, "eta", ctx.resolution(None, None))
+    w, notes = walk(grid, "eta_refine", eta, float(s.refine_step), int(s.refine_max_steps))
     if w["tie"]:
-        notes.append(f"no eta differed on the configured network ({w['tie_reason']}): eta stays {_fmt(eta)}")
-    return record_decision(ctx, "eta_refine", [("full", study)], {
+        notes.append(f"no eta differed on the configured network ({w['tie_reason']}): eta stays {fmt(eta)}")
+    return record_decision(ctx, "eta_refine", grid.studies("full"), {
         "eta": w["chosen"], "lmbda": lmbda, "mini_batch_size": mini_batch, "problem": "full", "tie": w["tie"], "notes": notes,
-        "diverged_share": diverged_share(finished_trials(study)), **_evidence(w, "best validation accuracy"),
-        "summary": f"eta {_fmt(w['chosen'])} on the configured network at mini-batch {mini_batch}: {w['why']}"})
+        "diverged_share": diverged_share(finished_trials(grid.study)), **_evidence(w, BEST_WITHIN),
+        "summary": f"eta {fmt(w['chosen'])} on the configured network at mini-batch {mini_batch}: {w['why']}"})
 
 
-def acc_at(curve: list, horizon: float) -> float:
-    """Validation accuracy of the last evaluation made within ``horizon`` training seconds."""
-    seen = [row[3] for row in curve if row[1] <= horizon + 1e-9 and row[3] is not None]
-    return seen[-1] if seen else 0.0
+def curve_area_scores(base_size: int, n_images: int) -> Callable[[dict], dict]:
+    """Scores of the mini-batch stage: per run, the mean validation accuracy over the time the
+    base size takes to train one epoch (the median of its seeds): the area under the
+    accuracy-time curve, which asks which size raises accuracy fastest over the whole horizon
+    rather than at one instant (where a timer's noise would decide)."""
+    def score(runs: dict) -> dict[float, list[float]]:
+        base = runs.get(float(base_size)) or [r for rs in runs.values() for r in rs]
+        horizon = one_epoch_seconds([c for c, _ in base], n_images)
+        return {k: [area_under_curve(c, horizon) for c, _ in rs] for k, rs in runs.items()}
+    return score
 
 
 def stage_mini_batch(ctx: Context, eta: float, lmbda: float) -> dict:
     """The book: the size that improves validation accuracy fastest in real elapsed time. Each run
-    trains by itself (a single run's clock), is scored on the whole validation set, and the sizes
-    are compared at the shortest run's training time, seed by seed."""
+    trains by itself (a single run's clock) and is scored on the whole validation set; the sizes
+    are compared seed by seed on the area under their accuracy-time curves over one epoch of the
+    base size (``curve_area_scores``), with the grid stages' rule and error control."""
     s = ctx.settings.mini_batch
     base = full_base(ctx, int(s.epochs), schedule="constant", early_stopping=False)
     base.eta, base.lmbda = eta, lmbda
@@ -390,28 +408,29 @@ def stage_mini_batch(ctx: Context, eta: float, lmbda: float) -> dict:
     sizes = [int(m) for m in s.sizes if int(m) <= ctx.n_full]
     plan = ctx.plan("mini_batch", base, {"mini_batch_size": {"choices": sizes}}, eta_base_mb=int(s.base),
                     prune=False, replicates=int(ctx.settings.replicates), alone=True)
-    values = [{"mini_batch_size": m} for m in sizes]
-    study = run_stage(plan, len(values), ctx.workers, values)
-    trials = {int(fixed_params(t)["mini_batch_size"]): t for t in finished_trials(study)}
-    curves = {m: t.user_attrs.get("replicate_curves") or [t.user_attrs.get("curve", [])] for m, t in trials.items()}
-    horizon = min(c[-1][1] for cs in curves.values() for c in cs if c)
-    scores = {m: [acc_at(c, horizon) for c in cs] for m, cs in curves.items()}
-    default = int(s.base) if int(s.base) in scores else min(scores)
-    w = weigh(scores, default)
+    default = int(s.base) if int(s.base) in sizes else min(sizes)
+    grid = StudyGrid(ctx, plan, "mini_batch_size", ctx.resolution(None, s.validation_sample),
+                score=curve_area_scores(default, ctx.n_full))
+    grid.train([float(m) for m in sizes])
+    w = grid.decide(float(default))
+    base_runs = grid.runs().get(float(default), [])
+    horizon = one_epoch_seconds([c for c, _ in base_runs], ctx.n_full)
     best = int(w["chosen"])
     notes = []
     if best in (min(sizes), max(sizes)) and best != default:
         notes.append(f"mini-batch {best} is at the edge of the sizes tried: extend study.mini_batch.sizes")
-    if len(scores) == 1:
+    if len(sizes) == 1:
         notes.append(f"only mini-batch {best} was tried (study.mini_batch.sizes): nothing to compare")
     elif w["tie"]:
-        notes.append(f"the sizes tie at {horizon:.3g} s ({w['tie_reason']}): the base size {default} stays")
-    return record_decision(ctx, "mini_batch", [("full", study)], {
+        notes.append(f"the sizes tie over {horizon:.3g} s ({w['tie_reason']}): the base size {default} stays")
+    evidence = (f"mean validation accuracy over the first {horizon:.3g} s of training (one epoch of the base "
+                f"size {default}): the area under the accuracy-time curve")
+    return record_decision(ctx, "mini_batch", grid.studies("full"), {
         "mini_batch_size": best, "eta": eta * best / int(s.base), "horizon_seconds": horizon, "tie": w["tie"],
-        "notes": notes, "problem": "full", "diverged_share": diverged_share(list(trials.values())),
-        **_evidence(w, f"validation accuracy after {horizon:.3g} s of training (the shortest run's time)"),
+        "notes": notes, "problem": "full", "diverged_share": diverged_share(finished_trials(grid.study)),
+        **_evidence(w, evidence),
         "summary": f"mini-batch {best}, eta {eta * best / int(s.base):.4g}: {w['why']} "
-                   f"(validation accuracy after {horizon:.3g} s of training)"})
+                   f"(mean validation accuracy over the first {horizon:.3g} s of training)"})
 
 
 def stage_final(ctx: Context, eta: float, lmbda: float, mini_batch: int, schedule: str) -> dict:
@@ -466,7 +485,8 @@ def sampler_study(ctx: Context, stop_after: str | None) -> None:
         base = full_base(ctx, int(s.epochs), schedule="constant", early_stopping=True)
         space = {k: dict(v) for k, v in s.space.items()}
         plan = ctx.plan("search", base, space, sampler=s.sampler)
-        study = run_stage_budget(plan, int(s.n_trials), ctx.workers, s.budget_images, s.budget_seconds)
+        study = run_stage_budget(plan, int(s.n_trials), ctx.workers, s.budget_images, s.budget_seconds,
+                                 pool=ctx.pool)
         best = best_of(finished_trials(study))
         params = {**{"eta": base.eta, "lmbda": base.lmbda, "mini_batch_size": base.mini_batch_size},
                   **(best.params if best else {})}

@@ -34,6 +34,8 @@ def trial_config(plan: StagePlan, params: dict) -> RunConfig:
         c.eta = float(params["eta"])
     if "lmbda" in params:
         c.lmbda = float(params["lmbda"]) * plan.lmbda_scale
+    if "block" in params:  # a block of extra seeds (a grid stage's unresolved comparison): its own seeds
+        c.seed += int(params["block"]) * plan.replicates
     if "mini_batch_size" in params:
         c.mini_batch_size = int(params["mini_batch_size"])
         if plan.eta_base_mb:
@@ -50,7 +52,7 @@ def _curve(history) -> list[list[float]]:
         out.append([r.images_seen, round(clock, 4),
                     None if r.training_cost is None or not math.isfinite(r.training_cost) else r.training_cost,
                     r.validation_accuracy])
-    step = max(1, len(out) // 200)  # keep the attribute small
+    step = max(1, len(out) // 1000)  # keep the attribute small (a grid stage scores every evaluation)
     return out[::step] if out[-1:] == out[::step][-1:] else out[::step] + out[-1:]
 
 
@@ -89,7 +91,7 @@ def _trial_jobs(trial, plan: StagePlan) -> list:
         tags = {TAG_STUDY: plan.study, TAG_STAGE: plan.stage, TAG_TRIAL: str(trial.number)}
         name = f"{plan.study}/{plan.stage} #{trial.number}"
         if plan.replicates > 1:
-            tags[TAG_REPLICATE] = str(r)
+            tags[TAG_REPLICATE] = str(cr.seed - plan.base.seed)
             name += f" seed {cr.seed}"
         run_dir = tracking.default_run_dir().resolve()
         run_dirs.append(str(run_dir))
@@ -268,10 +270,11 @@ def fixed_params(t) -> dict:
 
 
 def run_stage(plan: StagePlan, n_target: int, workers: int, values: Sequence[dict] | None = None,
-              first: dict | None = None):
+              first: dict | None = None, pool: runner.WorkerPool | None = None):
     """Run trials until ``n_target`` are finished (complete or pruned). ``values``: the fixed
     points of a grid stage, each run exactly once; ``first``: a point a sampler stage starts
-    from. Returns the stage's Optuna study."""
+    from; ``pool``: the study's worker processes (started once, warm), else spawned for this
+    call. Returns the stage's Optuna study."""
     import optuna
     from optuna.trial import TrialState
 
@@ -306,7 +309,7 @@ def run_stage(plan: StagePlan, n_target: int, workers: int, values: Sequence[dic
             time.sleep(2.0)
             waited += 2.0
             continue
-        _launch(plan, workers, new, n_run)
+        _launch(plan, workers, new, n_run, pool)
     if not done and failed_now:
         raise _could_not_train(plan, failed_now)
     return study
@@ -320,7 +323,7 @@ def _could_not_train(plan: StagePlan, failed: list) -> NnexpError:
                       "Re-running the study retries them")
 
 
-def _launch(plan: StagePlan, workers: int, new: list[dict], n_run: int) -> None:
+def _launch(plan: StagePlan, workers: int, new: list[dict], n_run: int, pool: runner.WorkerPool | None) -> None:
     k = max(1, min(workers, n_run))
     shares = [n_run // k + (1 if i < n_run % k else 0) for i in range(k)]
     # each worker enqueues no more points than it will run itself, so nobody samples a grid stage
@@ -335,7 +338,9 @@ def _launch(plan: StagePlan, workers: int, new: list[dict], n_run: int) -> None:
         with runner.one_blas_thread():
             _worker(plan, 0, chunks[0], shares[0])
         return
-    outcomes = runner.run_tasks(_worker_task, [(plan, i, chunks[i], shares[i]) for i in range(k)], k, local=False)
+    tasks = [(plan, i, chunks[i], shares[i]) for i in range(k)]
+    outcomes = pool.run(_worker_task, tasks) if pool is not None else runner.run_tasks(_worker_task, tasks, k,
+                                                                                         local=False)
     errors = [o for o in outcomes if isinstance(o, NnexpError)]
     if errors:
         raise errors[0]
@@ -348,17 +353,17 @@ def _launch(plan: StagePlan, workers: int, new: list[dict], n_run: int) -> None:
 
 
 def run_stage_budget(plan: StagePlan, n_trials: int, workers: int, budget_images: int | None,
-                     budget_seconds: float | None = None):
+                     budget_seconds: float | None = None, pool: runner.WorkerPool | None = None):
     """Sampler stage with optional budgets (for fair comparisons): no new trials once the finished
     ones used ``budget_images`` training images, or once ``budget_seconds`` of wall clock passed
     since the stage started (a trial running then finishes)."""
     if not budget_images and not budget_seconds:
-        return run_stage(plan, n_trials, workers)
+        return run_stage(plan, n_trials, workers, pool=pool)
     start = time.perf_counter()
     study, n = None, 0
     while n < n_trials:
         n = min(n_trials, n + workers)
-        study = run_stage(plan, n, workers)
+        study = run_stage(plan, n, workers, pool=pool)
         used = sum(t.user_attrs.get("images", 0) for t in finished_trials(study))
         if (budget_images and used >= budget_images) or \
                 (budget_seconds and time.perf_counter() - start >= budget_seconds):
