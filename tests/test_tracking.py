@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -191,6 +192,77 @@ def test_a_server_down_from_the_start_gets_the_run_at_sync_time(workdir, server)
     assert_synced_once(workdir, server.url, 1)
     client, (r,) = runs_of(server.url)
     assert r.info.status == "FINISHED" and len(client.get_metric_history(r.info.run_id, "validation_accuracy")) == 3
+
+
+class SlowProxy:
+    """An HTTP proxy in front of a real ``mlflow server`` that answers every request ``delay``
+    seconds late: a slow store, as opposed to a dead one. Counts the requests it forwarded."""
+
+    def __init__(self, target: str, delay: float):
+        import http.server
+        import threading
+
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _forward(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                time.sleep(delay)
+                req = urllib.request.Request(target + self.path, data=body or None, method=self.command,
+                                             headers={k: v for k, v in self.headers.items()
+                                                      if k.lower() not in ("host", "content-length")})
+                try:
+                    with urllib.request.urlopen(req, timeout=60) as resp:
+                        status, headers, payload = resp.status, resp.headers, resp.read()
+                except urllib.error.HTTPError as err:
+                    status, headers, payload = err.code, err.headers, err.read()
+                proxy.requests += 1
+                self.send_response(status)
+                for k, v in headers.items():
+                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _forward
+
+            def log_message(self, *args):
+                pass
+
+        self.requests = 0
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.slow  # multi-process robustness: run by .ci/run
+def test_a_slow_store_never_holds_training_back_and_gets_every_metric(workdir, server):
+    """Every store request answered 0.5 s late: training does not wait for the store (the run's
+    record reaches its end while the store has only part of its metrics, observed), and the
+    store still gets every metric before the command returns."""
+    server.start()
+    proxy = SlowProxy(server.url, delay=0.5)
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "nnexp.run", *DIGITS, "epochs=40"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env={**os.environ, "MLFLOW_TRACKING_URI": proxy.url})
+        path = wait_for(lambda: records(workdir), what="the run's record")[0]
+        wait_for(lambda: events(path)[-1]["event"] == "end", timeout=300, what="the end of training")
+        run_id = wait_for(lambda: json.loads((path.parent / "store.json").read_text()).get("run_id")
+                          if (path.parent / "store.json").exists() else None, what="the run in the store")
+        stored = len(MlflowClient(server.url).get_metric_history(run_id, "validation_accuracy"))
+        assert len(epochs_recorded(path)) == 40 and stored < 40, stored  # trained on ahead of the store
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0 and "Traceback" not in err, err
+        client, (r,) = runs_of(server.url)
+        assert r.info.status == "FINISHED" and len(client.get_metric_history(r.info.run_id, "validation_accuracy")) == 40
+    finally:
+        proxy.close()
 
 
 @pytest.mark.slow  # multi-process robustness: run by .ci/run
