@@ -189,10 +189,11 @@ def test_the_study_section_compares_four_methods_at_equal_wall_clock(quick_run):
     assert set(rows) == set(study.STUDY_METHODS), out
     budget = float(rows["broad_strategy"][2])
     for method, row in rows.items():
-        tuning, trials, best = float(row[2]), int(row[3]), float(row[4])
+        tuning, trials, longest, best = float(row[2]), int(row[3]), float(row[4]), float(row[5])
         mean, std = float(row[-3]), float(row[-1])
-        assert trials > 0 and 0 < best <= 1 and 0.5 < mean <= 1 and std >= 0, row
-        if method != "broad_strategy":  # no new trial after the budget: at most one trial's time beyond it
-            assert tuning >= 0.9 * budget - 1, (method, tuning, budget)
+        assert trials > 0 and 0 < longest <= tuning and 0 < best <= 1 and 0.5 < mean <= 1 and std >= 0, row
+        if method != "broad_strategy":  # equal wall clock: trials start until the budget is spent, none after
+            # (within one trial, plus a second for handing a round of trials to the workers)
+            assert budget - 0.1 <= tuning <= budget + longest + 1.0, (method, tuning, budget, longest)
     assert sum("best validation found at 25% / 50% / 100% of the budget" in line for line in out.splitlines()) == 4
     assert (quick_run.cwd / study.ANYTIME_PNG).stat().st_size > 10_000
