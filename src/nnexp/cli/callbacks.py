@@ -74,6 +74,10 @@ class SweepTracking(Callback):
         # pickles the launcher, and with it this callback)
         self.config: DictConfig | None = None
         self.previous: dict = {}
+        self.opening: threading.Thread | None = None  # opens the store beside the jobs' start
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "opening": None}  # a thread is not pickled (it stays in this process)
 
     def _interrupted(self, signum, frame) -> None:
         for handler_signal in self.previous:
@@ -122,25 +126,36 @@ class SweepTracking(Callback):
             return
         experiment = config.hydra.runtime.choices.get("experiment") or "sweep"
         uri = tracking.resolve_uri(config.tracking.uri)
-        tracking.prepare_store(uri, config.tracking.experiment)
         parent = tracking.ParentRun(
             uri, config.tracking.experiment, name=f"{experiment} {sweep_id}", run_dir=Path(str(config.hydra.sweep.dir)),
             tags={TAG_SWEEP: sweep_id, TAG_EXPERIMENT: str(experiment),
-                  TAG_SWEEP_OVERRIDES: " ".join(config.hydra.overrides.task)[:4000]})
+                  TAG_SWEEP_OVERRIDES: " ".join(config.hydra.overrides.task)[:4000]}, upload=False)
         self.parent_record = os.environ[PARENT_RECORD_ENV] = parent.record_dir
-        if parent.run_id:
-            os.environ[PARENT_ENV] = parent.run_id
-        log.info("sweep %s: %s", sweep_id, parent.location)
+        # opening the store (importing MLflow: ~1.5 s) and uploading the parent run happen beside
+        # the jobs' start, off the sweep's critical path; a job finds its parent by its record
+        # (one uploader at a time per record, across processes)
+        self.opening = threading.Thread(target=_open_store, args=(uri, config.tracking.experiment, parent, sweep_id),
+                                        name="nnexp-open-store", daemon=True)
+        self.opening.start()
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         for s, handler in self.previous.items():
             signal.signal(s, handler)
+        if self.opening is not None:
+            self.opening.join()
         sweep_id = os.environ.get(SWEEP_ENV)
         if self.parent_record:
             log.info("sweep %s: %s", sweep_id, end_parent(tracking.ParentRun.of_record(Path(self.parent_record)),
                                                           "FINISHED"))
         for name in (PARENT_ENV, PARENT_RECORD_ENV, SWEEP_ENV):
             os.environ.pop(name, None)
+
+
+def _open_store(uri: str, experiment: str, parent, sweep_id: str) -> None:
+    """A sweep's store opened (dead runs of this host ended) and its parent run uploaded; one line."""
+    tracking.prepare_store(uri, experiment)
+    parent.upload_start()
+    log.info("sweep %s: %s", sweep_id, parent.location)
 
 
 def end_parent(parent, status: str) -> str:

@@ -13,6 +13,7 @@ from nnexp.runner.execute import execute
 from nnexp.runner.groups import MAX_MEMBERS, MAX_MEMORY_MB, plan_groups
 from nnexp.runner.job import Job
 from nnexp.runner.pool import WorkerPool
+from nnexp.train import evaluation_form
 
 log = logging.getLogger("nnexp.population")
 
@@ -34,7 +35,9 @@ def warm_up(config: RunConfig | None) -> None:
         if config.tracking.enabled:
             tracking.preload()
         try:
-            load_splits(config)
+            _, train, validation, test = load_splits(config)
+            for split in (train, validation, test):  # the evaluation form the jobs will use
+                evaluation_form(split)
         except Exception:  # noqa: BLE001 - a job reports its own data problems, in one line
             pass
 

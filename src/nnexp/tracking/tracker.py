@@ -194,20 +194,25 @@ class RunTracker:
 class ParentRun:
     """A sweep's or a study's parent run: a local record like any run's, uploaded at each step
     (start, decisions, end) when the store answers. ``run_id``: continue that existing run
-    (a resumed study)."""
+    (a resumed study); ``upload`` False: the caller uploads the start (``upload_start``), e.g.
+    in the background while the sweep's jobs start (children find their parent by its record)."""
 
     def __init__(self, uri: str, experiment: str, *, name: str, tags: dict[str, str], run_dir: Path,
-                 run_id: str | None = None) -> None:
+                 run_id: str | None = None, upload: bool = True) -> None:
         self.uri, self.experiment = uri, experiment
         self.uploader = Uploader()
         self.record = RunRecord.create(run_dir, uri=uri, experiment=experiment, run_name=name, params={},
                                        tags=tags, run_id=run_id)
         self.logged: set[str] = set()  # params are immutable: each is logged once
-        if self.uploader.upload_now(self.record) and run_id:
+        if upload and self.uploader.upload_now(self.record) and run_id:
             try:
                 self.logged |= set(client(uri).get_run(run_id).data.params)
             except Exception:  # noqa: BLE001 - the store went away just now: nothing more known
                 pass
+
+    def upload_start(self) -> bool:
+        """Upload what the record holds; whether the store took it."""
+        return self.uploader.upload_now(self.record)
 
     @classmethod
     def of_record(cls, record_dir: Path) -> "ParentRun":
