@@ -20,6 +20,8 @@ from typing import Any, Callable, Sequence
 
 from nnexp.runner.interrupts import INTERRUPTIONS, Interrupts
 
+log = logging.getLogger("nnexp.runner")
+
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
 
 
@@ -41,6 +43,10 @@ def one_blas_thread():
     from threadpoolctl import threadpool_limits
 
     return threadpool_limits(limits=1)
+
+
+#: after Ctrl-C or SIGTERM, the seconds a worker process has to record its runs and end
+GRACE_SECONDS = 20.0
 
 
 class _WorkerState:
@@ -89,6 +95,7 @@ class WorkerPool:
         self.warm, self.warm_with = warm, warm_with
         self.executors: list[concurrent.futures.ProcessPoolExecutor] = []
         self.interrupts = Interrupts()
+        self.terminated: list[int] = []  # the worker pids an interruption ended
 
     def _executor(self, processes: int) -> concurrent.futures.ProcessPoolExecutor:
         ctx = multiprocessing.get_context("spawn")
@@ -112,8 +119,20 @@ class WorkerPool:
         try:
             interrupted = kind is not None and issubclass(kind, INTERRUPTIONS)
             if interrupted:
-                for child in multiprocessing.active_children():
+                children = multiprocessing.active_children()
+                for child in children:
+                    self.terminated.append(child.pid)
                     child.terminate()  # SIGTERM: each worker records its runs as KILLED, then stops
+                for executor in self.executors:  # no more tasks: each worker ends once it has recorded
+                    executor.shutdown(wait=False, cancel_futures=True)
+                deadline = time.monotonic() + GRACE_SECONDS
+                for child in children:  # a worker that cannot record in time (e.g. a store that stays locked)
+                    child.join(max(0.0, deadline - time.monotonic()))
+                    if child.is_alive():
+                        log.warning("worker process %d did not end within %g s of the interruption: killed",
+                                    child.pid, GRACE_SECONDS)
+                        child.kill()
+                        child.join()
             for executor in self.executors:
                 executor.shutdown(wait=True, cancel_futures=interrupted)
         finally:

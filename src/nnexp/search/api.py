@@ -50,6 +50,23 @@ def _n_images(c: RunConfig, classes=None, split: int = 1) -> int:
     return len(load_splits(c)[split])
 
 
+def fail_orphaned_trials(storage_url: str, pids: Sequence[int]) -> None:
+    """After an interruption: the trials still RUNNING whose worker process was one of ``pids``
+    (ended with the study) are told FAIL, so none is left pretending to run. (A worker tells its
+    own trials FAIL when it catches the signal; this covers one that could not in time.)"""
+    import optuna
+    from optuna.trial import TrialState
+
+    if not pids:
+        return
+    storage = make_storage(storage_url)
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if t.user_attrs.get("worker_pid") in pids:
+                study.tell(t.number, state=TrialState.FAIL)
+
+
 def study_files() -> dict[str, dict]:
     """The studies one can select (``study=NAME``): sweeps/study/NAME.yaml, by name."""
     folder = resources.files("nnexp.sweeps") / "study"
@@ -145,11 +162,17 @@ def run_study(cfg: DictConfig, workers: int | None = None, *, experiment: str | 
              f", stripped problem {ctx.n_stage} images" if ctx.n_stage else "")
     strategy = broad_strategy if settings.kind == "broad_strategy" else sampler_study
     if ctx.workers > 1:  # the worker processes start once, and import and load the data meanwhile
-        from nnexp.runner import WorkerPool, warm_up
+        from nnexp.runner import INTERRUPTIONS, WorkerPool, warm_up
 
-        with WorkerPool(ctx.workers, local=False, warm=warm_up, warm_with=base) as ctx.pool:
-            strategy(ctx, stop_after)
-        ctx.pool = None
+        pool = WorkerPool(ctx.workers, local=False, warm=warm_up, warm_with=base)
+        try:
+            with pool as ctx.pool:
+                strategy(ctx, stop_after)
+        except INTERRUPTIONS:
+            fail_orphaned_trials(storage_url, pool.terminated)
+            raise
+        finally:
+            ctx.pool = None
     else:
         strategy(ctx, stop_after)
     if "final" in ctx.decisions:
