@@ -479,7 +479,7 @@ def test_an_interrupted_study_exits_130_in_one_line_and_a_rerun_resumes(workdir,
     said = [line for line in (out + err).splitlines() if "interrupted: " in line]
     assert len(said) == 1 and "re-run" in said[0] and "Traceback" not in out + err
     before = counts(stage(storage, "tpe/search"))
-    assert before.get(TrialState.RUNNING, 0) == 0  # nothing left pretending to run
+    assert before.get(TrialState.RUNNING, 0) == 0, err[-4000:]  # nothing left pretending to run
     again = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr
     after = counts(stage(storage, "tpe/search"))
