@@ -410,6 +410,7 @@ def test_two_workers_on_a_fresh_storage_lose_nothing(workdir, backend, request):
     ({"min_effect": 2}, "study.min_effect is an accuracy difference in [0, 1)"),
     ({"workers": 0}, "study.workers must be >= 1 (or null: the machine's cores)"),
     ({"ladder": [{"name": "stripped"}]}, "study.ladder: every rung needs its own name"),
+    ({"ladder": [{"name": "a", "epochs": 0}]}, "each study.ladder rung's epochs must be >= 1"),
 ])
 def test_study_settings_are_typed_and_bad_values_are_one_line(raw, fragment):
     from nnexp.config.errors import ConfigError

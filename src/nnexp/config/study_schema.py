@@ -154,6 +154,8 @@ def validate(s: StudySettings) -> None:
     check(0 <= s.min_effect < 1, f"study.min_effect is an accuracy difference in [0, 1), got {s.min_effect}")
     check(s.eta.refine_step > 1 and s.lmbda.refine_step > 1,
           "study.eta.refine_step and study.lmbda.refine_step must be > 1 (factors)")
+    check(all(r.epochs is None or r.epochs >= 1 for r in [s.stripped, *s.ladder]),
+          "study.stripped.epochs and each study.ladder rung's epochs must be >= 1 (or null: study.lmbda.epochs)")
     check(len({r.name for r in [s.stripped, *s.ladder]}) == len(s.ladder) + 1,
           "study.ladder: every rung needs its own name (it names the rung's Optuna study)")
     check(s.heartbeat_seconds >= 1 and s.grace_seconds >= 1, "study.heartbeat_seconds and grace_seconds must be >= 1")
