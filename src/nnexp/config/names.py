@@ -46,6 +46,7 @@ TAG_HOST = "nnexp.host"
 TAG_PID = "nnexp.pid"
 TAG_PID_START = "nnexp.pid_start"
 TAG_REAPED = "nnexp.reaped"
+TAG_RESUMED = "nnexp.resumed"  # how many times the run was resumed, and from where last
 
 # -- files a study writes beside its decision log ------------------------------------------------
 STUDY_PLOTS_FILE = "plots.json"  # the data of the log's plots: the search writes it, the report draws it

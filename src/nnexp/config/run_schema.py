@@ -87,6 +87,8 @@ class TrackingConfig:
     uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
     experiment: str = "nnexp"
     log_model: bool = True  # the final network as model.npz
+    checkpoint: bool = True  # keep each run's latest state beside its record, at each evaluation
+    resume: bool = True  # continue this configuration's unfinished run (false: start over)
 
 
 @dataclass

@@ -26,6 +26,7 @@ from nnexp.config.names import (COMPLETED, DIVERGED, FAILED, KILLED, RUNNING, TA
 from nnexp.runner.build import build_network, load_splits, train_spec
 from nnexp.runner.groups import check_compatible
 from nnexp.runner.interrupts import INTERRUPTIONS, Interrupts
+from nnexp.runner import resume
 from nnexp.runner.job import Job
 from nnexp.train import History, Record, Streams, fit_population
 
@@ -123,13 +124,19 @@ def new_tracker(job: Job, uploader, population: tuple[str, int] = ("", 1)):
         step_by_images=c.monitor.every_images is not None, run_dir=job.run_dir, uploader=uploader)
 
 
-def _open(tracker, splits, job: Job) -> None:
+def _open(tracker, splits, job: Job, earlier: resume.Earlier | None) -> None:
     """Create the run's record before training: params, tags, dataset input (and the MLflow run
-    if the store answers)."""
+    if the store answers); or go on with the earlier run's record, as the same MLflow run."""
     if tracker is None:
         return
-    tracker.start()
-    tracker.log_dataset(splits)
+    if earlier is not None:
+        tracker.resume(earlier.record, earlier.where())
+        log.info("%s: resumed from %s", tracker.run_name, earlier.where())
+    else:
+        tracker.start()
+        tracker.log_dataset(splits)
+    if resume.checkpointed(job):
+        resume.remember(job, tracker.record)
     if job.on_start and tracker.run_id:
         job.on_start(tracker.run_id)
 
@@ -191,6 +198,38 @@ def execute(jobs: Sequence[Job] | Job, *, progress: bool = False) -> list[RunRes
         (job,) = jobs  # never grouped: see sweep.run_jobs
         return [_execute_fit(job)]
     check_compatible([j.config for j in jobs])
+    earlier = [resume.find(j) for j in jobs]
+    results: list[RunResult | None] = [None] * len(jobs)
+    groups: dict[tuple[int, int], list[int]] = {}  # runs that go on from one position train together
+    for i, e in enumerate(earlier):
+        if e is not None and e.finished:
+            results[i] = _already_finished(jobs[i], e)
+        else:
+            groups.setdefault((0, 0) if e is None else e.position, []).append(i)
+    for members in groups.values():
+        trained = _train([jobs[i] for i in members], [earlier[i] for i in members], progress)
+        for i, result in zip(members, trained):
+            results[i] = result
+    return results
+
+
+def _already_finished(job: Job, earlier: resume.Earlier) -> RunResult:
+    """A run that ended before: its result from its final checkpoint, not trained again."""
+    state = earlier.state
+    _, _, _, test = load_splits(job.config)
+    net = build_network(job.config, Streams.from_seed(job.config.seed))
+    net.set_params(state.weights, state.biases)
+    result = RunResult(state.history.outcome, state.history, earlier.record.run_id(), network=net)
+    if job.score_test:
+        result.test_accuracy = test_accuracy_of(state.history, net, test, "test_accuracy" in job.config.monitor.metrics)
+    where = (f"run {result.run_id}" if result.run_id else f"record {earlier.record.dir.parent}")
+    result.summary = summary_line(result, f"finished before, not trained again ({where}; "
+                                          "tracking.resume=false trains it again)")
+    return result
+
+
+def _train(jobs: list[Job], earlier: list[resume.Earlier | None], progress: bool) -> list[RunResult]:
+    """Train and track jobs as one population (``earlier``: the runs each goes on with)."""
     splits, train, val, test = load_splits(jobs[0].config, progress=progress)
     streams = [Streams.from_seed(j.config.seed) for j in jobs]
     nets = [build_network(j.config, s) for j, s in zip(jobs, streams)]
@@ -206,14 +245,17 @@ def execute(jobs: Sequence[Job] | Job, *, progress: bool = False) -> list[RunRes
                      + list(j.observers) for t, j in zip(trackers, jobs)]
         try:
             with interrupts.deferred():
-                for t, j in zip(trackers, jobs):
-                    _open(t, splits, j)
+                for t, j, e in zip(trackers, jobs, earlier):
+                    _open(t, splits, j, e)
+            savers = [resume.saver(j, t.record) if t is not None and resume.checkpointed(j) else None
+                      for j, t in zip(jobs, trackers)]
             if len(jobs) > 1:
                 log.info("training %d runs as one population (%s)", len(jobs),
                          ", ".join(f"eta={j.config.eta:g} seed={j.config.seed}" for j in jobs))
             with bar.logging():
                 histories = fit_population(nets, train, specs, validation=val, test=test, streams=streams,
-                                           observers=observers)
+                                           observers=observers, checkpoints=savers,
+                                           resume=[e and e.state for e in earlier])
             bar.close()
             results, ended = [], list(trackers)
             with interrupts.deferred():

@@ -53,8 +53,8 @@ def reap_dead_runs(uri: str) -> list[str]:
                f"by process {os.getpid()}")
         rec_dir = tags.get(TAG_RECORD_DIR)
         record = RunRecord(Path(rec_dir)) if rec_dir and Path(rec_dir, "events.jsonl").is_file() else None
-        if record is not None and record.ended():  # it ended, but the store did not hear of it: catch up
-            upload(record, uri)
+        if record is not None and (record.ended() or record.owner_alive()):
+            upload(record, uri)  # it ended, or another process resumed it, and the store did not hear yet
             continue
         if record is not None:
             record.tags({TAG_STATUS: KILLED, TAG_REAPED: why})

@@ -11,7 +11,8 @@ killed::
 
 Events, in order: ``start`` (record id, experiment, run name, params, tags, parent, host, pid,
 start time), then any of ``metrics`` ([key, value, timestamp ms, step] rows), ``tags``,
-``dataset``, ``artifact``, and last ``end`` (MLflow status, end time). A line cut short by a
+``dataset``, ``artifact``, and last ``end`` (MLflow status, end time); a resumed run
+goes on after its ``end`` (or its last line) with ``resume`` (this process, from where). A line cut short by a
 killed process is ignored on reading. Plain JSON: never pickle.
 """
 
@@ -120,6 +121,11 @@ class RunRecord:
         """The last event: the MLflow status (FINISHED, FAILED, KILLED)."""
         self._append({"event": "end", "status": status, "time": now_ms()})
 
+    def resume(self, where: str) -> None:
+        """The run goes on in this process (after an ``end`` KILLED or FAILED, or none if its
+        process died): the MLflow run is RUNNING again and this process owns it."""
+        self._append({"event": "resume", "from": where, "time": now_ms(), **this_process()})
+
     # -- reading ---------------------------------------------------------------------------
     def events(self) -> list[dict]:
         """Every complete event (a last line cut short by a killed process is skipped)."""
@@ -142,6 +148,28 @@ class RunRecord:
     def ended(self) -> bool:
         ev = self.events()
         return bool(ev) and ev[-1]["event"] == "end"
+
+    def end_status(self) -> str | None:
+        """The MLflow status the record ended with (None while it has not ended)."""
+        ev = self.events()
+        return ev[-1]["status"] if ev and ev[-1]["event"] == "end" else None
+
+    def owner(self) -> dict:
+        """The process that writes the record now: the last to start or resume it."""
+        return [e for e in self.events() if e["event"] in ("start", "resume")][-1]
+
+    def owner_alive(self) -> bool:
+        """Whether the record's owner still runs (on this host; another host's is taken to)."""
+        o = self.owner()
+        return o.get("host") != socket.gethostname() or process_alive(int(o["pid"]), o.get("pid_start"))
+
+    def last_step(self) -> int | None:
+        """The largest step of the metrics recorded so far (None: no metric yet)."""
+        steps = [row[3] for e in self.events() if e["event"] == "metrics" for row in e["rows"]]
+        return max(steps) if steps else None
+
+    def resumes(self) -> int:
+        return sum(e["event"] == "resume" for e in self.events())
 
     def state(self) -> dict:
         """The upload state: {"run_id": MLflow id, "uri": store, "done": events applied}."""

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nnexp.config.names import TAG_ERROR, TAG_STATUS
+from nnexp.config.names import RUNNING, TAG_ERROR, TAG_RESUMED, TAG_STATUS
 from nnexp.tracking.record import RunRecord
 from nnexp.tracking.store import client, first_line, param_value, redact
 from nnexp.tracking.upload import upload
@@ -112,6 +112,7 @@ class RunTracker:
     uploader: Uploader | None = None
     record: RunRecord | None = None
     seconds_in_tracking: float = 0.0
+    logged_through: int | None = None  # a resumed run: its metrics up to this step are in the record
 
     def start(self) -> str | None:
         """Write the record's first event and create the MLflow run if the store answers;
@@ -121,6 +122,20 @@ class RunTracker:
             self.run_dir or default_run_dir(), uri=self.uri, experiment=self.experiment, run_name=self.run_name,
             params={k: param_value(v) for k, v in self.params.items()}, tags=dict(self.tags),
             parent_run_id=self.parent_run_id, parent_record=self.parent_record)
+        return self._upload_start(t0)
+
+    def resume(self, record: RunRecord, where: str) -> str | None:
+        """Go on with an earlier run's record (``where``: from which point): the same MLflow run,
+        RUNNING again, tagged with its resumes. The evaluations its record already holds are
+        not logged twice (a resumed run computes them again, bit for bit)."""
+        t0 = time.perf_counter()
+        self.record = record
+        self.logged_through = record.last_step()
+        record.resume(where)
+        record.tags({TAG_STATUS: RUNNING, TAG_RESUMED: f"{record.resumes()}, last from {where}"})
+        return self._upload_start(t0)
+
+    def _upload_start(self, t0: float) -> str | None:
         self.uploader = self.uploader or Uploader()
         if not self.uploader.is_down(self.record):
             self.uploader.upload_now(self.record)
@@ -137,6 +152,8 @@ class RunTracker:
         """Training-loop observer: the evaluation's metrics, appended to the record."""
         t0 = time.perf_counter()
         step = record.images_seen if self.step_by_images else int(record.epoch)
+        if self.logged_through is not None and step <= self.logged_through:
+            return None
         ts = int(time.time() * 1000)
         self.record.metrics([(k, float(v), ts, step) for k, v in record.metrics().items()])
         self.seconds_in_tracking += time.perf_counter() - t0

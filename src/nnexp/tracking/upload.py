@@ -13,7 +13,8 @@ import json
 import time
 from pathlib import Path
 
-from nnexp.config.names import TAG_DATASET_SHA256, TAG_HOST, TAG_PID, TAG_PID_START, TAG_RECORD_DIR, TAG_RECORD_ID
+from nnexp.config.names import (TAG_DATASET_SHA256, TAG_ERROR, TAG_HOST, TAG_PID, TAG_PID_START, TAG_REAPED,
+                                TAG_RECORD_DIR, TAG_RECORD_ID)
 from nnexp.tracking.record import ARTIFACTS, RunRecord
 from nnexp.tracking.storelock import absolute_url
 from nnexp.tracking.store import client, experiment_id, git_commit
@@ -122,7 +123,21 @@ def _apply(c, record: RunRecord, run_id: str, events: list[dict], i: int) -> int
         c.log_artifact(run_id, str(record.dir / ARTIFACTS / ev["name"]), None if folder == "." else folder)
     elif kind == "end":
         c.set_terminated(run_id, ev["status"], end_time=ev["time"])
+    elif kind == "resume":
+        _resume(c, run_id, ev)
     return 1
+
+
+def _resume(c, run_id: str, ev: dict) -> None:
+    """The run is RUNNING again, owned by the resuming process; what said it had ended goes."""
+    from mlflow.entities import RunTag
+
+    c.update_run(run_id, status="RUNNING")
+    c.log_batch(run_id, tags=[RunTag(TAG_HOST, ev["host"]), RunTag(TAG_PID, str(ev["pid"])),
+                              RunTag(TAG_PID_START, str(ev.get("pid_start") or ""))])
+    stale = set(c.get_run(run_id).data.tags) & {TAG_ERROR, TAG_REAPED}
+    for tag in stale:
+        c.delete_tag(run_id, tag)
 
 
 def _log_dataset(c, run_id: str, ev: dict) -> None:

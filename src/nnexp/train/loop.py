@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -25,6 +25,7 @@ from nnexp.engine.network import Network, EvaluationSet, evaluate, stack_network
 from nnexp.engine.regularizers import PENALTIES
 from nnexp.engine.stepper import Stepper
 from nnexp.config.names import DIVERGED, EARLY_STOPPED, COMPLETED, SPLIT_NAMES
+from nnexp.train.checkpoint import MemberState, Position, stream_states
 from nnexp.train.spec import HalveOnPlateau, History, Observer, Record, Streams, TrainSpec, population_key
 
 
@@ -47,6 +48,17 @@ class _Member:
         self.since_best_sched = 0
         self.clock = 0.0  # training seconds since the previous evaluation
         self.active = True
+
+    def restore(self, state: MemberState) -> None:
+        """Continue from a checkpoint: its parameters (before the stack is built), schedule,
+        early-stopping counters, history and random streams."""
+        self.net.set_params(state.weights, state.biases)
+        self.eta, self.since_best, self.since_best_sched = state.eta, state.since_best, state.since_best_sched
+        self.best_params = state.best_params
+        self.history = state.history
+        state.restore_streams(self.streams)
+        if state.position.offset:  # mid-epoch: draw this epoch's permutation again
+            self.streams.shuffle.bit_generator.state = state.epoch_shuffle
 
     def record(self, images_seen: int, n_train: int, evaluated: dict[str, tuple[float, float, int]]) -> Record:
         spec = self.spec
@@ -119,7 +131,7 @@ class _Loop:
     """The epochs of K members. The stepper's stack holds the rows ``self.rows`` (the member
     of each row), shrinking as members finish (``compact``)."""
 
-    def __init__(self, nets, train, specs, validation, test, streams, observers):
+    def __init__(self, nets, train, specs, validation, test, streams, observers, resume=None, checkpoints=None):
         dtype = nets[0].dtype
         self.x = np.ascontiguousarray(train.x, dtype=dtype)  # (n, n_in)
         labels = np.asarray(train.y)
@@ -139,12 +151,25 @@ class _Loop:
             if val is not None:
                 sets["validation"] = self._validation_set(val, spec, st)
             self.members.append(_Member(net, spec, st, obs, sets))
+        resume = list(resume or [None] * len(nets))
+        self.checkpoints = list(checkpoints or [None] * len(nets))  # per member: save(MemberState) or None
+        for m, state in zip(self.members, resume):
+            if state is not None:
+                m.restore(state)
         weights, biases = stack_networks(list(nets))
         self.stepper = Stepper(weights, biases, hidden=nets[0].hidden, cost=nets[0].cost, penalty=self.spec.penalty,
-                               n_train=self.n, eta=[s.eta for s in specs], lmbda=[s.lmbda for s in specs],
+                               n_train=self.n, eta=[m.eta for m in self.members], lmbda=[s.lmbda for s in specs],
                                momentum=[s.momentum for s in specs])
         self.rows = np.arange(len(nets))  # per row of the stack: its member
-        self.images_seen = 0
+        self.start = Position(epoch=0, offset=0, images_seen=0, next_eval=specs[0].monitor.every_images or 0)
+        for r, state in enumerate(resume):
+            if state is not None:
+                self.start = state.position
+                if state.velocities is not None and self.stepper.vel_w is not None:  # (members without momentum never read theirs)
+                    for v, saved in zip(self.stepper.vel_w + self.stepper.vel_b, state.velocities[0] + state.velocities[1]):
+                        v[r][...] = saved
+        self.images_seen = self.start.images_seen
+        self.epoch_shuffle: dict[int, dict] = {}  # per member: its shuffle state before this epoch's permutation
 
     @staticmethod
     def _validation_set(val, spec: TrainSpec, streams: Streams):
@@ -183,7 +208,7 @@ class _Loop:
             m = self.members[i]
             stop = m.after_evaluation(self.evaluate(m))
             if stop:
-                m.finish(stop)
+                self.finish(i, stop)
             elif m.eta != self.stepper.eta[self.row_of(i)]:
                 self.stepper.set_eta(self.row_of(i), m.eta)
 
@@ -207,6 +232,31 @@ class _Loop:
             net.biases = [b[r] for b in self.stepper.biases]
         return keep
 
+    def finish(self, i: int, stop: tuple[str, str] | None) -> None:
+        self.members[i].finish(stop)
+        self.checkpoint([i], None)
+
+    def checkpoint(self, which: Sequence[int], position: Position | None) -> None:
+        """Each member's state into its checkpoint (if it keeps one): ``position`` for a member
+        that goes on, None for one that has ended (its final parameters)."""
+        for i in which:
+            save = self.checkpoints[i]
+            if save is None:
+                continue
+            m = self.members[i]
+            velocities = None
+            if m.active and self.stepper.vel_w is not None:
+                r = self.row_of(i)
+                velocities = ([v[r] for v in self.stepper.vel_w], [v[r] for v in self.stepper.vel_b])
+            mid_epoch = position is not None and position.offset > 0
+            save(MemberState(position=position or Position(-1, 0, self.images_seen, 0),
+                             weights=m.net.weights, biases=m.net.biases, velocities=velocities,
+                             best_params=m.best_params, eta=m.eta, since_best=m.since_best,
+                             since_best_sched=m.since_best_sched, history=m.history,
+                             streams=stream_states(m.streams),
+                             epoch_shuffle=self.epoch_shuffle.get(i) if mid_epoch else None,
+                             finished=position is None))
+
     # -- training -----------------------------------------------------------------------------
     def masks(self, mb: int) -> list[np.ndarray] | None:
         """Inverted-dropout multipliers, (K, mb, h) per hidden layer, each member drawing
@@ -225,27 +275,33 @@ class _Loop:
     def run(self) -> list[History]:
         start = time.perf_counter()
         every, mb = self.spec.monitor.every_images, self.spec.mini_batch_size
-        next_eval = every or 0
+        first, next_eval = self.start, self.start.next_eval
         with np.errstate(all="ignore"):  # divergence is detected and reported, not warned
-            for epoch in range(max(m.spec.epochs for m in self.members)):
+            for epoch in range(first.epoch, max(m.spec.epochs for m in self.members)):
                 for i in self.active_members():
                     if epoch >= self.members[i].spec.epochs:
-                        self.members[i].finish(None)
+                        self.finish(i, None)
                 if not self.active_members():
                     break
                 self.compact()
+                if every:
+                    self.epoch_shuffle = {int(i): self.members[i].streams.shuffle.bit_generator.state for i in self.rows}
                 perms = np.stack([self.members[i].streams.shuffle.permutation(self.n)
                                   for i in self.rows])  # (K, n)
                 t0 = time.perf_counter()
-                for s in range(0, self.n, mb):
+                offset = first.offset if epoch == first.epoch else 0
+                for s in range(offset, self.n, mb):
                     idx = perms[:, s:s + mb]  # (K, batch)
                     self.stepper.step(self.x[idx], self.y[idx], self.masks(idx.shape[1]))
                     self.images_seen += idx.shape[1]
                     if every and self.images_seen >= next_eval:
                         next_eval += every
                         self._add_clock(time.perf_counter() - t0)
-                        self.evaluate_members(self.active_members())
+                        evaluated = self.active_members()
+                        self.evaluate_members(evaluated)
                         kept = self.compact()
+                        self.checkpoint([i for i in evaluated if self.members[i].active],
+                                        Position(epoch, s + mb, self.images_seen, next_eval))
                         if not self.active_members():
                             break
                         if kept is not None:
@@ -253,13 +309,16 @@ class _Loop:
                         t0 = time.perf_counter()
                 self._add_clock(time.perf_counter() - t0)
                 if every is None:
-                    self.evaluate_members(self.active_members())
+                    evaluated = self.active_members()
                 else:  # the last epoch of a member ends with an evaluation
-                    self.evaluate_members([i for i in self.active_members() if epoch == self.members[i].spec.epochs - 1
-                                           and not self._evaluated_now(self.members[i])])
+                    evaluated = [i for i in self.active_members() if epoch == self.members[i].spec.epochs - 1
+                                 and not self._evaluated_now(self.members[i])]
+                self.evaluate_members(evaluated)
                 self.compact()
+                if evaluated or every is None:
+                    self.checkpoint([i for i in self.active_members()], Position(epoch + 1, 0, self.images_seen, next_eval))
             for i in self.active_members():
-                self.members[i].finish(None)
+                self.finish(i, None)
         total = time.perf_counter() - start
         for m in self.members:
             m.history.train_seconds = total
@@ -298,14 +357,24 @@ def check_population(nets: Sequence[Network], train, specs: Sequence[TrainSpec],
 
 
 def fit_population(nets: Sequence[Network], train, specs: Sequence[TrainSpec], *, validation=None, test=None,
-                   streams: Sequence[Streams], observers: Sequence[Sequence[Observer]] | None = None
-                   ) -> list[History]:
+                   streams: Sequence[Streams], observers: Sequence[Sequence[Observer]] | None = None,
+                   resume: Sequence[MemberState | None] | None = None,
+                   checkpoints: Sequence[Callable[[MemberState], None] | None] | None = None) -> list[History]:
     """Train K compatible networks (``population_key``) by mini-batch SGD, in place, as one
     batched computation; one History per member, each exactly the one it would have alone.
-    Never raises on divergence: that member's outcome is "diverged" instead."""
+    Never raises on divergence: that member's outcome is "diverged" instead.
+
+    ``checkpoints``: per member, a function that keeps its state (``train.checkpoint``) after
+    each evaluation and at its end. ``resume``: per member, the state to go on from; the
+    resumed members of one population stand at the same position (a checkpoint's epoch and
+    offset), and the history returned is the whole run's."""
     check_population(nets, train, specs, validation)
+    if resume is not None:
+        positions = {(s.position.epoch, s.position.offset) for s in resume if s is not None}
+        if len(positions) > 1 or (positions and any(s is None for s in resume)):
+            raise ValueError("the members of a resumed population must all resume from the same position")
     observers = observers or [() for _ in nets]
-    return _Loop(nets, train, specs, validation, test, streams, observers).run()
+    return _Loop(nets, train, specs, validation, test, streams, observers, resume, checkpoints).run()
 
 
 def fit(net: Network, train, spec: TrainSpec, *, validation=None, test=None, streams: Streams | None = None,

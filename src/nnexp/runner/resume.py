@@ -1,0 +1,125 @@
+"""Resuming: which earlier run a job is, and where it stopped.
+
+"The same run" is the same configuration (its config hash, the seed included) tracked to the
+same store and experiment, from the same entry point (a plain run or sweep, a study's stage,
+the report), within this working directory. ``outputs/resume/KEY.json`` names the record of the
+latest run of each; the run's checkpoint (``train.checkpoint``) lies beside that record.
+
+Re-running a command then goes on with every run it finds unfinished (KILLED, FAILED, or
+RUNNING with its process gone) from its checkpoint, as the same MLflow run; a run that ended
+is not trained again. A checkpoint that cannot be read is reported in one line and the run
+trains again from the start, in its same record: since every number is a function of the
+configuration, the evaluations it already logged come out the same and are not logged twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from nnexp import tracking
+from nnexp.config.identity import config_hash, identity_hash
+from nnexp.config.names import TAG_STAGE, TAG_STUDY
+from nnexp.runner.job import Job
+from nnexp.tracking.record import RunRecord
+from nnexp.train.checkpoint import CheckpointError, MemberState, load, save
+
+log = logging.getLogger("nnexp.run")
+
+CHECKPOINT = "checkpoint.npz"  # in the record directory, beside events.jsonl
+
+
+def index_dir() -> Path:
+    return Path("outputs", "resume")
+
+
+def identity(job: Job) -> str:
+    return job.identity or config_hash(job.config)
+
+
+def resume_key(job: Job) -> str:
+    """The key of "the same run" (see the module's docstring)."""
+    t = job.config.tracking
+    return identity_hash({"config": identity(job), "uri": tracking.resolve_uri(t.uri), "experiment": t.experiment,
+                          "preset": job.experiment or "", "study": job.tags.get(TAG_STUDY), "stage": job.tags.get(TAG_STAGE)})
+
+
+def checkpointed(job: Job) -> bool:
+    """Whether this job keeps checkpoints (tracked, and not turned off)."""
+    return job.fit is None and job.config.tracking.enabled and job.config.tracking.checkpoint
+
+
+@dataclass
+class Earlier:
+    """The run a job continues: its record, and the state to go on from (None: from the start;
+    ``state.finished``: it ended and is not trained again)."""
+
+    record: RunRecord
+    state: MemberState | None
+
+    @property
+    def finished(self) -> bool:
+        return self.state is not None and self.state.finished and self.record.end_status() == "FINISHED"
+
+    @property
+    def position(self) -> tuple[int, int]:
+        """Where it goes on (epoch, offset); runs at the same position train together."""
+        return (0, 0) if self.state is None else (self.state.position.epoch, self.state.position.offset)
+
+    def where(self) -> str:
+        if self.state is None:
+            return "the start (no usable checkpoint)"
+        r = self.state.history.records
+        return f"epoch {r[-1].epoch:g} ({r[-1].images_seen} images)" if r else "the start"
+
+
+def find(job: Job) -> Earlier | None:
+    """The earlier run this job is, if it should go on with it (see the module's docstring)."""
+    if not (checkpointed(job) and job.config.tracking.resume):
+        return None
+    try:
+        entry = json.loads((index_dir() / f"{resume_key(job)}.json").read_text())
+    except (OSError, ValueError):
+        return None
+    record = RunRecord(Path(entry["record"]))
+    if not record.events():
+        return None  # the record was deleted: a new run
+    status = record.end_status()
+    if status is None and record.owner_alive():
+        log.warning("run %s is being trained by process %s: this one starts a new run",
+                    record.start.get("run_name"), record.owner().get("pid"))
+        return None
+    try:
+        state = load(record.dir / CHECKPOINT, identity(job))
+    except FileNotFoundError:
+        state = None
+    except CheckpointError as exc:
+        log.warning("%s: run %s trains again from the start", exc, record.start.get("run_name"))
+        state = None
+    if status == "FINISHED" and (state is None or not state.finished):
+        return None  # ended without its final state (checkpoints were off): a new run
+    return Earlier(record, state)
+
+
+def remember(job: Job, record: RunRecord) -> None:
+    """This job's run is ``record`` from now on (atomically: a reader sees the old or the new)."""
+    index_dir().mkdir(parents=True, exist_ok=True)
+    path = index_dir() / f"{resume_key(job)}.json"
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"record": str(record.dir.resolve()), "config_hash": identity(job),
+                               "seed": job.config.seed}))
+    os.replace(tmp, path)
+
+
+def saver(job: Job, record: RunRecord):
+    """The training loop's checkpoint function for this job's run: its state beside its record."""
+    path, ident = record.dir / CHECKPOINT, identity(job)
+
+    def keep(state: MemberState) -> None:
+        state.identity = ident
+        save(path, state)
+
+    return keep
