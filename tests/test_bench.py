@@ -59,7 +59,7 @@ def number(cell: str) -> float:
 #: per section under --quick on digits: rows, and a column every row has a real value in
 QUICK_TABLES = {
     "sgd": (8, "engine s/epoch", lambda v: v > 0),
-    "tracking": (4, "wall s", lambda v: v > 0),
+    "tracking": (6, "wall s", lambda v: v > 0),
     "study": (4, "final val acc", lambda v: 0.5 < v <= 1),
     "study-population": (2, "final val acc", lambda v: 0.5 < v <= 1),
     "population": (8, "1 process", lambda v: v > 0),
@@ -104,6 +104,16 @@ def test_only_accepts_exactly_the_registered_sections(capsys):
             command.parse_args(["--only", wrong])
         assert exit_info.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_the_tracking_section_times_checkpoints_exactly_on_the_runs_that_write_them(quick_run):
+    """A run with checkpoints spent time writing them (each evaluation's state); a run without
+    (tracking off, or tracking.checkpoint=false) spent none, and the footer quotes each share."""
+    _, (table,) = quick_run("tracking")
+    mode, seconds = table.columns.index("tracking"), table.columns.index("checkpoint s")
+    for row in table.rows:
+        assert (float(row[seconds]) > 0) == (row[mode] == "+ checkpoints"), row
+    assert sum("share of the training time: overfitting" in line and "default" in line for line in table.footnotes) == 1
 
 
 def test_quick_digits_run_prints_positive_engine_reference_and_ratio(quick_run):

@@ -173,3 +173,97 @@ def test_evaluation_every_k_images_spanning_epochs_ends_with_a_final_evaluation(
     _, h = run(spec)
     assert [r.images_seen for r in h.records] == [700, 1400, 1500]
     assert sum(r.epoch_seconds for r in h.records) == pytest.approx(h.train_seconds, rel=0.5)
+
+
+# -- checkpoints and resume -------------------------------------------------------------------------
+class Stop(Exception):
+    """Stands for the process dying just after its n-th checkpoint."""
+
+
+def unclocked(records):
+    """The records without their clock (epoch_seconds)."""
+    from dataclasses import replace
+
+    return [replace(r, epoch_seconds=0.0) for r in records]
+
+
+def _population(specs, dtype):
+    streams = [Streams.from_seed(k) for k in range(len(specs))]
+    return [init_network([8, 10, 3], s.init, dtype=dtype) for s in streams], streams
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_a_population_resumed_from_any_of_its_checkpoints_ends_bit_for_bit_as_if_never_stopped(tmp_path, dtype):
+    """The whole state a member's next step depends on is in its checkpoint: killed after its
+    n-th checkpoint (every n, mid-epoch ones included), each member resumed from its file (alone:
+    another population composition) has the uninterrupted run's every record and final weights.
+    The members use momentum, dropout, a validation sample every 110 images, halve-on-plateau
+    and early stopping with restore, so every piece of state is exercised."""
+    from nnexp.train import checkpoint, fit_population
+
+    monitor = Monitor(ALL, every_images=110, validation_sample=50)
+    specs = [TrainSpec(epochs=6, mini_batch_size=10, eta=0.5, lmbda=0.5, momentum=0.5, dropout=0.2, monitor=monitor,
+                       schedule=HalveOnPlateau(2, 1 / 8), early_stopping=EarlyStopping(6, True)),
+             TrainSpec(epochs=4, mini_batch_size=10, eta=2.0, dropout=0.2, monitor=monitor)]
+    nets, streams = _population(specs, dtype)
+    counted = []
+    want = fit_population(nets, TRAIN, specs, validation=VAL, test=TEST, streams=streams,
+                          checkpoints=[counted.append, counted.append])
+    want_weights = [n.copy_params() for n in nets]
+    n_checkpoints = len(counted)
+    assert n_checkpoints >= len(want[0].records) + len(want[1].records)  # one per evaluation at least
+    outcomes = set()
+    for stop_after in sorted({*range(1, n_checkpoints, 3), n_checkpoints}):
+        saved = []
+
+        def keeper(k):
+            def keep(state):
+                checkpoint.save(tmp_path / f"m{k}.npz", state)
+                saved.append(k)
+                if len(saved) == stop_after:
+                    raise Stop
+            return keep
+
+        nets, streams = _population(specs, dtype)
+        with pytest.raises(Stop):
+            fit_population(nets, TRAIN, specs, validation=VAL, test=TEST, streams=streams,
+                           checkpoints=[keeper(0), keeper(1)])
+        for k, spec in enumerate(specs):
+            path = tmp_path / f"m{k}.npz"
+            state = checkpoint.load(path, "") if path.exists() else None  # none yet: from the start
+            if state is None or not state.finished:
+                stream = Streams.from_seed(k)  # the member's own seed, as in the population
+                net = init_network([8, 10, 3], stream.init, dtype=dtype)
+                history = fit_population([net], TRAIN, [spec], validation=VAL, test=TEST, streams=[stream],
+                                         resume=[state])[0]
+                path.unlink(missing_ok=True)
+                weights = net.copy_params()
+            else:
+                history, weights = state.history, (state.weights, state.biases)
+            outcomes.add((k, state.finished, state.position.offset > 0) if state else (k, None, None))
+            assert unclocked(history.records) == unclocked(want[k].records), (stop_after, k)
+            assert (history.outcome, history.best_epoch) == (want[k].outcome, want[k].best_epoch)
+            for got, expected in zip(weights[0] + weights[1], want_weights[k][0] + want_weights[k][1]):
+                assert got.dtype == expected.dtype and got.tobytes() == expected.tobytes(), (stop_after, k)
+    # resumed mid-epoch, at an epoch's start, and from a member's end were all exercised
+    assert {(1, False, True), (1, True, False), (0, False, True)} <= outcomes, outcomes
+
+
+def test_a_damaged_or_foreign_checkpoint_is_refused_with_one_line(tmp_path):
+    from nnexp.train import checkpoint, fit_population
+
+    nets, streams = _population([None], np.float64)
+    saved = []
+    fit_population(nets, TRAIN, [TrainSpec(epochs=2, mini_batch_size=10, eta=0.5)], validation=VAL, streams=streams,
+                   checkpoints=[lambda s: (setattr(s, "identity", "abc"), checkpoint.save(tmp_path / "c.npz", s),
+                                           saved.append(1))])
+    assert len(saved) == 3  # two evaluations and the end
+    assert checkpoint.load(tmp_path / "c.npz", "abc").finished
+    with pytest.raises(checkpoint.CheckpointError, match="another configuration"):
+        checkpoint.load(tmp_path / "c.npz", "other")
+    data = (tmp_path / "c.npz").read_bytes()
+    for damaged in (data[: len(data) // 2], data[:200] + bytes(len(data) - 200), b""):
+        (tmp_path / "c.npz").write_bytes(damaged)
+        with pytest.raises(checkpoint.CheckpointError, match="damaged") as err:
+            checkpoint.load(tmp_path / "c.npz", "abc")
+        assert "\n" not in str(err.value)

@@ -22,7 +22,8 @@ from omegaconf import DictConfig
 
 from nnexp import tracking
 from nnexp.config.names import (PARENT_ENV, PARENT_RECORD_ENV, SWEEP_ENV, TAG_BEST_CHILD, TAG_EXPERIMENT, TAG_SWEEP,
-                          TAG_SWEEP_OVERRIDES)
+                                TAG_SWEEP_OVERRIDES)
+from nnexp.runner import resume
 
 log = logging.getLogger(__name__)
 
@@ -126,10 +127,17 @@ class SweepTracking(Callback):
             return
         experiment = config.hydra.runtime.choices.get("experiment") or "sweep"
         uri = tracking.resolve_uri(config.tracking.uri)
-        parent = tracking.ParentRun(
-            uri, config.tracking.experiment, name=f"{experiment} {sweep_id}", run_dir=Path(str(config.hydra.sweep.dir)),
-            tags={TAG_SWEEP: sweep_id, TAG_EXPERIMENT: str(experiment),
-                  TAG_SWEEP_OVERRIDES: " ".join(config.hydra.overrides.task)[:4000]}, upload=False)
+        key = resume.sweep_key(list(config.hydra.overrides.task), uri, config.tracking.experiment)
+        parent = resumed_parent(key) if config.tracking.get("resume", True) else None
+        if parent is not None:  # the same sweep run again: its runs go on under the same parent run
+            sweep_id = os.environ[SWEEP_ENV] = parent.record.start["tags"].get(TAG_SWEEP, sweep_id)
+        else:
+            parent = tracking.ParentRun(
+                uri, config.tracking.experiment, name=f"{experiment} {sweep_id}",
+                run_dir=Path(str(config.hydra.sweep.dir)),
+                tags={TAG_SWEEP: sweep_id, TAG_EXPERIMENT: str(experiment),
+                      TAG_SWEEP_OVERRIDES: " ".join(config.hydra.overrides.task)[:4000]}, upload=False)
+            resume.remember_record(key, parent.record)
         self.parent_record = os.environ[PARENT_RECORD_ENV] = parent.record_dir
         # opening the store (importing MLflow: ~1.5 s) and uploading the parent run happen beside
         # the jobs' start, off the sweep's critical path; a job finds its parent by its record
@@ -149,6 +157,16 @@ class SweepTracking(Callback):
                                                           "FINISHED"))
         for name in (PARENT_ENV, PARENT_RECORD_ENV, SWEEP_ENV):
             os.environ.pop(name, None)
+
+
+def resumed_parent(key: str):
+    """The parent run of the same sweep run before in this directory, RUNNING again, or None
+    (never run, or its launching process is still alive)."""
+    record = resume.recall(key)
+    if record is None or (not record.ended() and record.owner_alive()):
+        return None
+    record.resume("the sweep run again")
+    return tracking.ParentRun.of_record(record.dir)
 
 
 def _open_store(uri: str, experiment: str, parent, sweep_id: str) -> None:

@@ -41,6 +41,7 @@ class RunResult:
     test_accuracy: float | None = None
     summary: str = ""
     tracking_seconds: float = 0.0
+    checkpoint_seconds: float = 0.0  # spent writing its checkpoints
     network: Network | None = None  # the trained network (best parameters if early stopping restored them)
 
     @property
@@ -247,7 +248,7 @@ def _train(jobs: list[Job], earlier: list[resume.Earlier | None], progress: bool
             with interrupts.deferred():
                 for t, j, e in zip(trackers, jobs, earlier):
                     _open(t, splits, j, e)
-            savers = [resume.saver(j, t.record) if t is not None and resume.checkpointed(j) else None
+            savers = [resume.Saver(j, t.record) if t is not None and resume.checkpointed(j) else None
                       for j, t in zip(jobs, trackers)]
             if len(jobs) > 1:
                 log.info("training %d runs as one population (%s)", len(jobs),
@@ -263,8 +264,9 @@ def _train(jobs: list[Job], earlier: list[resume.Earlier | None], progress: bool
                     results.append(_finish(j, trackers[i], h, net, test, artifacts[i]))
                     trackers[i] = None  # recorded: an interruption from here on leaves it alone
                 uploader.close()
-            for result, t in zip(results, ended):
+            for result, t, saver in zip(results, ended, savers):
                 result.summary = summary_line(result, _where(t))
+                result.checkpoint_seconds = saver.seconds if saver else 0.0
             return results
         except BaseException as exc:
             bar.close()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,13 +81,9 @@ def find(job: Job) -> Earlier | None:
     """The earlier run this job is, if it should go on with it (see the module's docstring)."""
     if not (checkpointed(job) and job.config.tracking.resume):
         return None
-    try:
-        entry = json.loads((index_dir() / f"{resume_key(job)}.json").read_text())
-    except (OSError, ValueError):
+    record = recall(resume_key(job))
+    if record is None:
         return None
-    record = RunRecord(Path(entry["record"]))
-    if not record.events():
-        return None  # the record was deleted: a new run
     status = record.end_status()
     if status is None and record.owner_alive():
         log.warning("run %s is being trained by process %s: this one starts a new run",
@@ -105,21 +102,42 @@ def find(job: Job) -> Earlier | None:
 
 
 def remember(job: Job, record: RunRecord) -> None:
-    """This job's run is ``record`` from now on (atomically: a reader sees the old or the new)."""
+    """This job's run is ``record`` from now on."""
+    remember_record(resume_key(job), record, config_hash=identity(job), seed=job.config.seed)
+
+
+def remember_record(key: str, record: RunRecord, **about) -> None:
+    """The run of ``key`` is ``record`` from now on (atomically: a reader sees the old or the new)."""
     index_dir().mkdir(parents=True, exist_ok=True)
-    path = index_dir() / f"{resume_key(job)}.json"
+    path = index_dir() / f"{key}.json"
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"record": str(record.dir.resolve()), "config_hash": identity(job),
-                               "seed": job.config.seed}))
+    tmp.write_text(json.dumps({"record": str(record.dir.resolve()), **about}))
     os.replace(tmp, path)
 
 
-def saver(job: Job, record: RunRecord):
-    """The training loop's checkpoint function for this job's run: its state beside its record."""
-    path, ident = record.dir / CHECKPOINT, identity(job)
+def recall(key: str) -> RunRecord | None:
+    """The record of the latest run of ``key`` in this directory, if it is still there."""
+    try:
+        record = RunRecord(Path(json.loads((index_dir() / f"{key}.json").read_text())["record"]))
+    except (OSError, ValueError, KeyError):
+        return None
+    return record if record.events() else None
 
-    def keep(state: MemberState) -> None:
-        state.identity = ident
-        save(path, state)
 
-    return keep
+def sweep_key(overrides: list[str], uri: str | None, experiment: str) -> str:
+    """A sweep's "same sweep": its command line's overrides, store and experiment."""
+    return identity_hash({"sweep": sorted(overrides), "uri": tracking.resolve_uri(uri), "experiment": experiment})
+
+
+class Saver:
+    """The training loop's checkpoint function for one run: its state beside its record, and
+    the seconds that took (``seconds``: what checkpoints cost the run)."""
+
+    def __init__(self, job: Job, record: RunRecord) -> None:
+        self.path, self.identity, self.seconds = record.dir / CHECKPOINT, identity(job), 0.0
+
+    def __call__(self, state: MemberState) -> None:
+        t0 = time.perf_counter()
+        state.identity = self.identity
+        save(self.path, state)
+        self.seconds += time.perf_counter() - t0

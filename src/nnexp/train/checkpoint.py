@@ -104,7 +104,8 @@ def _plain(v):
 
 
 def load(path: Path, identity: str) -> MemberState:
-    """The checkpoint at ``path``; CheckpointError if it is damaged or another run's."""
+    """The checkpoint at ``path``; CheckpointError if it is damaged or another run's
+    (FileNotFoundError if there is none)."""
     try:
         with np.load(path, allow_pickle=False) as f:
             meta = json.loads(str(f["meta"]))
@@ -116,6 +117,8 @@ def load(path: Path, identity: str) -> MemberState:
             weights, biases = layers("w"), layers("b")
             velocities = (layers("vw"), layers("vb")) if meta["velocities"] else None
             best = (layers("bw"), layers("bb")) if meta["best_params"] else None
+    except FileNotFoundError:
+        raise
     except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise CheckpointError(f"checkpoint {path} is damaged ({type(exc).__name__}: {exc})") from None
     if meta.get("format") != FORMAT:

@@ -1,0 +1,131 @@
+"""Resuming, end to end: real processes killed with SIGKILL, real MLflow SQLite stores. A resumed
+run must be the same MLflow run and end bit-for-bit as the run that was never interrupted."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import assert_same_outcome, run_outcome
+
+LONG = ["dataset=digits", "epochs=150"]  # seconds of training: there is time to kill it mid-way
+
+
+def runs_in(uri: str) -> list:
+    client = MlflowClient(uri)
+    return client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=100)
+
+
+def command(module: str, cwd: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", module, *args, f"tracking.uri=sqlite:///{cwd / 'mlflow.db'}"]
+
+
+def run_in(cwd: Path, *args: str, module: str = "nnexp.run") -> subprocess.CompletedProcess:
+    cwd.mkdir(exist_ok=True)
+    out = subprocess.run(command(module, cwd, *args), cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+def evaluations(events: Path) -> int:
+    try:
+        return events.read_text().count('"event":"metrics"')
+    except OSError:
+        return 0
+
+
+def killed_in(cwd: Path, *args: str, runs: int, after: int = 10) -> None:
+    """Start the command in ``cwd`` and SIGKILL its process group once each of its ``runs``
+    records holds ``after`` evaluations and a checkpoint (observed in the files)."""
+    cwd.mkdir(exist_ok=True)
+    proc = subprocess.Popen(command("nnexp.run", cwd, *args), cwd=cwd, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    while True:
+        records = [p.parent for p in cwd.rglob("record*/events.jsonl")]
+        children = [r for r in records if '"nnexp.config_hash"' in (r / "events.jsonl").read_text()]  # not the sweep's
+        if len(children) == runs and all(evaluations(r / "events.jsonl") >= after and (r / "checkpoint.npz").exists()
+                                         for r in children):
+            break
+        assert proc.poll() is None, f"the command ended before it was killed: {proc.stderr.read()[-2000:]}"
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    proc.stderr.close()
+
+
+def resumed_from(output: str) -> list[float]:
+    return [float(e) for e in re.findall(r"resumed from epoch ([0-9.]+)", output)]
+
+
+def test_a_run_killed_with_sigkill_and_run_again_is_the_same_mlflow_run_bit_for_bit(tmp_path):
+    """Killed after 10+ evaluations, the same command goes on from the checkpoint (not from the
+    start), in the same MLflow run, and ends with the uninterrupted run's every metric and final
+    weights. A half-written checkpoint beside it (``.tmp``) is never read. Run once more, the
+    finished run is not trained again; ``tracking.resume=false`` trains a new one."""
+    run_in(tmp_path / "whole", *LONG)
+    (want,) = runs_in(f"sqlite:///{tmp_path / 'whole' / 'mlflow.db'}")
+    cut = tmp_path / "cut"
+    killed_in(cut, *LONG, runs=1)
+    uri = f"sqlite:///{cut / 'mlflow.db'}"
+    (record,) = cut.rglob("record/checkpoint.npz")
+    record.with_name("checkpoint.npz.tmp").write_bytes(b"half a checkpoint")
+    out = run_in(cut, *LONG)
+    (epoch,) = resumed_from(out.stdout + out.stderr)
+    assert 10 <= epoch < 150
+    (got,) = runs_in(uri)
+    assert got.info.status == "FINISHED" and got.data.tags["nnexp.status"] == "completed"
+    assert got.data.tags["nnexp.resumed"].startswith("1, last from epoch")
+    assert "nnexp.error" not in got.data.tags and "nnexp.reaped" not in got.data.tags
+    assert_same_outcome(run_outcome(uri, got), run_outcome(f"sqlite:///{tmp_path / 'whole' / 'mlflow.db'}", want))
+
+    again = run_in(cut, *LONG)
+    assert "not trained again" in again.stdout + again.stderr and got.info.run_id in again.stdout + again.stderr
+    assert len(runs_in(uri)) == 1
+    run_in(cut, *LONG, "tracking.resume=false")
+    assert len(runs_in(uri)) == 2
+
+
+def test_the_members_of_a_killed_population_resume_and_each_ends_as_if_never_stopped(tmp_path):
+    """A sweep trained as one population of three (float32) is killed; re-run, every member goes
+    on from its checkpoint and ends bit-for-bit as the uninterrupted sweep's run of its
+    configuration, as the same MLflow run (one run per configuration in the store)."""
+    sweep = ["-m", *LONG, "dtype=float32", "eta=0.1,0.5,3.0", "hydra.launcher.workers=1"]
+    run_in(tmp_path / "whole", *sweep)
+    whole = f"sqlite:///{tmp_path / 'whole' / 'mlflow.db'}"
+    want = {r.data.params["eta"]: r for r in runs_in(whole) if "nnexp.config_hash" in r.data.tags}
+    cut = tmp_path / "cut"
+    killed_in(cut, *sweep, runs=3)
+    out = run_in(cut, *sweep)
+    assert len(resumed_from(out.stdout + out.stderr)) == 3 and min(resumed_from(out.stdout + out.stderr)) >= 10
+    uri = f"sqlite:///{cut / 'mlflow.db'}"
+    got = [r for r in runs_in(uri) if "nnexp.config_hash" in r.data.tags]
+    assert sorted(r.data.params["eta"] for r in got) == sorted(want)  # no configuration twice
+    for run in got:
+        assert run.info.status == "FINISHED" and "nnexp.resumed" in run.data.tags
+        assert int(run.data.tags["nnexp.population_size"]) == 3
+        assert_same_outcome(run_outcome(uri, run), run_outcome(whole, want[run.data.params["eta"]]))
+
+
+def test_a_damaged_checkpoint_is_one_line_and_the_run_trains_again_in_the_same_record(tmp_path):
+    """A checkpoint that cannot be read: one warning line, the run trains again from the start as
+    the same MLflow run, its evaluations logged once each, its end the uninterrupted run's."""
+    run_in(tmp_path / "whole", *LONG)
+    (want,) = runs_in(f"sqlite:///{tmp_path / 'whole' / 'mlflow.db'}")
+    cut = tmp_path / "cut"
+    killed_in(cut, *LONG, runs=1)
+    (checkpoint,) = cut.rglob("record/checkpoint.npz")
+    data = checkpoint.read_bytes()
+    checkpoint.write_bytes(data[: len(data) // 2])
+    out = run_in(cut, *LONG)
+    lines = [l for l in (out.stdout + out.stderr).splitlines() if "damaged" in l]
+    assert len(lines) == 1 and "trains again from the start" in lines[0], out.stdout + out.stderr
+    uri = f"sqlite:///{cut / 'mlflow.db'}"
+    (got,) = runs_in(uri)
+    assert got.info.status == "FINISHED" and "nnexp.resumed" in got.data.tags
+    assert_same_outcome(run_outcome(uri, got), run_outcome(f"sqlite:///{tmp_path / 'whole' / 'mlflow.db'}", want))
