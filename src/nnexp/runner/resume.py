@@ -94,7 +94,7 @@ def find(job: Job) -> Earlier | None:
     except FileNotFoundError:
         state = None
     except CheckpointError as exc:
-        log.warning("%s: run %s trains again from the start", exc, record.start.get("run_name"))
+        log.warning("%s; the run (%s) trains again from the start", exc, record.start.get("run_name"))
         state = None
     if status == "FINISHED" and (state is None or not state.finished):
         return None  # ended without its final state (checkpoints were off): a new run
