@@ -140,3 +140,49 @@ def test_a_damaged_checkpoint_is_one_line_and_the_run_trains_again_in_the_same_r
     (got,) = runs_in(uri)
     assert got.info.status == "FINISHED" and "nnexp.resumed" in got.data.tags
     assert_same_outcome(run_outcome(uri, got), run_outcome(f"sqlite:///{tmp_path / 'whole' / 'mlflow.db'}", want))
+
+
+def test_a_population_job_preempted_on_submitit_is_requeued_and_ends_the_sweep_with_its_launcher_gone(tmp_path):
+    """``hydra/launcher=population_submitit_local``: the three runs train as one submitit job (one
+    batched population). The job's process gets the preemption signal (USR2, as SLURM sends it)
+    mid-way and the launching process is SIGKILLed: submitit requeues the job, which goes on with
+    each run from its checkpoint, and, finishing the sweep's last run, ends the sweep's parent run
+    (best child and all). Each run ends bit-for-bit as the local population launcher's."""
+    from conftest import descendants
+
+    runs = ["-m", *LONG, "eta=0.1,0.5,3.0", "hydra.launcher.workers=1"]
+    run_in(tmp_path / "whole", *runs)
+    whole = f"sqlite:///{tmp_path / 'whole' / 'mlflow.db'}"
+    want = {r.data.params["eta"]: r for r in runs_in(whole) if "nnexp.config_hash" in r.data.tags}
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    launcher = subprocess.Popen(command("nnexp.run", cut, *runs, "hydra/launcher=population_submitit_local"),
+                                cwd=cut, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    while True:
+        children = [p.parent for p in cut.rglob("record*/events.jsonl") if '"nnexp.config_hash"' in p.read_text()]
+        if len(children) == 3 and all(evaluations(r / "events.jsonl") >= 10 and (r / "checkpoint.npz").exists()
+                                      for r in children):
+            break
+        assert launcher.poll() is None, launcher.stderr.read()[-3000:]
+        time.sleep(0.02)
+    (task,) = [p for p in descendants(launcher.pid) if b"submitit.core._submit" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    os.kill(task, signal.SIGUSR2)  # preempted: submitit checkpoints the job and requeues it
+    launcher.kill()  # and the launching process is gone (a closed laptop)
+    launcher.wait()
+    launcher.stderr.close()
+    uri = f"sqlite:///{cut / 'mlflow.db'}"
+    deadline = time.time() + 300  # a hang guard only: the job's end is the observed event
+    while not [r for r in runs_in(uri) if "nnexp.config_hash" not in r.data.tags and r.info.status == "FINISHED"]:
+        assert time.time() < deadline, "the requeued job did not end the sweep"
+        time.sleep(0.2)  # the requeued job ends the sweep's parent run when it finishes the last run
+    got = runs_in(uri)
+    (parent,) = [r for r in got if "nnexp.config_hash" not in r.data.tags]
+    children = [r for r in got if "nnexp.config_hash" in r.data.tags]
+    assert sorted(r.data.params["eta"] for r in children) == sorted(want)
+    for run in children:
+        assert run.info.status == "FINISHED" and run.data.tags["nnexp.resumed"].startswith("1, last from epoch")
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert_same_outcome(run_outcome(uri, run), run_outcome(whole, want[run.data.params["eta"]]))
+    assert parent.info.status == "FINISHED"
+    best = max(children, key=lambda r: r.data.metrics["best_validation_accuracy"])
+    assert parent.data.metrics["best_validation_accuracy"] == best.data.metrics["best_validation_accuracy"]

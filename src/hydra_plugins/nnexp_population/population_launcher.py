@@ -11,9 +11,9 @@ nnexp.runner's: this plugin only hands it the composed jobs.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Dict, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.utils import JobReturn, JobStatus, configure_log
@@ -30,17 +30,32 @@ log = logging.getLogger(__name__)
 class PopulationLauncherConf:
     _target_: str = "hydra_plugins.nnexp_population.population_launcher.PopulationLauncher"
     max_members: int = MAX_MEMBERS  # largest population (K)
-    workers: int = 2  # processes training populations side by side
+    workers: int = 2  # processes training populations side by side (with submitit: groups to cut the jobs in)
     max_memory_mb: int = MAX_MEMORY_MB  # per population: stacked parameters, data batches, evaluation
+    # each population group as one submitit job: null (this process and its workers), local, slurm
+    submitit: Optional[str] = None
+    folder: str = ".submitit"  # submitit's files, in the sweep's directory
+    timeout_min: int = 60
+    partition: Optional[str] = None
+    mem_gb: Optional[float] = None
+    cpus_per_task: int = 1
+    max_num_timeout: int = 3
+    slurm: Dict[str, Any] = field(default_factory=dict)  # more sbatch parameters (account, qos, ...)
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="population", node=PopulationLauncherConf,
                              provider="nnexp")
+ConfigStore.instance().store(group="hydra/launcher", name="population_slurm",
+                             node=PopulationLauncherConf(submitit="slurm"), provider="nnexp")
+ConfigStore.instance().store(group="hydra/launcher", name="population_submitit_local",
+                             node=PopulationLauncherConf(submitit="local"), provider="nnexp")
 
 
 class PopulationLauncher(Launcher):
-    def __init__(self, max_members: int = MAX_MEMBERS, workers: int = 2, max_memory_mb: int = MAX_MEMORY_MB) -> None:
+    def __init__(self, max_members: int = MAX_MEMBERS, workers: int = 2, max_memory_mb: int = MAX_MEMORY_MB,
+                 submitit: str | None = None, **cluster: Any) -> None:
         self.max_members, self.workers, self.max_memory_mb = max_members, workers, max_memory_mb
+        self.submitit, self.cluster = submitit, cluster
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
         self.task_function: TaskFunction | None = None
@@ -75,6 +90,8 @@ class PopulationLauncher(Launcher):
                 log.error("job %d: %s", idx, exc)
 
         workers = max(1, min(self.workers, len(job_overrides)))
+        if self.submitit:
+            return self._launch_submitit(job_overrides, compose, composed, jobs, sweep_dir)
         try:
             compose(0, job_overrides[0])
             first = jobs[0].config if 0 in jobs else None
@@ -88,7 +105,31 @@ class PopulationLauncher(Launcher):
         except runner.INTERRUPTIONS:
             end_interrupted_sweep(self.config)
             raise SystemExit(130) from None
-        values = dict(zip(order, results))
+        return self._returns(composed, dict(zip(order, results)), sweep_dir)
+
+    def _launch_submitit(self, job_overrides, compose, composed, jobs, sweep_dir) -> Sequence[JobReturn]:
+        """Each population group as one submitit job (see ``nnexp.runner.cluster``)."""
+        from nnexp import runner
+        from nnexp.cli.callbacks import end_interrupted_sweep
+        from nnexp.runner.cluster import ClusterSettings, run_groups
+        from nnexp.runner.sweep import plan
+
+        cluster = {k: (dict(v) if k == "slurm" else v) for k, v in self.cluster.items()}
+        settings = ClusterSettings(kind=self.submitit, **cluster)
+        for offset, overrides in enumerate(job_overrides):
+            compose(offset, overrides)
+        order = sorted(jobs)
+        todo = [jobs[i] for i in order]
+        groups = plan(todo, self.workers, self.max_members, self.max_memory_mb)
+        try:
+            results = run_groups(todo, groups, settings, sweep_dir / settings.folder)
+        except runner.INTERRUPTIONS:
+            end_interrupted_sweep(self.config)
+            raise SystemExit(130) from None
+        return self._returns(composed, dict(zip(order, results)), sweep_dir)
+
+    @staticmethod
+    def _returns(composed, values, sweep_dir) -> Sequence[JobReturn]:
         returns = []
         for offset, (overrides, cfg) in enumerate(composed):
             ret = JobReturn(overrides=overrides, cfg=cfg, hydra_cfg=cfg, working_dir=str(sweep_dir),

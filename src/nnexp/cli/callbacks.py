@@ -21,7 +21,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from nnexp import tracking
-from nnexp.config.names import (PARENT_ENV, PARENT_RECORD_ENV, SWEEP_ENV, TAG_BEST_CHILD, TAG_EXPERIMENT, TAG_SWEEP,
+from nnexp.config.names import (PARENT_ENV, PARENT_RECORD_ENV, SWEEP_ENV, TAG_EXPERIMENT, TAG_SWEEP,
                                 TAG_SWEEP_OVERRIDES)
 from nnexp.runner import resume
 
@@ -153,8 +153,8 @@ class SweepTracking(Callback):
             self.opening.join()
         sweep_id = os.environ.get(SWEEP_ENV)
         if self.parent_record:
-            log.info("sweep %s: %s", sweep_id, end_parent(tracking.ParentRun.of_record(Path(self.parent_record)),
-                                                          "FINISHED"))
+            parent = tracking.ParentRun.of_record(Path(self.parent_record))
+            log.info("sweep %s: %s", sweep_id, parent.end_sweep("FINISHED"))
         for name in (PARENT_ENV, PARENT_RECORD_ENV, SWEEP_ENV):
             os.environ.pop(name, None)
 
@@ -176,22 +176,6 @@ def _open_store(uri: str, experiment: str, parent, sweep_id: str) -> None:
     log.info("sweep %s: %s", sweep_id, parent.location)
 
 
-def end_parent(parent, status: str) -> str:
-    """End a sweep's parent run (its best child as a metric and a tag, when the store answers);
-    one line on what is where."""
-    line = ""
-    if parent.run_id:
-        try:
-            line, best = tracking.children_summary(parent.uri, parent.run_id)
-            if best is not None:
-                parent.log(metrics={"best_validation_accuracy": best.data.metrics["best_validation_accuracy"]},
-                           tags={TAG_BEST_CHILD: best.info.run_id})
-        except Exception as exc:  # noqa: BLE001 - the store went away: the record keeps the run
-            line = f"children unknown (the store did not answer: {tracking.first_line(exc)})"
-    stored = parent.end(status)
-    return f"{line}; {parent.location}" if line and stored else parent.location
-
-
 def end_interrupted_sweep(config: DictConfig, what: str = "") -> None:
     """Ctrl-C or SIGTERM reached the launching process: its jobs are recorded KILLED, so end the
     sweep's parent run KILLED too (Hydra skips on_multirun_end then), with one line that starts
@@ -203,6 +187,6 @@ def end_interrupted_sweep(config: DictConfig, what: str = "") -> None:
     if record and config.get("tracking", {}).get("enabled", False):
         parent = tracking.ParentRun.of_record(Path(record))
         if not parent.record.ended():
-            log.error("%ssweep ended, %s", head, end_parent(parent, "KILLED"))
+            log.error("%ssweep ended, %s", head, parent.end_sweep("KILLED"))
             return
     log.error("%ssweep ended", head)

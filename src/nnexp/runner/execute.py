@@ -148,6 +148,9 @@ def _record_interruption(tracker, exc: BaseException, artifacts: dict) -> None:
         return
     if isinstance(exc, INTERRUPTIONS):
         tracker.fail(KILLED, "KILLED", error="interrupted (Ctrl-C or SIGTERM)", artifacts=dict(artifacts))
+    elif isinstance(exc, SystemExit):  # a cluster job preempted or timed out, requeued by submitit
+        tracker.fail(KILLED, "KILLED", error="stopped to be requeued (preempted or timed out)",
+                     artifacts=dict(artifacts))
     else:
         tracker.fail(FAILED, "FAILED", error=f"{type(exc).__name__}: {exc}",
                      artifacts={**artifacts, "traceback.txt": traceback.format_exc()})

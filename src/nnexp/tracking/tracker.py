@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nnexp.config.names import RUNNING, TAG_ERROR, TAG_RESUMED, TAG_STATUS
-from nnexp.tracking.record import RunRecord
-from nnexp.tracking.store import client, first_line, param_value, redact
+from nnexp.config.names import RUNNING, TAG_BEST_CHILD, TAG_ERROR, TAG_RESUMED, TAG_STATUS
+from nnexp.tracking.record import RunRecord, now_ms
+from nnexp.tracking.store import children_summary, client, first_line, param_value, redact
 from nnexp.tracking.upload import upload
 
 log = logging.getLogger("nnexp.tracking")
@@ -267,6 +267,27 @@ class ParentRun:
         """End the run; whether it is in the store."""
         self.record.end(status)
         return self.uploader.upload_now(self.record)
+
+    def end_sweep(self, status: str) -> str:
+        """End a sweep's parent run, once (another process may have ended it: a cluster job that
+        finished the sweep's last run), with its best child as a metric and a tag when the store
+        answers; one line on what is where."""
+        line = ""
+        with self.record.uploading():  # held while deciding and writing: one process ends it
+            if self.record.ended():
+                return f"ended already (by the process that finished its last run); {self.location}"
+            if self.run_id:
+                try:
+                    line, best = children_summary(self.uri, self.run_id)
+                    if best is not None:
+                        self.record.metrics([("best_validation_accuracy",
+                                              float(best.data.metrics["best_validation_accuracy"]), now_ms(), 0)])
+                        self.record.tags({TAG_BEST_CHILD: best.info.run_id})
+                except Exception as exc:  # noqa: BLE001 - the store went away: the record keeps the run
+                    line = f"children unknown (the store did not answer: {first_line(exc)})"
+            self.record.end(status)
+        stored = self.uploader.upload_now(self.record)
+        return f"{line}; {self.location}" if line and stored else self.location
 
     @property
     def location(self) -> str:

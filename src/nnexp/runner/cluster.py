@@ -1,0 +1,139 @@
+"""Populations as cluster jobs: each population group of a sweep is one submitit job (``local``
+on this machine, ``slurm`` on a cluster), trained as one batched population exactly as the
+local launcher trains it.
+
+Preemption and time limits: submitit sends the job its signal (USR2), asks the job's callable
+for a checkpoint of itself and requeues it. Nothing is kept in that callable but the jobs: the
+members' state is in their checkpoints (``runner.resume``), so the requeued job goes on with
+each run from its last evaluation, as the same MLflow run, bit for bit.
+
+The launching process may be closed: the job that finishes the sweep's last run ends the
+sweep's parent run (best child and all), whichever it is.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from nnexp import tracking
+from nnexp.runner import resume
+from nnexp.runner.job import Job
+from nnexp.runner.pool import LOG_FORMAT, one_blas_thread, quiet_libraries
+
+log = logging.getLogger("nnexp.population")
+
+KINDS = ("local", "slurm")
+
+
+@dataclass
+class ClusterSettings:
+    """submitit's usual parameters (``hydra.launcher.*``); ``slurm`` is the extra sbatch
+    parameters (e.g. ``{account: abc, qos: normal}``)."""
+
+    kind: str = "local"  # local | slurm
+    folder: str = ".submitit"  # submitit's pickles and logs (relative: in the sweep's directory)
+    timeout_min: int = 60
+    partition: str | None = None
+    mem_gb: float | None = None
+    cpus_per_task: int = 1
+    max_num_timeout: int = 3  # requeues after a time limit (preemptions do not count)
+    slurm: dict[str, Any] = field(default_factory=dict)
+
+
+class PopulationJob:
+    """One population group, as a submitit job: trains its jobs (``execute``), and ends the
+    sweep's parent run if its runs were the sweep's last. ``checkpoint`` (called by submitit on
+    preemption or timeout) resubmits the same jobs: their checkpoints say where each stands."""
+
+    def __init__(self, jobs: Sequence[Job], cwd: str, sweep_keys: Sequence[str], parent_record: str | None):
+        self.jobs, self.cwd = list(jobs), cwd
+        self.sweep_keys, self.parent_record = list(sweep_keys), parent_record
+
+    def __call__(self) -> list:
+        from nnexp.runner.sweep import execute_group
+
+        os.chdir(self.cwd)  # the working directory's records: resume finds the runs there
+        logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+        quiet_libraries()
+        with one_blas_thread():
+            results = execute_group(self.jobs)
+        end_sweep_if_complete(self.sweep_keys, self.parent_record)
+        return results
+
+    def checkpoint(self, *args: Any, **kwargs: Any):
+        import submitit
+
+        log.warning("population job preempted or timed out: requeued; its runs go on from their checkpoints")
+        return submitit.helpers.DelayedSubmission(PopulationJob(self.jobs, self.cwd, self.sweep_keys,
+                                                                self.parent_record))
+
+
+def end_sweep_if_complete(keys: Sequence[str], parent_record: str | None) -> bool:
+    """End the sweep's parent run (``tracking.ParentRun.end_sweep``) once every run of the sweep
+    (``keys``: their resume keys) has ended; whether it did. Any process may call it: the first
+    to see the sweep complete ends it, once."""
+    if not parent_record:
+        return False
+    records = [resume.recall(k) for k in keys]
+    if any(r is None or r.end_status() is None for r in records):
+        return False
+    log.info("sweep complete: %s", tracking.ParentRun.of_record(Path(parent_record)).end_sweep("FINISHED"))
+    return True
+
+
+def executor(settings: ClusterSettings, folder: Path):
+    """A submitit executor for ``settings`` (submitit imported here: an optional dependency)."""
+    import submitit
+
+    if settings.kind not in KINDS:
+        raise ValueError(f"hydra.launcher.submitit must be one of {', '.join(KINDS)}, got {settings.kind!r}")
+    ex = submitit.AutoExecutor(folder=folder, cluster=settings.kind,
+                               **{f"{settings.kind}_max_num_timeout": settings.max_num_timeout})
+    params: dict[str, Any] = {"timeout_min": settings.timeout_min, "cpus_per_task": settings.cpus_per_task,
+                              "name": "nnexp-population"}
+    if settings.mem_gb is not None:
+        params["mem_gb"] = settings.mem_gb
+    if settings.kind == "slurm":
+        if settings.partition:
+            params["slurm_partition"] = settings.partition
+        if settings.slurm:
+            params["slurm_additional_parameters"] = dict(settings.slurm)
+    ex.update_parameters(**params)
+    return ex
+
+
+def run_groups(jobs: Sequence[Job], groups: Sequence[Sequence[int]], settings: ClusterSettings,
+               folder: Path) -> list[Any]:
+    """Each group submitted as one job; per job its RunResult, or the exception that ended its
+    group. Waits for the jobs (Ctrl-C cancels them; their runs end KILLED and resume later)."""
+    ex = executor(settings, folder)
+    keys = [resume.resume_key(j) for j in jobs]
+    parent = next((j.parent_record for j in jobs if j.parent_record), None)
+    cwd = os.getcwd()
+    with ex.batch():
+        submitted = [ex.submit(PopulationJob([jobs[i] for i in g], cwd, keys, parent)) for g in groups]
+    log.info("%d population job(s) submitted to %s (%s)", len(submitted), settings.kind,
+             ", ".join(str(s.job_id) for s in submitted))
+    results: list[Any] = [None] * len(jobs)
+    try:
+        for g, sj in zip(groups, submitted):
+            try:
+                outcome = sj.result()
+            except Exception as exc:  # noqa: BLE001 - one group's failure is reported, the others go on
+                outcome = exc
+                log.error("population job %s failed: %s", sj.job_id, str(exc).strip().splitlines()[-1:])
+            for k, i in enumerate(g):
+                results[i] = outcome if isinstance(outcome, BaseException) else outcome[k]
+                if not isinstance(outcome, BaseException):
+                    log.info(outcome[k].summary)
+    except BaseException:
+        for sj in submitted:
+            sj.cancel(check=False)
+        time.sleep(0.5)
+        raise
+    return results
