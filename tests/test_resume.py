@@ -186,3 +186,36 @@ def test_a_population_job_preempted_on_submitit_is_requeued_and_ends_the_sweep_w
     assert parent.info.status == "FINISHED"
     best = max(children, key=lambda r: r.data.metrics["best_validation_accuracy"])
     assert parent.data.metrics["best_validation_accuracy"] == best.data.metrics["best_validation_accuracy"]
+
+
+def test_a_population_slurm_job_carries_the_launchers_parameters_and_asks_for_the_requeue_signal(tmp_path,
+                                                                                                   monkeypatch):
+    """The sbatch script submitit writes for a population job (``hydra/launcher=population_slurm``):
+    partition, time, memory, cpus, the extra sbatch keys, and USR2 before the time limit (the
+    signal that makes submitit checkpoint and requeue the job). No SLURM here: only ``srun`` is
+    looked for, so a stand-in on PATH lets submitit write the script it would submit."""
+    from nnexp.runner.cluster import ClusterSettings, executor
+
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "srun").write_text("#!/bin/sh\nexit 1\n")
+    (tmp_path / "bin" / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    settings = ClusterSettings(kind="slurm", partition="cpu", timeout_min=120, mem_gb=8, cpus_per_task=2,
+                               max_num_timeout=5, slurm={"account": "abc", "qos": "normal"})
+    ex = executor(settings, tmp_path / "jobs")
+    script = ex._executor._make_submission_file_text("python -m x", "uid")
+    for line in ("--partition=cpu", "--time=120", "--mem=8GB", "--cpus-per-task=2", "--account=abc", "--qos=normal",
+                 "--signal=USR2@"):
+        assert f"#SBATCH {line}" in script, line
+    assert ex._executor.max_num_timeout == 5
+
+
+def test_population_slurm_where_there_is_no_slurm_is_one_line_and_the_sweep_ends_failed(tmp_path):
+    out = subprocess.run(command("nnexp.run", tmp_path, "-m", "dataset=digits", "eta=0.1,0.5",
+                                 "hydra/launcher=population_slurm"), cwd=tmp_path, capture_output=True, text=True,
+                         env={**os.environ, "PATH": os.path.dirname(sys.executable) + ":/usr/bin:/bin"}, timeout=120)
+    assert out.returncode == 2 and "Traceback" not in out.stdout + out.stderr
+    (line,) = [l for l in (out.stdout + out.stderr).splitlines() if "are you indeed on a slurm cluster" in l]
+    assert "hydra.launcher.submitit=slurm" in line
+    (parent,) = runs_in(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert parent.info.status == "FAILED"

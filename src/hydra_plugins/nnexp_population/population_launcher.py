@@ -111,6 +111,7 @@ class PopulationLauncher(Launcher):
         """Each population group as one submitit job (see ``nnexp.runner.cluster``)."""
         from nnexp import runner
         from nnexp.cli.callbacks import end_interrupted_sweep
+        from nnexp.config.errors import NnexpError
         from nnexp.runner.cluster import ClusterSettings, run_groups
         from nnexp.runner.sweep import plan
 
@@ -126,6 +127,9 @@ class PopulationLauncher(Launcher):
         except runner.INTERRUPTIONS:
             end_interrupted_sweep(self.config)
             raise SystemExit(130) from None
+        except NnexpError as exc:  # e.g. no SLURM on this machine
+            end_interrupted_sweep(self.config, str(exc), status="FAILED")
+            raise SystemExit(2) from None
         return self._returns(composed, dict(zip(order, results)), sweep_dir)
 
     @staticmethod

@@ -176,17 +176,18 @@ def _open_store(uri: str, experiment: str, parent, sweep_id: str) -> None:
     log.info("sweep %s: %s", sweep_id, parent.location)
 
 
-def end_interrupted_sweep(config: DictConfig, what: str = "") -> None:
+def end_interrupted_sweep(config: DictConfig, what: str = "", status: str = "KILLED") -> None:
     """Ctrl-C or SIGTERM reached the launching process: its jobs are recorded KILLED, so end the
     sweep's parent run KILLED too (Hydra skips on_multirun_end then), with one line that starts
-    with ``what`` (e.g. what happened to the job that was running)."""
+    with ``what`` (e.g. what happened to the job that was running). ``status`` FAILED: the sweep
+    could not start its jobs (``what`` says why)."""
     record = os.environ.get(PARENT_RECORD_ENV)
     for name in (PARENT_ENV, PARENT_RECORD_ENV, SWEEP_ENV):
         os.environ.pop(name, None)
-    head = f"interrupted: {what}; " if what else "interrupted: "
+    head = (f"interrupted: {what}; " if what else "interrupted: ") if status == "KILLED" else f"{what}; "
     if record and config.get("tracking", {}).get("enabled", False):
         parent = tracking.ParentRun.of_record(Path(record))
         if not parent.record.ended():
-            log.error("%ssweep ended, %s", head, parent.end_sweep("KILLED"))
+            log.error("%ssweep ended, %s", head, parent.end_sweep(status))
             return
     log.error("%ssweep ended", head)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from nnexp import tracking
+from nnexp.config.errors import NnexpError
 from nnexp.runner import resume
 from nnexp.runner.job import Job
 from nnexp.runner.pool import LOG_FORMAT, one_blas_thread, quiet_libraries
@@ -91,9 +92,12 @@ def executor(settings: ClusterSettings, folder: Path):
     import submitit
 
     if settings.kind not in KINDS:
-        raise ValueError(f"hydra.launcher.submitit must be one of {', '.join(KINDS)}, got {settings.kind!r}")
-    ex = submitit.AutoExecutor(folder=folder, cluster=settings.kind,
-                               **{f"{settings.kind}_max_num_timeout": settings.max_num_timeout})
+        raise NnexpError(f"hydra.launcher.submitit must be one of {', '.join(KINDS)}, got {settings.kind!r}")
+    try:
+        ex = submitit.AutoExecutor(folder=folder, cluster=settings.kind,
+                                   **{f"{settings.kind}_max_num_timeout": settings.max_num_timeout})
+    except RuntimeError as exc:  # e.g. no SLURM here
+        raise NnexpError(f"hydra.launcher.submitit={settings.kind}: {exc}") from None
     params: dict[str, Any] = {"timeout_min": settings.timeout_min, "cpus_per_task": settings.cpus_per_task,
                               "name": "nnexp-population"}
     if settings.mem_gb is not None:
