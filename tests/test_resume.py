@@ -219,3 +219,59 @@ def test_population_slurm_where_there_is_no_slurm_is_one_line_and_the_sweep_ends
     assert "hydra.launcher.submitit=slurm" in line
     (parent,) = runs_in(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert parent.info.status == "FAILED"
+
+
+@pytest.mark.slow
+def test_a_killed_studys_grid_trials_resume_as_the_same_runs_and_the_stage_decides_the_same(tmp_path):
+    """The broad strategy's first stage (a grid of eta decades, three seeds each), SIGKILLed with
+    trials mid-way and re-run: the points it retries go on from their checkpoints as the same
+    MLflow runs (tagged with their new trial), every trial run ends bit-for-bit as the
+    uninterrupted study's run of its (eta, seed), and the stage's decision is the same."""
+    study = ["dataset=digits", "study.eta.epochs=40", "study.stop_after=eta_threshold", "study.workers=1"]
+
+    def decision(out):
+        (line,) = [l for l in (out.stdout + out.stderr).splitlines() if "stage eta_threshold:" in l]
+        return line.split("stage eta_threshold:", 1)[1]
+
+    whole_out = run_in(tmp_path / "whole", *study, module="nnexp.study")
+    whole = f"sqlite:///{tmp_path / 'whole' / 'mlflow.db'}"
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    proc = subprocess.Popen(command("nnexp.study", cut, *study), cwd=cut, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    while not sum(evaluations(p.parent / "events.jsonl") >= 10 and (p.parent / "checkpoint.npz").exists()
+                  for p in cut.rglob("record*/events.jsonl")) >= 3:
+        assert proc.poll() is None, "the study ended before it was killed"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    out = run_in(cut, *study, module="nnexp.study")
+    assert len(resumed_from(out.stdout + out.stderr)) >= 3
+    assert decision(out) == decision(whole_out)
+
+    def trial_runs(uri):
+        return {(r.data.params["eta"], r.data.params["seed"]): r for r in runs_in(uri) if "nnexp.trial" in r.data.tags}
+
+    got, want = trial_runs(f"sqlite:///{cut / 'mlflow.db'}"), trial_runs(whole)
+    assert sorted(got) == sorted(want)  # one run per (eta, seed): the resumed ones were not trained twice
+    resumed = [k for k, r in got.items() if "nnexp.resumed" in r.data.tags]
+    assert len(resumed) >= 3
+    for key, run in got.items():
+        assert run.info.status == "FINISHED"
+        g, w = trial_outcome(f"sqlite:///{cut / 'mlflow.db'}", run), trial_outcome(whole, want[key])
+        assert_same_outcome(g, w)
+
+
+def trial_outcome(uri: str, run) -> tuple[dict, dict]:
+    """A study trial's metric histories (but the clocks) and its final weights: a trial logs no
+    model, so they are read from the final checkpoint beside its record."""
+    from conftest import CLOCK_METRICS
+    from nnexp.train import checkpoint
+
+    client = MlflowClient(uri)
+    metrics = {key: sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
+               for key in run.data.metrics if key not in CLOCK_METRICS}
+    state = checkpoint.load(Path(run.data.tags["nnexp.record"]) / "checkpoint.npz", run.data.tags["nnexp.config_hash"])
+    assert state.finished
+    arrays = {f"w{l}": w for l, w in enumerate(state.weights)} | {f"b{l}": b for l, b in enumerate(state.biases)}
+    return metrics, arrays

@@ -132,7 +132,8 @@ class RunTracker:
         self.record = record
         self.logged_through = record.last_step()
         record.resume(where)
-        record.tags({TAG_STATUS: RUNNING, TAG_RESUMED: f"{record.resumes()}, last from {where}"})
+        # this job's tags (its population, a retried study trial's number), RUNNING and resumed
+        record.tags({**self.tags, TAG_STATUS: RUNNING, TAG_RESUMED: f"{record.resumes()}, last from {where}"})
         return self._upload_start(t0)
 
     def _upload_start(self, t0: float) -> str | None:
