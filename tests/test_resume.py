@@ -142,6 +142,7 @@ def test_a_damaged_checkpoint_is_one_line_and_the_run_trains_again_in_the_same_r
     assert_same_outcome(run_outcome(uri, got), run_outcome(f"sqlite:///{tmp_path / 'whole' / 'mlflow.db'}", want))
 
 
+@pytest.mark.slow
 def test_a_population_job_preempted_on_submitit_is_requeued_and_ends_the_sweep_with_its_launcher_gone(tmp_path):
     """``hydra/launcher=population_submitit_local``: the three runs train as one submitit job (one
     batched population). The job's process gets the preemption signal (USR2, as SLURM sends it)
@@ -275,3 +276,44 @@ def trial_outcome(uri: str, run) -> tuple[dict, dict]:
     assert state.finished
     arrays = {f"w{l}": w for l, w in enumerate(state.weights)} | {f"b{l}": b for l, b in enumerate(state.biases)}
     return metrics, arrays
+
+
+@pytest.mark.slow
+def test_a_killed_reports_runs_resume_when_the_report_is_run_again(tmp_path):
+    """``nnexp.report``: its runs SIGKILLed mid-way (one population of three), the same report run
+    again relaunches them (a figure counts only FINISHED runs) and each goes on from its checkpoint
+    as the same MLflow run, ending bit-for-bit as the uninterrupted report's run."""
+    report = [sys.executable, "-m", "nnexp.report", "multiple_eta", "--seeds", "1", "-o", "dataset=digits",
+              "-o", "epochs=300"]
+
+    def env(cwd):
+        return {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{cwd / 'mlflow.db'}"}
+
+    def by_hash(cwd):
+        return {r.data.tags["nnexp.config_hash"]: r for r in runs_in(f"sqlite:///{cwd / 'mlflow.db'}")
+                if "nnexp.config_hash" in r.data.tags}
+
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    for d in (whole, cut):
+        d.mkdir()
+    done = subprocess.run(report, cwd=whole, env=env(whole), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    proc = subprocess.Popen(report, cwd=cut, env=env(cut), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    while True:
+        children = [p.parent for p in cut.rglob("record*/events.jsonl") if '"nnexp.config_hash"' in p.read_text()]
+        if len(children) == 3 and all(evaluations(r / "events.jsonl") >= 10 and (r / "checkpoint.npz").exists()
+                                      for r in children):
+            break
+        assert proc.poll() is None, "the report ended before it was killed"
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    again = subprocess.run(report, cwd=cut, env=env(cut), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    got, want = by_hash(cut), by_hash(whole)
+    assert sorted(got) == sorted(want) and len(got) == 3  # each configuration once: resumed, not trained twice
+    for key, run in got.items():
+        assert run.info.status == "FINISHED" and run.data.tags["nnexp.resumed"].startswith("1, last from epoch")
+        assert_same_outcome(run_outcome(f"sqlite:///{cut / 'mlflow.db'}", run),
+                            run_outcome(f"sqlite:///{whole / 'mlflow.db'}", want[key]))
