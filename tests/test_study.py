@@ -1,6 +1,7 @@
 """``python -m nnexp.study``: real Optuna storages (SQLite, PostgreSQL), real MLflow, digits."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -310,27 +311,44 @@ def is_worker_of(pid: int, parent: int) -> bool:
     return stat[0] not in "ZX" and int(stat[1]) == parent and b"multiprocessing" in cmdline
 
 
+def checkpointed_evaluations(run_dir: str) -> int:
+    """How many evaluations a trial's record holds once its checkpoint exists (0 before)."""
+    record = Path(run_dir) / "record"
+    try:
+        return (record / "events.jsonl").read_text().count('"event":"metrics"') if (record / "checkpoint.npz").exists() else 0
+    except OSError:
+        return 0
+
+
 @pytest.mark.slow  # multi-process robustness: run by .ci/run
-@pytest.mark.parametrize("population", [1, 2])
-def test_a_worker_killed_mid_trial_is_failed_by_heartbeat_and_retried(workdir, population):
-    storage = f"sqlite:///{workdir / 'optuna.db'}"
+@pytest.mark.parametrize("kind, backend, population", [("tpe", "sqlite", 1), ("tpe", "sqlite", 2),
+                                                       ("tpe", "postgresql", 1), ("random", "postgresql", 1)])
+def test_a_worker_killed_mid_trial_is_failed_by_heartbeat_and_retried_from_its_checkpoint(
+        workdir, request, kind, backend, population):
+    """A worker SIGKILLed mid-trial: the study goes on; the trial is told FAIL once its heartbeat
+    is stale and retried with its parameters, and the retry goes on from the trial's checkpoint
+    as the same MLflow run (its record resumed). On SQLite and on PostgreSQL (a shared storage)."""
+    storage = (f"sqlite:///{workdir / 'optuna.db'}" if backend == "sqlite"
+               else request.getfixturevalue("postgres")(f"killed_{kind}_{population}"))
     proc = subprocess.Popen([sys.executable, "-m", "nnexp.study", *tpe(
-        "study.n_trials=4", "study.epochs=400", "study.patience=1000", "study.pruner=none",
+        f"study={kind}", "study.n_trials=4", "study.epochs=400", "study.patience=1000", "study.pruner=none",
         "study.heartbeat_seconds=1", "study.grace_seconds=3", f"study.population={population}",
+        f"study.storage={storage}",
         "~study.space", "+study.space={eta:{low:0.05,high:1.0,log:true},lmbda:{low:0.1,high:10.0,log:true}}"),
         "--workers", "2"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    name = f"{kind}/search"
     victim, deadline = None, time.time() + 120
     while victim is None and time.time() < deadline:
-        time.sleep(0.5)
+        time.sleep(0.2)
         try:
-            running = [t for t in stage(storage, "tpe/search").trials
-                       if t.state == TrialState.RUNNING and "mlflow_run_id" in t.user_attrs]
+            running = [t for t in stage(storage, name).trials
+                       if t.state == TrialState.RUNNING and "mlflow_run_id" in t.user_attrs
+                       and checkpointed_evaluations(t.user_attrs["run_dir"]) >= 5]  # into its training
         except Exception:  # storage or study not there yet
             continue
         if running:
-            time.sleep(1.0)  # into its training
-            victim = stage(storage, "tpe/search").trials[running[0].number]
+            victim = stage(storage, name).trials[running[0].number]
             pid = victim.user_attrs["worker_pid"]
             # still that trial's worker: RUNNING in the storage and a spawned worker of this study's process
             if victim.state != TrialState.RUNNING or not is_worker_of(pid, proc.pid):
@@ -340,11 +358,17 @@ def test_a_worker_killed_mid_trial_is_failed_by_heartbeat_and_retried(workdir, p
     assert victim is not None, "no trial started"
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err
-    trials = stage(storage, "tpe/search").trials
+    trials = stage(storage, name).trials
     assert trials[victim.number].state == TrialState.FAIL
     finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(finished) == 4
-    assert any(t.system_attrs.get("failed_trial") == victim.number for t in trials)  # the retry
+    (retry,) = [t for t in trials if t.system_attrs.get("failed_trial") == victim.number]
+    assert retry.params == victim.params and retry.state == TrialState.COMPLETE
+    # the retry went on with the victim's run, from its checkpoint
+    assert retry.user_attrs["mlflow_run_id"] == victim.user_attrs["mlflow_run_id"]
+    run = MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).get_run(retry.user_attrs["mlflow_run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["nnexp.trial"] == str(retry.number)
+    assert int(re.search(r"from epoch (\d+)", run.data.tags["nnexp.resumed"]).group(1)) >= 5
 
 
 ASKER = BARRIER + """
