@@ -13,6 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import assert_same_outcome, run_outcome
+from nnexp.train import checkpoint
 
 LONG = ["dataset=digits", "epochs=80"]  # seconds of training: there is time to kill it mid-way
 
@@ -52,22 +53,29 @@ def killed_in(cwd: Path, *args: str, runs: int, after: int = 10, behind: bool = 
     while True:
         records = [p.parent for p in cwd.rglob("record*/events.jsonl")]
         children = [r for r in records if '"nnexp.config_hash"' in (r / "events.jsonl").read_text()]  # not the sweep's
-        if len(children) == runs and all(evaluations(r / "events.jsonl") >= after and (r / "checkpoint.npz").exists()
+        if len(children) == runs and all(evaluations(r / "events.jsonl") >= after and checkpoint.exists(r / "checkpoint.bin")
                                          for r in children):
             break
         assert proc.poll() is None, f"the command ended before it was killed: {proc.stderr.read()[-2000:]}"
         time.sleep(0.02)
     if behind:
         (record,) = children
-        early, logged = (record / "checkpoint.npz").read_bytes(), evaluations(record / "events.jsonl")
+        slots = checkpoint.slot_paths(record / "checkpoint.bin")
+        os.killpg(proc.pid, signal.SIGSTOP)  # a still copy (a slot stopped mid-write is passed over on reading)
+        early, logged = [p.read_bytes() if p.exists() else None for p in slots], evaluations(record / "events.jsonl")
+        os.killpg(proc.pid, signal.SIGCONT)
         while evaluations(record / "events.jsonl") < logged + 3:
             assert proc.poll() is None, "the command ended before it was killed"
             time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     proc.stderr.close()
-    if behind:
-        (record / "checkpoint.npz").write_bytes(early)
+    if behind:  # both slots as they were 3+ evaluations ago (the history file only grew)
+        for p, data in zip(slots, early):
+            if data is None:
+                p.unlink(missing_ok=True)
+            else:
+                p.write_bytes(data)
 
 
 def resumed_from(output: str) -> list[float]:
@@ -84,11 +92,11 @@ def test_a_run_killed_with_sigkill_and_run_again_is_the_same_mlflow_run_bit_for_
     cut = tmp_path / "cut"
     killed_in(cut, *LONG, runs=1, behind=True)
     uri = f"sqlite:///{cut / 'mlflow.db'}"
-    (record,) = cut.rglob("record/checkpoint.npz")
-    record.with_name("checkpoint.npz.tmp").write_bytes(b"half a checkpoint")
+    (record,) = [p.parent for p in cut.rglob("record/events.jsonl")]
+    (record / "checkpoint-history.jsonl.tmp").write_bytes(b"half a history")  # never read
     out = run_in(cut, *LONG)
     (epoch,) = resumed_from(out.stdout + out.stderr)
-    assert 10 <= epoch < 80
+    assert 9 <= epoch < 80
     (got,) = runs_in(uri)
     assert got.info.status == "FINISHED" and got.data.tags["nnexp.status"] == "completed"
     assert got.data.tags["nnexp.resumed"].startswith("1, last from epoch")
@@ -123,19 +131,30 @@ def test_the_members_of_a_killed_population_resume_and_each_ends_as_if_never_sto
         assert_same_outcome(run_outcome(uri, run), run_outcome(whole, want[run.data.params["eta"]]))
 
 
-def test_a_damaged_checkpoint_is_one_line_and_the_run_trains_again_in_the_same_record(tmp_path):
-    """A checkpoint that cannot be read: one warning line, the run trains again from the start as
-    the same MLflow run, its evaluations logged once each, its end the uninterrupted run's."""
+@pytest.mark.parametrize("damaged", ["newest", "both"])
+def test_a_damaged_checkpoint_is_one_line_and_the_run_goes_on_from_the_previous_or_from_the_start(tmp_path, damaged):
+    """The newest checkpoint cut short (a process killed mid-write, a full disk): one warning line,
+    and the run goes on from the previous checkpoint. Both damaged: one line, and the run trains
+    again from the start in its same record. Either way the same MLflow run, each evaluation
+    logged once, its end the uninterrupted run's."""
     run_in(tmp_path / "whole", *LONG)
     (want,) = runs_in(f"sqlite:///{tmp_path / 'whole' / 'mlflow.db'}")
     cut = tmp_path / "cut"
     killed_in(cut, *LONG, runs=1)
-    (checkpoint,) = cut.rglob("record/checkpoint.npz")
-    data = checkpoint.read_bytes()
-    checkpoint.write_bytes(data[: len(data) // 2])
+    (record,) = [p.parent for p in cut.rglob("record/events.jsonl")]
+    slots = sorted(checkpoint.slot_paths(record / "checkpoint.bin"), key=checkpoint.sequence)
+    for slot in slots[-1:] if damaged == "newest" else slots:
+        data = slot.read_bytes()
+        slot.write_bytes(data[: len(data) // 2])
     out = run_in(cut, *LONG)
     lines = [l for l in (out.stdout + out.stderr).splitlines() if "is damaged" in l]
-    assert len(lines) == 1 and "trains again from the start" in lines[0], out.stdout + out.stderr
+    assert len(lines) == 1, out.stdout + out.stderr
+    if damaged == "newest":
+        assert "resumed from the previous checkpoint" in lines[0]
+        (epoch,) = resumed_from(out.stdout + out.stderr)
+        assert epoch >= 9
+    else:
+        assert "trains again from the start" in lines[0] and "resumed from the start" in out.stdout + out.stderr
     uri = f"sqlite:///{cut / 'mlflow.db'}"
     (got,) = runs_in(uri)
     assert got.info.status == "FINISHED" and "nnexp.resumed" in got.data.tags
@@ -161,7 +180,7 @@ def test_a_population_job_preempted_on_submitit_is_requeued_and_ends_the_sweep_w
                                 cwd=cut, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     while True:
         children = [p.parent for p in cut.rglob("record*/events.jsonl") if '"nnexp.config_hash"' in p.read_text()]
-        if len(children) == 3 and all(evaluations(r / "events.jsonl") >= 10 and (r / "checkpoint.npz").exists()
+        if len(children) == 3 and all(evaluations(r / "events.jsonl") >= 10 and checkpoint.exists(r / "checkpoint.bin")
                                       for r in children):
             break
         assert launcher.poll() is None, launcher.stderr.read()[-3000:]
@@ -240,7 +259,7 @@ def test_a_killed_studys_grid_trials_resume_as_the_same_runs_and_the_stage_decid
     cut.mkdir()
     proc = subprocess.Popen(command("nnexp.study", cut, *study), cwd=cut, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
-    while not sum(evaluations(p.parent / "events.jsonl") >= 10 and (p.parent / "checkpoint.npz").exists()
+    while not sum(evaluations(p.parent / "events.jsonl") >= 10 and checkpoint.exists(p.parent / "checkpoint.bin")
                   for p in cut.rglob("record*/events.jsonl")) >= 3:
         assert proc.poll() is None, "the study ended before it was killed"
         time.sleep(0.05)
@@ -272,7 +291,7 @@ def trial_outcome(uri: str, run) -> tuple[dict, dict]:
     client = MlflowClient(uri)
     metrics = {key: sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
                for key in run.data.metrics if key not in CLOCK_METRICS}
-    state = checkpoint.load(Path(run.data.tags["nnexp.record"]) / "checkpoint.npz", run.data.tags["nnexp.config_hash"])
+    state = checkpoint.load(Path(run.data.tags["nnexp.record"]) / "checkpoint.bin", run.data.tags["nnexp.config_hash"])
     assert state.finished
     arrays = {f"w{l}": w for l, w in enumerate(state.weights)} | {f"b{l}": b for l, b in enumerate(state.biases)}
     return metrics, arrays
@@ -302,7 +321,7 @@ def test_a_killed_reports_runs_resume_when_the_report_is_run_again(tmp_path):
                             start_new_session=True)
     while True:
         children = [p.parent for p in cut.rglob("record*/events.jsonl") if '"nnexp.config_hash"' in p.read_text()]
-        if len(children) == 3 and all(evaluations(r / "events.jsonl") >= 10 and (r / "checkpoint.npz").exists()
+        if len(children) == 3 and all(evaluations(r / "events.jsonl") >= 10 and checkpoint.exists(r / "checkpoint.bin")
                                       for r in children):
             break
         assert proc.poll() is None, "the report ended before it was killed"

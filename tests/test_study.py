@@ -313,9 +313,11 @@ def is_worker_of(pid: int, parent: int) -> bool:
 
 def checkpointed_evaluations(run_dir: str) -> int:
     """How many evaluations a trial's record holds once its checkpoint exists (0 before)."""
+    from nnexp.train import checkpoint
+
     record = Path(run_dir) / "record"
     try:
-        return (record / "events.jsonl").read_text().count('"event":"metrics"') if (record / "checkpoint.npz").exists() else 0
+        return (record / "events.jsonl").read_text().count('"event":"metrics"') if checkpoint.exists(record / "checkpoint.bin") else 0
     except OSError:
         return 0
 

@@ -218,7 +218,7 @@ def test_a_population_resumed_from_any_of_its_checkpoints_ends_bit_for_bit_as_if
 
         def keeper(k):
             def keep(state):
-                checkpoint.save(tmp_path / f"m{k}.npz", state)
+                checkpoint.save(tmp_path / f"m{k}.bin", state)
                 saved.append(k)
                 if len(saved) == stop_after:
                     raise Stop
@@ -229,14 +229,15 @@ def test_a_population_resumed_from_any_of_its_checkpoints_ends_bit_for_bit_as_if
             fit_population(nets, TRAIN, specs, validation=VAL, test=TEST, streams=streams,
                            checkpoints=[keeper(0), keeper(1)])
         for k, spec in enumerate(specs):
-            path = tmp_path / f"m{k}.npz"
-            state = checkpoint.load(path, "") if path.exists() else None  # none yet: from the start
+            path = tmp_path / f"m{k}.bin"
+            state = checkpoint.load(path, "") if checkpoint.exists(path) else None  # none yet: from the start
             if state is None or not state.finished:
                 stream = Streams.from_seed(k)  # the member's own seed, as in the population
                 net = init_network([8, 10, 3], stream.init, dtype=dtype)
                 history = fit_population([net], TRAIN, [spec], validation=VAL, test=TEST, streams=[stream],
                                          resume=[state])[0]
-                path.unlink(missing_ok=True)
+                for f in (*checkpoint.slot_paths(path), checkpoint.history_path(path)):
+                    f.unlink(missing_ok=True)
                 weights = net.copy_params()
             else:
                 history, weights = state.history, (state.weights, state.biases)
@@ -249,21 +250,40 @@ def test_a_population_resumed_from_any_of_its_checkpoints_ends_bit_for_bit_as_if
     assert {(1, False, True), (1, True, False), (0, False, True)} <= outcomes, outcomes
 
 
-def test_a_damaged_or_foreign_checkpoint_is_refused_with_one_line(tmp_path):
+def test_a_damaged_checkpoint_falls_back_to_the_previous_one_and_a_foreign_one_is_refused(tmp_path):
+    """Two slots, written in turn: a newest slot cut short, scrambled or with one bit flipped is
+    passed over for the previous one (said in one line); both damaged, or another configuration's,
+    is a one-line CheckpointError. The history file's lines beyond a state's count are not its own."""
     from nnexp.train import checkpoint, fit_population
 
     nets, streams = _population([None], np.float64)
     saved = []
+    path = tmp_path / "c.bin"
+    writer = checkpoint.Writer(path)
     fit_population(nets, TRAIN, [TrainSpec(epochs=2, mini_batch_size=10, eta=0.5)], validation=VAL, streams=streams,
-                   checkpoints=[lambda s: (setattr(s, "identity", "abc"), checkpoint.save(tmp_path / "c.npz", s),
-                                           saved.append(1))])
-    assert len(saved) == 3  # two evaluations and the end
-    assert checkpoint.load(tmp_path / "c.npz", "abc").finished
+                   checkpoints=[lambda s: (setattr(s, "identity", "abc"), writer.save(s), saved.append(s.finished))])
+    assert saved == [False, False, True]  # two evaluations and the end
+    assert checkpoint.load(path, "abc").finished
     with pytest.raises(checkpoint.CheckpointError, match="another configuration"):
-        checkpoint.load(tmp_path / "c.npz", "other")
-    data = (tmp_path / "c.npz").read_bytes()
-    for damaged in (data[: len(data) // 2], data[:200] + bytes(len(data) - 200), b""):
-        (tmp_path / "c.npz").write_bytes(damaged)
-        with pytest.raises(checkpoint.CheckpointError, match="damaged") as err:
-            checkpoint.load(tmp_path / "c.npz", "abc")
-        assert "\n" not in str(err.value)
+        checkpoint.load(path, "other")
+    newest, previous = sorted(checkpoint.slot_paths(path), key=checkpoint.sequence, reverse=True)
+    data = newest.read_bytes()
+    flipped = bytearray(data)
+    flipped[-5] ^= 1  # one bit of one weight
+    for damaged in (data[: len(data) // 2], data[:200] + bytes(len(data) - 200), b"", bytes(flipped)):
+        newest.write_bytes(damaged)
+        state = checkpoint.load(path, "abc")
+        assert not state.finished and len(state.history.records) == 2  # the previous one: after epoch 2
+        assert "is damaged" in state.note and "\n" not in state.note
+    previous.write_bytes(b"")
+    with pytest.raises(checkpoint.CheckpointError, match="damaged") as err:
+        checkpoint.load(path, "abc")
+    assert "\n" not in str(err.value)
+    newest.write_bytes(data)
+    history = checkpoint.history_path(path)
+    lines = history.read_text().splitlines(keepends=True)
+    history.write_text("".join(lines) + '{"epoch": 3')  # a line cut short after the checkpoint: not its own
+    assert len(checkpoint.load(path, "abc").history.records) == 2
+    history.write_text(lines[0])  # its history lost a record
+    with pytest.raises(checkpoint.CheckpointError, match="1 of its 2 records"):
+        checkpoint.load(path, "abc")

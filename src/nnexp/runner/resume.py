@@ -26,11 +26,11 @@ from nnexp.config.identity import config_hash, identity_hash
 from nnexp.config.names import TAG_STAGE, TAG_STUDY
 from nnexp.runner.job import Job
 from nnexp.tracking.record import RunRecord
-from nnexp.train.checkpoint import CheckpointError, MemberState, load, save
+from nnexp.train.checkpoint import CheckpointError, MemberState, Writer, load
 
 log = logging.getLogger("nnexp.run")
 
-CHECKPOINT = "checkpoint.npz"  # in the record directory, beside events.jsonl
+CHECKPOINT = "checkpoint.bin"  # in the record directory, beside events.jsonl (and its history)
 
 
 def index_dir() -> Path:
@@ -91,6 +91,8 @@ def find(job: Job) -> Earlier | None:
         return None
     try:
         state = load(record.dir / CHECKPOINT, identity(job))
+        if state.note:
+            log.warning("%s (%s)", state.note, record.start.get("run_name"))
     except FileNotFoundError:
         state = None
     except CheckpointError as exc:
@@ -134,10 +136,10 @@ class Saver:
     the seconds that took (``seconds``: what checkpoints cost the run)."""
 
     def __init__(self, job: Job, record: RunRecord) -> None:
-        self.path, self.identity, self.seconds = record.dir / CHECKPOINT, identity(job), 0.0
+        self.writer, self.identity, self.seconds = Writer(record.dir / CHECKPOINT), identity(job), 0.0
 
     def __call__(self, state: MemberState) -> None:
         t0 = time.perf_counter()
         state.identity = self.identity
-        save(self.path, state)
+        self.writer.save(state)
         self.seconds += time.perf_counter() - t0
