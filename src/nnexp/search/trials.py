@@ -72,7 +72,6 @@ def _trial_jobs(trial, plan: StagePlan) -> list:
 
     params = {name: _suggest(trial, name, dist) for name, dist in plan.space.items()}
     c = trial_config(plan, params)
-    trial.set_user_attr("worker_pid", os.getpid())
     trial.set_user_attr("eta_used", c.eta)
     trial.set_user_attr("lmbda_used", c.lmbda)
 
@@ -180,7 +179,9 @@ def ask_trial(study, storage_url: str):
 
     with sqlite_lock(storage_url):
         optuna.storages.fail_stale_trials(study)  # a killed worker's trial: FAIL, then retried
-        return study.ask()
+        trial = study.ask()
+        trial.set_user_attr("worker_pid", os.getpid())  # from its first moment: see api.fail_orphaned_trials
+        return trial
 
 
 def _tell(study, trial, outcome) -> None:
