@@ -357,16 +357,20 @@ def run_stage_budget(plan: StagePlan, n_trials: int, workers: int, budget_images
                      budget_seconds: float | None = None, pool: runner.WorkerPool | None = None):
     """Sampler stage with optional budgets (for fair comparisons): no new trials once the finished
     ones used ``budget_images`` training images, or once ``budget_seconds`` of wall clock passed
-    since the stage started (a trial running then finishes)."""
+    since its first trial started (a trial running then finishes). The clock starts with the first
+    trial, as tuning time is measured (``bench.study``): the stage's start-up is not tuning."""
+    import datetime
+
     if not budget_images and not budget_seconds:
         return run_stage(plan, n_trials, workers, pool=pool)
-    start = time.perf_counter()
     study, n = None, 0
     while n < n_trials:
         n = min(n_trials, n + workers)
         study = run_stage(plan, n, workers, pool=pool)
-        used = sum(t.user_attrs.get("images", 0) for t in finished_trials(study))
-        if (budget_images and used >= budget_images) or \
-                (budget_seconds and time.perf_counter() - start >= budget_seconds):
+        done = finished_trials(study)
+        used = sum(t.user_attrs.get("images", 0) for t in done)
+        first = min((t.datetime_start for t in done), default=None)
+        spent = (datetime.datetime.now() - first).total_seconds() if first else 0.0  # Optuna's clock: local time
+        if (budget_images and used >= budget_images) or (budget_seconds and spent >= budget_seconds):
             break
     return study
