@@ -131,7 +131,7 @@ def test_the_members_of_a_killed_population_resume_and_each_ends_as_if_never_sto
         assert_same_outcome(run_outcome(uri, run), run_outcome(whole, want[run.data.params["eta"]]))
 
 
-@pytest.mark.parametrize("damaged", ["newest", "both"])
+@pytest.mark.parametrize("damaged", [pytest.param("newest", marks=pytest.mark.slow), "both"])  # newest: also in test_train
 def test_a_damaged_checkpoint_is_one_line_and_the_run_goes_on_from_the_previous_or_from_the_start(tmp_path, damaged):
     """The newest checkpoint cut short (a process killed mid-write, a full disk): one warning line,
     and the run goes on from the previous checkpoint. Both damaged: one line, and the run trains

@@ -230,7 +230,7 @@ def assert_one_interrupted_line(code: int, out: str, err: str) -> None:
     assert "Traceback" not in out + err
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)])  # the same handler: Ctrl-C in .ci/run's slow part
 def test_sigterm_or_ctrl_c_leaves_the_run_killed_with_its_metrics(store, signum):
     proc = subprocess.Popen([sys.executable, "-m", "nnexp.run", "dataset=digits", "epochs=100000"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

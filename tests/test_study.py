@@ -401,7 +401,7 @@ def test_two_processes_never_pop_the_same_waiting_trial(workdir):
     assert {t.state for t in study.get_trials()} == {TrialState.RUNNING}
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])  # a server: slow part
 def test_two_workers_on_a_fresh_storage_lose_nothing(workdir, backend, request):
     if backend == "sqlite":
         url = shown = f"sqlite:///{workdir / 'optuna.db'}"
