@@ -310,6 +310,10 @@ def test_tracking_off_creates_no_store(tmp_path, monkeypatch):
     (["cost=quadratc"], "choose one of: cross_entropy, log_likelihood, quadratic"),
     (["dataset=digits", "eta=-1"], "eta must be a positive number"),
     (["dataset=digits", "mini_batch_size=5000"], "larger than the training set"),
+    (["dataset=digits", "schedule=piecewise", "schedule.points=[[10,0.5,5],[5,0.1,1]]"], "at increasing image counts"),
+    (["dataset=digits", "schedule=piecewise", "schedule.points=[[10,0.5]]"], "row is [images >= 0 (whole), eta > 0"),
+    (["dataset=digits", "schedule=piecewise", "schedule.points=[[0,abc,1]]"], "row is [images >= 0 (whole), eta > 0"),
+    (["dataset=digits", "schedule.points=[[0,0.5,1]]"], "schedule.points is for schedule=piecewise"),
 ])
 def test_bad_input_is_one_line(store, args, fragment, capsys):
     from nnexp.run import main
@@ -522,6 +526,7 @@ def test_a_preset_sweep_gives_three_children_tagged_with_the_preset(store, launc
     ("momentum=0.5", lambda p: p["momentum"] == "0.5"),
     ("dtype=float32", lambda p: p["dtype"] == "float32"),
     ("schedule=halve_on_plateau", lambda p: p["schedule"] == "halve_on_plateau"),
+    ("schedule=piecewise", lambda p: (p["schedule"], p["schedule.points"]) == ("piecewise", "[[0, 0.5, 5.0]]")),
     ("early_stopping=no_improvement", lambda p: p["early_stopping"] == "no_improvement"),
     ("monitor.every_images=400", lambda p: p["monitor.every_images"] == "400"),
     ("monitor.validation_sample=50", lambda p: p["monitor.validation_sample"] == "50"),

@@ -1,12 +1,13 @@
 """Training-loop tests on small synthetic problems (fast)."""
 
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from nnexp.engine.network import init_network
-from nnexp.train import (DIVERGED, EARLY_STOPPED, EarlyStopping, HalveOnPlateau, Monitor,
+from nnexp.train import (DIVERGED, EARLY_STOPPED, EarlyStopping, HalveOnPlateau, Monitor, Piecewise,
                          Streams, TrainSpec, fit)
 
 
@@ -197,21 +198,24 @@ def test_a_population_resumed_from_any_of_its_checkpoints_ends_bit_for_bit_as_if
     """The whole state a member's next step depends on is in its checkpoint: killed after its
     n-th checkpoint (every n, mid-epoch ones included), each member resumed from its file (alone:
     another population composition) has the uninterrupted run's every record and final weights.
-    The members use momentum, dropout, a validation sample every 110 images, halve-on-plateau
-    and early stopping with restore, so every piece of state is exercised."""
+    The members use momentum, dropout, a validation sample every 110 images, halve-on-plateau,
+    early stopping with restore and a piecewise eta/lambda schedule, so every piece of state is
+    exercised."""
     from nnexp.train import checkpoint, fit_population
 
     monitor = Monitor(ALL, every_images=110, validation_sample=50)
     specs = [TrainSpec(epochs=6, mini_batch_size=10, eta=0.5, lmbda=0.5, momentum=0.5, dropout=0.2, monitor=monitor,
                        schedule=HalveOnPlateau(2, 1 / 8), early_stopping=EarlyStopping(6, True)),
-             TrainSpec(epochs=4, mini_batch_size=10, eta=2.0, dropout=0.2, monitor=monitor)]
+             TrainSpec(epochs=4, mini_batch_size=10, eta=2.0, dropout=0.2, monitor=monitor),
+             TrainSpec(epochs=5, mini_batch_size=10, eta=1.0, lmbda=2.0, dropout=0.2, monitor=monitor,
+                       schedule=Piecewise(((250, 0.5, 1.0), (700, 0.2, 4.0))))]
     nets, streams = _population(specs, dtype)
     counted = []
     want = fit_population(nets, TRAIN, specs, validation=VAL, test=TEST, streams=streams,
-                          checkpoints=[counted.append, counted.append])
+                          checkpoints=[counted.append] * len(specs))
     want_weights = [n.copy_params() for n in nets]
     n_checkpoints = len(counted)
-    assert n_checkpoints >= len(want[0].records) + len(want[1].records)  # one per evaluation at least
+    assert n_checkpoints >= sum(len(h.records) for h in want)  # one per evaluation at least
     outcomes = set()
     for stop_after in sorted({*range(1, n_checkpoints, 3), n_checkpoints}):
         saved = []
@@ -227,7 +231,7 @@ def test_a_population_resumed_from_any_of_its_checkpoints_ends_bit_for_bit_as_if
         nets, streams = _population(specs, dtype)
         with pytest.raises(Stop):
             fit_population(nets, TRAIN, specs, validation=VAL, test=TEST, streams=streams,
-                           checkpoints=[keeper(0), keeper(1)])
+                           checkpoints=[keeper(k) for k in range(len(specs))])
         for k, spec in enumerate(specs):
             path = tmp_path / f"m{k}.bin"
             state = checkpoint.load(path, "") if checkpoint.exists(path) else None  # none yet: from the start
@@ -287,3 +291,19 @@ def test_a_damaged_checkpoint_falls_back_to_the_previous_one_and_a_foreign_one_i
     history.write_text(lines[0])  # its history lost a record
     with pytest.raises(checkpoint.CheckpointError, match="1 of its 2 records"):
         checkpoint.load(path, "abc")
+
+
+def test_a_piecewise_schedule_sets_eta_and_lambda_from_its_image_counts_on():
+    """Before its first point the run is the constant run; from a point on, every step uses its
+    eta and lambda (eq. 93: the weight decay changes with lambda), and each evaluation reports them."""
+    base = dict(epochs=4, mini_batch_size=10, eta=0.5, lmbda=1.0, monitor=Monitor(ALL, every_images=100))
+    _, constant = run(TrainSpec(**base))
+    _, same = run(TrainSpec(**base, schedule=Piecewise(((0, 0.5, 1.0),))))
+    assert unclocked(constant.records) == [replace(r, lmbda=None) for r in unclocked(same.records)]
+    _, changed = run(TrainSpec(**base, schedule=Piecewise(((600, 0.1, 5.0), (900, 0.05, 0.0)))))
+    assert [r.lmbda for r in changed.records][:6] == [1.0] * 6 and changed.records[5].images_seen == 600
+    assert unclocked([replace(r, lmbda=None) for r in changed.records[:6]]) == unclocked(constant.records[:6])
+    assert changed.records[6].training_cost != constant.records[6].training_cost  # the change took effect
+    assert [(r.eta, r.lmbda) for r in changed.records[6:9]] == [(0.1, 5.0)] * 3
+    assert {(r.eta, r.lmbda) for r in changed.records[9:]} == {(0.05, 0.0)}
+    assert "lmbda" in changed.records[0].metrics() and "lmbda" not in constant.records[0].metrics()

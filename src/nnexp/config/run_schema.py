@@ -24,7 +24,7 @@ from nnexp.config.names import METRIC_NAMES
 from nnexp.data import CATALOG, DATASETS
 from nnexp.engine import ACTIVATIONS, COSTS, INITS, PENALTIES
 
-SCHEDULES = ("constant", "halve_on_plateau")
+SCHEDULES = ("constant", "halve_on_plateau", "piecewise")
 EARLY_STOPPING = ("off", "no_improvement")
 DTYPES = ("float64", "float32")
 REGULARIZATIONS = ("none", "l2", "l1", "dropout")
@@ -64,6 +64,9 @@ class ScheduleConfig:
     name: str = "constant"  # constant | halve_on_plateau (eta / 2 when validation accuracy stalls)
     patience: int = 10  # halve_on_plateau: evaluations without improvement before halving
     min_factor: float = 1 / 1024  # halve_on_plateau: stop when eta reaches eta0 x min_factor (the book's 1/1024)
+    # piecewise: [images, eta, lmbda] rows, each from that many training images on (before the
+    # first: the run's eta and lmbda); e.g. a population-based training member's schedule
+    points: list[Any] = field(default_factory=list)  # (checked by check_piecewise: OmegaConf cannot merge ints into list[list[float]])
 
 
 @dataclass
@@ -251,6 +254,22 @@ def validate(c: RunConfig) -> None:
     check_validation_monitored(c)
     for name in ("schedule", "early_stopping"):
         _check(getattr(c, name).patience >= 1, f"{name}.patience must be >= 1")
+    check_piecewise(c.schedule)
+
+
+def check_piecewise(s: ScheduleConfig) -> None:
+    """A piecewise schedule's points: [images, eta, lmbda] rows at increasing image counts."""
+    if s.name != "piecewise":
+        _check(not s.points, f"schedule.points is for schedule=piecewise, not {s.name}")
+        return
+    _check(len(s.points) >= 1, "schedule=piecewise needs schedule.points: [[images, eta, lmbda], ...]")
+    for row in s.points:
+        numbers = isinstance(row, (list, tuple)) and len(row) == 3 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in row)
+        _check(numbers and row[0] >= 0 and row[0] == int(row[0]) and row[1] > 0 and row[2] >= 0,
+               f"each schedule.points row is [images >= 0 (whole), eta > 0, lmbda >= 0], got {row}")
+    images = [row[0] for row in s.points]
+    _check(images == sorted(set(images)), f"schedule.points must be at increasing image counts, got {images}")
 
 
 def check_mini_batch(mini_batch_size: int, n_train: int) -> None:

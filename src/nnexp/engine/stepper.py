@@ -102,6 +102,10 @@ class Stepper:
         self.eta[row] = value
         self._scalars_for = None
 
+    def set_lmbda(self, row: int, value: float) -> None:
+        self.lmbda[row] = value
+        self._scalars_for = None
+
     def keep(self, rows: np.ndarray) -> None:
         """Keep only these rows (members) of every stacked array: finished members are dropped
         so they stop costing compute. Each kept member's matrices stay in Fortran order."""

@@ -11,7 +11,7 @@ import numpy as np
 from nnexp import data as datasets
 from nnexp.config.run_schema import RunConfig, check_mini_batch
 from nnexp.engine import init_network
-from nnexp.train import Constant, EarlyStopping, HalveOnPlateau, Monitor, Streams, TrainSpec
+from nnexp.train import Constant, EarlyStopping, HalveOnPlateau, Monitor, Piecewise, Streams, TrainSpec
 
 
 @functools.lru_cache(maxsize=2)
@@ -38,8 +38,11 @@ def load_splits(c: RunConfig, progress: bool = False):
 
 
 def train_spec(c: RunConfig) -> TrainSpec:
-    schedule = (HalveOnPlateau(c.schedule.patience, c.schedule.min_factor)
-                if c.schedule.name == "halve_on_plateau" else Constant())
+    schedule = Constant()
+    if c.schedule.name == "halve_on_plateau":
+        schedule = HalveOnPlateau(c.schedule.patience, c.schedule.min_factor)
+    elif c.schedule.name == "piecewise":
+        schedule = Piecewise(tuple((int(i), float(eta), float(lmbda)) for i, eta, lmbda in c.schedule.points))
     stopping = (EarlyStopping(c.early_stopping.patience, c.early_stopping.restore_best)
                 if c.early_stopping.name != "off" else None)
     monitor = Monitor(tuple(c.monitor.metrics), c.monitor.every_images, c.monitor.validation_sample)

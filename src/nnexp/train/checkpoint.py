@@ -68,6 +68,8 @@ class MemberState:
     finished: bool = False  # the run's end (its final parameters, after any restore)
     identity: str = ""  # the run's config hash: a checkpoint is never applied to another run
     note: str = ""  # how it was read, when not plainly (a damaged newer slot passed over)
+    lmbda: float | None = None  # the current lambda (a piecewise schedule changes it)
+    next_point: int = 0  # the first point of a piecewise schedule not yet applied
 
     def restore_streams(self, streams: Streams) -> None:
         for name in STREAMS:
@@ -135,7 +137,8 @@ class Writer:
         h = state.history
         self._history(h.records)
         meta = {"identity": state.identity, "sequence": self.sequence, "position": asdict(state.position),
-                "eta": state.eta, "since_best": state.since_best, "since_best_sched": state.since_best_sched,
+                "eta": state.eta, "lmbda": state.lmbda, "next_point": state.next_point,
+                "since_best": state.since_best, "since_best_sched": state.since_best_sched,
                 "finished": state.finished, "streams": state.streams, "epoch_shuffle": state.epoch_shuffle,
                 "layers": len(state.weights), "records": len(h.records), "outcome": h.outcome, "reason": h.reason,
                 "best_validation_accuracy": _plain(h.best_validation_accuracy), "best_epoch": _plain(h.best_epoch),
@@ -256,4 +259,4 @@ def _load_slot(path: Path, base: Path, identity: str) -> MemberState:
                        best_params=(layers("bw"), layers("bb")) if "bw0" in arrays else None, eta=meta["eta"],
                        since_best=meta["since_best"], since_best_sched=meta["since_best_sched"], history=history,
                        streams=meta["streams"], epoch_shuffle=meta["epoch_shuffle"], finished=meta["finished"],
-                       identity=meta["identity"])
+                       identity=meta["identity"], lmbda=meta["lmbda"], next_point=meta["next_point"])

@@ -26,7 +26,7 @@ from nnexp.engine.regularizers import PENALTIES
 from nnexp.engine.stepper import Stepper
 from nnexp.config.names import DIVERGED, EARLY_STOPPED, COMPLETED, SPLIT_NAMES
 from nnexp.train.checkpoint import MemberState, Position, stream_states
-from nnexp.train.spec import HalveOnPlateau, History, Observer, Record, Streams, TrainSpec, population_key
+from nnexp.train.spec import HalveOnPlateau, History, Observer, Piecewise, Record, Streams, TrainSpec, population_key
 
 
 def one_hot(labels: np.ndarray, n_classes: int, dtype) -> np.ndarray:
@@ -42,7 +42,9 @@ class _Member:
                  sets: dict[str, tuple[np.ndarray, np.ndarray]]):
         self.net, self.spec, self.streams, self.observers, self.sets = net, spec, streams, observers, sets
         self.history = History()
-        self.eta = spec.eta
+        self.eta, self.lmbda = spec.eta, spec.lmbda
+        self.points = spec.schedule.points if isinstance(spec.schedule, Piecewise) else ()
+        self.next_point = 0  # the first of ``points`` not yet applied
         self.best_params = None
         self.since_best = 0
         self.since_best_sched = 0
@@ -54,6 +56,9 @@ class _Member:
         early-stopping counters, history and random streams."""
         self.net.set_params(state.weights, state.biases)
         self.eta, self.since_best, self.since_best_sched = state.eta, state.since_best, state.since_best_sched
+        if state.lmbda is not None:
+            self.lmbda = state.lmbda
+        self.next_point = state.next_point
         self.best_params = state.best_params
         self.history = state.history
         state.restore_streams(self.streams)
@@ -62,7 +67,8 @@ class _Member:
 
     def record(self, images_seen: int, n_train: int, evaluated: dict[str, tuple[float, float, int]]) -> Record:
         spec = self.spec
-        rec = Record(epoch=images_seen / n_train, images_seen=images_seen, eta=self.eta, epoch_seconds=self.clock)
+        rec = Record(epoch=images_seen / n_train, images_seen=images_seen, eta=self.eta, epoch_seconds=self.clock,
+                     lmbda=self.lmbda if self.points else None)
         if spec.monitor.every_images is None:
             rec.epoch = round(rec.epoch)  # whole epochs: a clean MLflow step
         for split, (cost, acc, n) in evaluated.items():
@@ -76,6 +82,16 @@ class _Member:
         self.history.records.append(rec)
         self.clock = 0.0
         return rec
+
+    def due(self, images_seen: int) -> bool:
+        """A schedule point applies before the next step."""
+        return self.next_point < len(self.points) and self.points[self.next_point][0] <= images_seen
+
+    def apply_points(self, images_seen: int) -> None:
+        """The schedule's points reached by ``images_seen``: eta and lambda from the last of them."""
+        while self.due(images_seen):
+            _, self.eta, self.lmbda = self.points[self.next_point]
+            self.next_point += 1
 
     def diverged(self, rec: Record) -> str | None:
         if not self.net.params_finite():
@@ -158,7 +174,7 @@ class _Loop:
                 m.restore(state)
         weights, biases = stack_networks(list(nets))
         self.stepper = Stepper(weights, biases, hidden=nets[0].hidden, cost=nets[0].cost, penalty=self.spec.penalty,
-                               n_train=self.n, eta=[m.eta for m in self.members], lmbda=[s.lmbda for s in specs],
+                               n_train=self.n, eta=[m.eta for m in self.members], lmbda=[m.lmbda for m in self.members],
                                momentum=[s.momentum for s in specs])
         self.rows = np.arange(len(nets))  # per row of the stack: its member
         self.start = Position(epoch=0, offset=0, images_seen=0, next_eval=specs[0].monitor.every_images or 0)
@@ -169,6 +185,7 @@ class _Loop:
                     for v, saved in zip(self.stepper.vel_w + self.stepper.vel_b, state.velocities[0] + state.velocities[1]):
                         v[r][...] = saved
         self.images_seen = self.start.images_seen
+        self.next_change = self._next_change()
         self.epoch_shuffle: dict[int, dict] = {}  # per member: its shuffle state before this epoch's permutation
 
     @staticmethod
@@ -232,6 +249,21 @@ class _Loop:
             net.biases = [b[r] for b in self.stepper.biases]
         return keep
 
+    def _next_change(self) -> float:
+        """Images at which a member's piecewise schedule next changes eta or lambda (inf: never)."""
+        pending = [m.points[m.next_point][0] for m in self.members if m.active and m.next_point < len(m.points)]
+        return min(pending, default=math.inf)
+
+    def apply_schedules(self) -> None:
+        """Set the eta and lambda of every member whose schedule reached a point."""
+        for r, i in enumerate(self.rows):
+            m = self.members[i]
+            if m.active and m.due(self.images_seen):
+                m.apply_points(self.images_seen)
+                self.stepper.set_eta(r, m.eta)
+                self.stepper.set_lmbda(r, m.lmbda)
+        self.next_change = self._next_change()
+
     def finish(self, i: int, stop: tuple[str, str] | None) -> None:
         self.members[i].finish(stop)
         self.checkpoint([i], None)
@@ -251,7 +283,8 @@ class _Loop:
             mid_epoch = position is not None and position.offset > 0
             save(MemberState(position=position or Position(-1, 0, self.images_seen, 0),
                              weights=m.net.weights, biases=m.net.biases, velocities=velocities,
-                             best_params=m.best_params, eta=m.eta, since_best=m.since_best,
+                             best_params=m.best_params, eta=m.eta, lmbda=m.lmbda, next_point=m.next_point,
+                             since_best=m.since_best,
                              since_best_sched=m.since_best_sched, history=m.history,
                              streams=stream_states(m.streams),
                              epoch_shuffle=self.epoch_shuffle.get(i) if mid_epoch else None,
@@ -291,6 +324,8 @@ class _Loop:
                 t0 = time.perf_counter()
                 offset = first.offset if epoch == first.epoch else 0
                 for s in range(offset, self.n, mb):
+                    if self.images_seen >= self.next_change:
+                        self.apply_schedules()
                     idx = perms[:, s:s + mb]  # (K, batch)
                     self.stepper.step(self.x[idx], self.y[idx], self.masks(idx.shape[1]))
                     self.images_seen += idx.shape[1]

@@ -59,6 +59,17 @@ class EarlyStopping:
 
 
 @dataclass(frozen=True)
+class Piecewise:
+    """eta and lambda set from given training-image counts on: ``points`` ((images, eta, lmbda),
+    ...) in increasing images; each applies to every step after that many images (before the
+    first: the spec's eta and lmbda). A population-based training member's schedule replays
+    exactly, since its changes happen between steps."""
+
+    points: tuple[tuple[int, float, float], ...]
+    name: str = "piecewise"
+
+
+@dataclass(frozen=True)
 class TrainSpec:
     epochs: int
     mini_batch_size: int
@@ -67,7 +78,7 @@ class TrainSpec:
     penalty: str = "l2"  # "none" | "l2" | "l1"
     dropout: float = 0.0  # probability of dropping a hidden neuron during training
     momentum: float = 0.0
-    schedule: Constant | HalveOnPlateau = Constant()
+    schedule: Constant | HalveOnPlateau | Piecewise = Constant()
     early_stopping: EarlyStopping | None = None
     monitor: Monitor = Monitor()
     divergence_cost: float = 1e4  # a monitored cost above this (or non-finite) = diverged
@@ -94,6 +105,7 @@ class Record:
     images_seen: int
     eta: float
     epoch_seconds: float  # training time since the previous evaluation
+    lmbda: float | None = None  # the current lambda, when a schedule changes it (piecewise)
     training_cost: float | None = None
     training_accuracy: float | None = None
     validation_cost: float | None = None
@@ -105,6 +117,8 @@ class Record:
         """The monitored values and eta/epoch_seconds, without the missing ones."""
         out = {k: getattr(self, k) for k in METRIC_NAMES if getattr(self, k) is not None}
         out["eta"] = self.eta
+        if self.lmbda is not None:
+            out["lmbda"] = self.lmbda
         out["epoch_seconds"] = self.epoch_seconds
         return out
 
