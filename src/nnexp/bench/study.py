@@ -76,7 +76,7 @@ def study_result(method: str, seed: int, store: Path, workers: int, extra: list[
     first = min(t.datetime_start for stage, studies in ctx.stage_studies.items() if stage != "final"
                 for _, st in studies for t in finished_trials(st))
     tuning_s = (final_trial.datetime_start - first).total_seconds()  # from the first tuning trial's start
-    points, trials, images, longest = [], 0, 0, 0.0
+    points, trials, images, longest, last_ask = [], 0, 0, 0.0, 0.0
     for stage, studies in ctx.stage_studies.items():
         for rung, st in studies:
             if stage == "final":
@@ -85,6 +85,7 @@ def study_result(method: str, seed: int, store: Path, workers: int, extra: list[
             trials += len(done)
             longest = max([longest] + [(t.datetime_complete - t.datetime_start).total_seconds() for t in done])
             images += sum(t.user_attrs.get("images", 0) for t in done)
+            last_ask = max([last_ask] + [t.user_attrs.get("budget_spent_s", 0.0) for t in st.get_trials(deepcopy=False)])
             if rung == "full":
                 points += [((t.datetime_complete - first).total_seconds(), t.value) for t in done
                            if t.value is not None]
@@ -93,7 +94,8 @@ def study_result(method: str, seed: int, store: Path, workers: int, extra: list[
         best = max(best, v)
         curve.append((t, best))
     final = ctx.decisions["final"]
-    return {"trials": trials, "images": images, "tuning_s": tuning_s, "longest_s": longest, "wall": wall, "curve": curve, "best": best,
+    return {"trials": trials, "images": images, "tuning_s": tuning_s, "longest_s": longest, "last_ask_s": last_ask,
+            "wall": wall, "curve": curve, "best": best,
             "val": final["validation_accuracy"], "test": final.get("test_accuracy"),
             "test_std": final.get("test_accuracy_std"), "tests": final.get("test_accuracies", []),
             "params": (final["eta"], final["lmbda"], final["mini_batch_size"])}
@@ -120,7 +122,9 @@ def method_summary(method: str, rs: list[dict], broad: list[dict]) -> str:
 def study_row(method: str, seed: int, r: dict) -> tuple[str, ...]:
     """A result of :func:`study_result` as the table's cells."""
     eta, lmbda, mb = r["params"]
-    return (method, str(seed), f"{r['tuning_s']:.1f}", str(r["trials"]), f"{r['longest_s']:.1f}", num(r["best"], ".4f"),
+    last_ask = f"{r['last_ask_s']:.1f}" if r["last_ask_s"] else "-"  # a budgeted stage's: the budget spent at its last ask
+    return (method, str(seed), f"{r['tuning_s']:.1f}", str(r["trials"]), f"{r['longest_s']:.1f}", last_ask,
+            num(r["best"], ".4f"),
             f"{eta:.3g}/{lmbda:.3g}/{mb}", f"{r['val']:.4f}",
             f"{num(r['test'], '.4f')} ± {num(r['test_std'], '.4f')}")
 
@@ -155,10 +159,12 @@ def study_section(bench: Bench) -> Table:
     return Table(f"Studies on {bench.dataset}: broad strategy vs TPE (median, Hyperband pruning) vs random "
                  f"search at equal wall clock ({bench.workers} worker(s); budget: the broad strategy's tuning "
                  f"time, mean {budget:.0f} s)",
-                 ("study", "seed", "tuning s", "trials", "longest trial s", "best val found", "eta/lambda/mb",
+                 ("study", "seed", "tuning s", "trials", "longest trial s", "last ask s", "best val found", "eta/lambda/mb",
                   "final val acc",
                   "final test acc (mean ± std over its seeds)"), rows,
-                 ["best val found: the best validation accuracy of a full-problem trial (the broad strategy's: "
+                 ["last ask s: the budget a sampler had spent when it asked its last trial (none is asked "
+                  "once the budget is spent; a trial running then finishes)",
+                  "best val found: the best validation accuracy of a full-problem trial (the broad strategy's: "
                   "a mean over its seed replicates; the samplers': one seed, so a max over noisier values)",
                   "final: the chosen settings on the full problem with halve_on_plateau + early stopping, "
                   "seed replicates as one population; test accuracy measured once", *summary,

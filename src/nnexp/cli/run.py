@@ -46,10 +46,27 @@ def run_job(cfg: DictConfig) -> float | None:
                               run_dir=Path(hc.runtime.output_dir), **runner.sweep_links())
     except ConfigError as exc:
         return _fail(str(exc), multirun)
+    opening = None
     if not multirun and job.config.tracking.enabled:  # a sweep's callback opened the store already
+        # opening the store (importing MLflow: ~1.5 s; dead runs ended) beside the data's loading,
+        # off the run's critical path: the run's record waits for it only to create its MLflow run
+        import threading
+
         from nnexp import tracking
 
-        tracking.prepare_store(tracking.resolve_uri(job.config.tracking.uri), job.config.tracking.experiment)
+        opening = threading.Thread(target=tracking.prepare_store, name="nnexp-open-store", daemon=True,
+                                   args=(tracking.resolve_uri(job.config.tracking.uri), job.config.tracking.experiment))
+        opening.start()
+    try:
+        return _execute(cfg, job, multirun, launcher)
+    finally:
+        if opening is not None:
+            opening.join()  # (long done when the run was tracked: its upload waited for MLflow)
+
+
+def _execute(cfg: DictConfig, job, multirun: bool, launcher: str) -> float | None:
+    from nnexp import runner
+
     progress = job.config.monitor.progress
     if progress is None:
         progress = sys.stderr.isatty() and launcher == "basic"

@@ -5,6 +5,7 @@ stage on its worker processes until enough trials have finished."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import os
@@ -213,8 +214,15 @@ def optimize(study, plan: StagePlan, storage, n_trials: int) -> None:
         batch: list = []
         try:
             for _ in range(min(plan.population, left)):
+                spent = budget_spent(study) if plan.budget_seconds else None
+                if spent is not None and spent >= plan.budget_seconds:
+                    break  # the stage's wall-clock budget is spent: no trial starts after it
                 with runner.interruptions_deferred():  # an asked trial is always in the batch
                     batch.append(ask_trial(study, plan.storage))
+                    if spent is not None:
+                        batch[-1].set_user_attr("budget_spent_s", spent)
+            if not batch:
+                return
             left -= len(batch)
             with Heartbeat(storage, [t._trial_id for t in batch], plan.heartbeat):
                 members = [(trial, job) for trial in batch for job in _trial_jobs(trial, plan)]
@@ -298,6 +306,8 @@ def run_stage(plan: StagePlan, n_target: int, workers: int, values: Sequence[dic
             raise _could_not_train(plan, failed_now)
         if len(done) + len(failed_now) >= n_target:
             break
+        if plan.budget_seconds and not running and budget_spent(study) >= plan.budget_seconds:
+            break  # a budgeted stage: its wall clock is spent (see optimize)
         if values is not None:
             have = {_key(fixed_params(t)) for t in done + waiting + running}
             new = [v for v in values if _key(v) not in have]
@@ -353,24 +363,29 @@ def _launch(plan: StagePlan, workers: int, new: list[dict], n_run: int, pool: ru
         raise others[0]
 
 
+def budget_spent(study) -> float:
+    """Wall seconds since the stage's first trial started (0 before it): the clock starts with the
+    first trial, as tuning time is measured (``bench.study``), so the stage's start-up is not tuning."""
+    import datetime
+
+    first = min((t.datetime_start for t in study.get_trials(deepcopy=False) if t.datetime_start), default=None)
+    return (datetime.datetime.now() - first).total_seconds() if first else 0.0  # Optuna's clock: local time
+
+
 def run_stage_budget(plan: StagePlan, n_trials: int, workers: int, budget_images: int | None,
                      budget_seconds: float | None = None, pool: runner.WorkerPool | None = None):
     """Sampler stage with optional budgets (for fair comparisons): no new trials once the finished
     ones used ``budget_images`` training images, or once ``budget_seconds`` of wall clock passed
-    since its first trial started (a trial running then finishes). The clock starts with the first
-    trial, as tuning time is measured (``bench.study``): the stage's start-up is not tuning."""
-    import datetime
-
+    since its first trial started: each worker checks before it asks a trial (``budget_spent``, kept
+    on the trial as ``budget_spent_s``), and a trial running then finishes."""
     if not budget_images and not budget_seconds:
         return run_stage(plan, n_trials, workers, pool=pool)
+    plan = dataclasses.replace(plan, budget_seconds=budget_seconds)
     study, n = None, 0
     while n < n_trials:
         n = min(n_trials, n + workers)
         study = run_stage(plan, n, workers, pool=pool)
-        done = finished_trials(study)
-        used = sum(t.user_attrs.get("images", 0) for t in done)
-        first = min((t.datetime_start for t in done), default=None)
-        spent = (datetime.datetime.now() - first).total_seconds() if first else 0.0  # Optuna's clock: local time
-        if (budget_images and used >= budget_images) or (budget_seconds and spent >= budget_seconds):
+        used = sum(t.user_attrs.get("images", 0) for t in finished_trials(study))
+        if (budget_images and used >= budget_images) or (budget_seconds and budget_spent(study) >= budget_seconds):
             break
     return study

@@ -53,13 +53,15 @@ def reap_dead_runs(uri: str) -> list[str]:
                f"by process {os.getpid()}")
         rec_dir = tags.get(TAG_RECORD_DIR)
         record = RunRecord(Path(rec_dir)) if rec_dir and Path(rec_dir, "events.jsonl").is_file() else None
-        if record is not None and (record.ended() or record.owner_alive()):
-            upload(record, uri)  # it ended, or another process resumed it, and the store did not hear yet
-            continue
         if record is not None:
-            record.tags({TAG_STATUS: KILLED, TAG_REAPED: why})
-            record.end("KILLED")
-            upload(record, uri)
+            with record.uploading():  # decided and written whole: a process resuming the run waits
+                ended = record.ended() or record.owner_alive()  # (or another process resumed it)
+                if not ended:
+                    record.tags({TAG_STATUS: KILLED, TAG_REAPED: why})
+                    record.end("KILLED")
+            upload(record, uri)  # what the store did not hear yet
+            if ended:
+                continue
         else:
             c.set_tag(run.info.run_id, TAG_STATUS, KILLED)
             c.set_tag(run.info.run_id, TAG_REAPED, why)

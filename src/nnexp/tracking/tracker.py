@@ -131,9 +131,10 @@ class RunTracker:
         t0 = time.perf_counter()
         self.record = record
         self.logged_through = record.last_step()
-        record.resume(where)
-        # this job's tags (its population, a retried study trial's number), RUNNING and resumed
-        record.tags({**self.tags, TAG_STATUS: RUNNING, TAG_RESUMED: f"{record.resumes()}, last from {where}"})
+        with record.uploading():  # never between a reaper's look at the record and its "ended KILLED"
+            record.resume(where)
+            # this job's tags (its population, a retried study trial's number), RUNNING and resumed
+            record.tags({**self.tags, TAG_STATUS: RUNNING, TAG_RESUMED: f"{record.resumes()}, last from {where}"})
         return self._upload_start(t0)
 
     def _upload_start(self, t0: float) -> str | None:
