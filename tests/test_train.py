@@ -307,3 +307,65 @@ def test_a_piecewise_schedule_sets_eta_and_lambda_from_its_image_counts_on():
     assert [(r.eta, r.lmbda) for r in changed.records[6:9]] == [(0.1, 5.0)] * 3
     assert {(r.eta, r.lmbda) for r in changed.records[9:]} == {(0.05, 0.0)}
     assert "lmbda" in changed.records[0].metrics() and "lmbda" not in constant.records[0].metrics()
+
+
+def test_a_population_controller_copies_a_network_between_rows_and_changes_its_hyper_parameters(tmp_path):
+    """Population-based training's two moves inside one batched population: after each
+    evaluation of all members, the worst takes the best's network (exploit: a row copy) and a
+    new eta and lambda (explore). The copy is exact, the copied member goes on with its own data
+    order, every record reports eta and lambda, and the whole run is deterministic, also when
+    resumed from a checkpoint taken after a copy."""
+    from nnexp.train import checkpoint, fit_population
+
+    spec = TrainSpec(epochs=4, mini_batch_size=10, eta=0.5, lmbda=1.0, monitor=Monitor(ALL, every_images=150))
+    moves = []
+
+    def exploit_explore(pop, nets):
+        ranked = sorted(pop.members(), key=lambda i: (pop.score(i), -i))
+        worst, best = ranked[0], ranked[-1]
+        if worst == best:
+            return
+        pop.copy(best, worst)
+        eta, lmbda = pop.hyper(best)
+        pop.set_hyper(worst, eta * 0.8, lmbda * 1.2)
+        assert all(a.tobytes() == b.tobytes() for a, b in zip(nets[worst].weights + nets[worst].biases,
+                                                              nets[best].weights + nets[best].biases))
+        moves.append((pop.images_seen, best, worst))
+
+    def train(checkpoints=None, resume=None, stop_after=None):
+        nets, streams = _population([spec] * 4, np.float64)
+        saved = []
+
+        def keep(k):
+            def save(state):
+                checkpoint.save(tmp_path / f"p{k}.bin", state)
+                saved.append(k)
+                if stop_after and len(saved) == stop_after:
+                    raise Stop
+            return save
+
+        histories = fit_population(nets, TRAIN, [spec] * 4, validation=VAL, streams=streams,
+                                   control=lambda pop: exploit_explore(pop, nets), resume=resume,
+                                   checkpoints=[keep(k) for k in range(4)] if checkpoints else None)
+        return histories, nets
+
+    want, want_nets = train()
+    n_moves = len(moves)
+    assert n_moves >= 5
+    images, best, worst = moves[0]
+    rec = want[worst].records
+    after = [r for r in rec if r.images_seen > images][0]  # the copied member's next evaluation
+    eta, lmbda = want[best].records[[r.images_seen for r in want[best].records].index(images)].eta, 1.0
+    assert (after.eta, after.lmbda) == (eta * 0.8, lmbda * 1.2)
+    assert all(r.lmbda is not None for h in want for r in h.records)
+    assert not np.array_equal(want_nets[best].weights[0], want_nets[worst].weights[0])  # own data order since
+    moves.clear()
+    again, again_nets = train()
+    assert [unclocked(h.records) for h in again] == [unclocked(h.records) for h in want]
+    with pytest.raises(Stop):  # stopped after the checkpoints of 3 rounds (after their copies)
+        train(checkpoints=True, stop_after=4 * 3)
+    states = [checkpoint.load(tmp_path / f"p{k}.bin", "") for k in range(4)]
+    resumed, resumed_nets = train(resume=states)
+    assert [unclocked(h.records) for h in resumed] == [unclocked(h.records) for h in want]
+    for got, expected in zip(resumed_nets, want_nets):
+        assert all(a.tobytes() == b.tobytes() for a, b in zip(got.weights + got.biases, expected.weights + expected.biases))

@@ -45,6 +45,7 @@ class _Member:
         self.eta, self.lmbda = spec.eta, spec.lmbda
         self.points = spec.schedule.points if isinstance(spec.schedule, Piecewise) else ()
         self.next_point = 0  # the first of ``points`` not yet applied
+        self.varied = bool(self.points)  # lambda may change while it trains: each record reports it
         self.best_params = None
         self.since_best = 0
         self.since_best_sched = 0
@@ -68,7 +69,7 @@ class _Member:
     def record(self, images_seen: int, n_train: int, evaluated: dict[str, tuple[float, float, int]]) -> Record:
         spec = self.spec
         rec = Record(epoch=images_seen / n_train, images_seen=images_seen, eta=self.eta, epoch_seconds=self.clock,
-                     lmbda=self.lmbda if self.points else None)
+                     lmbda=self.lmbda if self.varied else None)
         if spec.monitor.every_images is None:
             rec.epoch = round(rec.epoch)  # whole epochs: a clean MLflow step
         for split, (cost, acc, n) in evaluated.items():
@@ -147,7 +148,8 @@ class _Loop:
     """The epochs of K members. The stepper's stack holds the rows ``self.rows`` (the member
     of each row), shrinking as members finish (``compact``)."""
 
-    def __init__(self, nets, train, specs, validation, test, streams, observers, resume=None, checkpoints=None):
+    def __init__(self, nets, train, specs, validation, test, streams, observers, resume=None, checkpoints=None,
+                 control=None):
         dtype = nets[0].dtype
         self.x = np.ascontiguousarray(train.x, dtype=dtype)  # (n, n_in)
         labels = np.asarray(train.y)
@@ -168,6 +170,10 @@ class _Loop:
                 sets["validation"] = self._validation_set(val, spec, st)
             self.members.append(_Member(net, spec, st, obs, sets))
         resume = list(resume or [None] * len(nets))
+        self.control = control  # called with a Population after each evaluation of every member
+        if control is not None:
+            for m in self.members:
+                m.varied = True
         self.checkpoints = list(checkpoints or [None] * len(nets))  # per member: save(MemberState) or None
         for m, state in zip(self.members, resume):
             if state is not None:
@@ -264,6 +270,34 @@ class _Loop:
                 self.stepper.set_lmbda(r, m.lmbda)
         self.next_change = self._next_change()
 
+    def controlled(self) -> None:
+        """Hand the population to its controller (population-based training), if any, once every
+        member still training was evaluated at this point."""
+        if self.control is not None and self.active_members():
+            self.control(Population(self))
+
+    def copy_member(self, src: int, dst: int) -> None:
+        """Member ``dst`` takes member ``src``'s network: parameters, momentum velocities, eta and
+        lambda (rows copied inside the stacked arrays). It keeps its own random streams (data order,
+        dropout) and its own history; its plateau counters start again."""
+        rs, rd = self.row_of(src), self.row_of(dst)
+        arrays = self.stepper.weights + self.stepper.biases
+        if self.stepper.vel_w is not None:
+            arrays += self.stepper.vel_w + self.stepper.vel_b
+        for a in arrays:
+            a[rd] = a[rs]
+        s, d = self.members[src], self.members[dst]
+        d.best_params = None if s.best_params is None else tuple([p.copy(order="K") for p in ps] for ps in s.best_params)
+        d.since_best = d.since_best_sched = 0
+        self.set_hyper(dst, s.eta, s.lmbda)
+
+    def set_hyper(self, i: int, eta: float, lmbda: float) -> None:
+        """Member ``i`` trains on with this eta and lambda."""
+        m, r = self.members[i], self.row_of(i)
+        m.eta, m.lmbda = float(eta), float(lmbda)
+        self.stepper.set_eta(r, m.eta)
+        self.stepper.set_lmbda(r, m.lmbda)
+
     def finish(self, i: int, stop: tuple[str, str] | None) -> None:
         self.members[i].finish(stop)
         self.checkpoint([i], None)
@@ -335,6 +369,7 @@ class _Loop:
                         evaluated = self.active_members()
                         self.evaluate_members(evaluated)
                         kept = self.compact()
+                        self.controlled()
                         self.checkpoint([i for i in evaluated if self.members[i].active],
                                         Position(epoch, s + mb, self.images_seen, next_eval))
                         if not self.active_members():
@@ -350,6 +385,8 @@ class _Loop:
                                  and not self._evaluated_now(self.members[i])]
                 self.evaluate_members(evaluated)
                 self.compact()
+                if every is None:
+                    self.controlled()
                 if evaluated or every is None:
                     self.checkpoint([i for i in self.active_members()], Position(epoch + 1, 0, self.images_seen, next_eval))
             for i in self.active_members():
@@ -365,6 +402,40 @@ class _Loop:
 
     def _evaluated_now(self, m: _Member) -> bool:
         return bool(m.history.records) and m.history.records[-1].images_seen == self.images_seen
+
+
+class Population:
+    """What a population's controller (population-based training) sees and may do, after an
+    evaluation of every member still training: their latest scores and hyper-parameters, and two
+    actions, both between steps: ``copy`` (exploit: a member takes another's network) and
+    ``set_hyper`` (explore: new eta and lambda). Members keep their own random streams, so a
+    controller that decides from the scores alone keeps the run deterministic."""
+
+    def __init__(self, loop: _Loop):
+        self._loop = loop
+
+    @property
+    def images_seen(self) -> int:
+        return self._loop.images_seen
+
+    def members(self) -> list[int]:
+        """The members still training (indices into the population as given)."""
+        return self._loop.active_members()
+
+    def score(self, i: int) -> float | None:
+        """Member ``i``'s latest validation accuracy."""
+        records = self._loop.members[i].history.records
+        return records[-1].validation_accuracy if records else None
+
+    def hyper(self, i: int) -> tuple[float, float]:
+        m = self._loop.members[i]
+        return m.eta, m.lmbda
+
+    def copy(self, src: int, dst: int) -> None:
+        self._loop.copy_member(src, dst)
+
+    def set_hyper(self, i: int, eta: float, lmbda: float) -> None:
+        self._loop.set_hyper(i, eta, lmbda)
 
 
 def evaluation_form(split) -> EvaluationSet:
@@ -394,7 +465,8 @@ def check_population(nets: Sequence[Network], train, specs: Sequence[TrainSpec],
 def fit_population(nets: Sequence[Network], train, specs: Sequence[TrainSpec], *, validation=None, test=None,
                    streams: Sequence[Streams], observers: Sequence[Sequence[Observer]] | None = None,
                    resume: Sequence[MemberState | None] | None = None,
-                   checkpoints: Sequence[Callable[[MemberState], None] | None] | None = None) -> list[History]:
+                   checkpoints: Sequence[Callable[[MemberState], None] | None] | None = None,
+                   control: Callable[[Population], None] | None = None) -> list[History]:
     """Train K compatible networks (``population_key``) by mini-batch SGD, in place, as one
     batched computation; one History per member, each exactly the one it would have alone.
     Never raises on divergence: that member's outcome is "diverged" instead.
@@ -402,14 +474,16 @@ def fit_population(nets: Sequence[Network], train, specs: Sequence[TrainSpec], *
     ``checkpoints``: per member, a function that keeps its state (``train.checkpoint``) after
     each evaluation and at its end. ``resume``: per member, the state to go on from; the
     resumed members of one population stand at the same position (a checkpoint's epoch and
-    offset), and the history returned is the whole run's."""
+    offset), and the history returned is the whole run's. ``control``: called with the
+    ``Population`` after each evaluation of every member still training (population-based
+    training's exploit and explore); each record then reports lambda too."""
     check_population(nets, train, specs, validation)
     if resume is not None:
         positions = {(s.position.epoch, s.position.offset) for s in resume if s is not None}
         if len(positions) > 1 or (positions and any(s is None for s in resume)):
             raise ValueError("the members of a resumed population must all resume from the same position")
     observers = observers or [() for _ in nets]
-    return _Loop(nets, train, specs, validation, test, streams, observers, resume, checkpoints).run()
+    return _Loop(nets, train, specs, validation, test, streams, observers, resume, checkpoints, control).run()
 
 
 def fit(net: Network, train, spec: TrainSpec, *, validation=None, test=None, streams: Streams | None = None,
