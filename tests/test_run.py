@@ -314,6 +314,7 @@ def test_tracking_off_creates_no_store(tmp_path, monkeypatch):
     (["dataset=digits", "schedule=piecewise", "schedule.points=[[10,0.5]]"], "row is [images >= 0 (whole), eta > 0"),
     (["dataset=digits", "schedule=piecewise", "schedule.points=[[0,abc,1]]"], "row is [images >= 0 (whole), eta > 0"),
     (["dataset=digits", "schedule.points=[[0,0.5,1]]"], "schedule.points is for schedule=piecewise"),
+    (["dataset=digits", "schedule=piecewise"], "schedule=piecewise needs schedule.points"),
 ])
 def test_bad_input_is_one_line(store, args, fragment, capsys):
     from nnexp.run import main
@@ -526,7 +527,8 @@ def test_a_preset_sweep_gives_three_children_tagged_with_the_preset(store, launc
     ("momentum=0.5", lambda p: p["momentum"] == "0.5"),
     ("dtype=float32", lambda p: p["dtype"] == "float32"),
     ("schedule=halve_on_plateau", lambda p: p["schedule"] == "halve_on_plateau"),
-    ("schedule=piecewise", lambda p: (p["schedule"], p["schedule.points"]) == ("piecewise", "[[0, 0.5, 5.0]]")),
+    ("schedule=piecewise schedule.points=[[0,0.3,2],[500,0.1,1]]",
+     lambda p: (p["schedule"], p["schedule.points"]) == ("piecewise", "[[0, 0.3, 2], [500, 0.1, 1]]")),
     ("early_stopping=no_improvement", lambda p: p["early_stopping"] == "no_improvement"),
     ("monitor.every_images=400", lambda p: p["monitor.every_images"] == "400"),
     ("monitor.validation_sample=50", lambda p: p["monitor.validation_sample"] == "50"),
@@ -537,7 +539,7 @@ def test_each_config_option_from_the_command_line_gives_a_tracked_completed_run(
 
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    main(["dataset=digits", "epochs=2", override, f"tracking.uri={uri}", f"hydra.run.dir={tmp_path / 'out'}"])
+    main(["dataset=digits", "epochs=2", *override.split(" "), f"tracking.uri={uri}", f"hydra.run.dir={tmp_path / 'out'}"])
     client, (run,) = all_runs(uri)
     assert run.info.status == "FINISHED" and run.data.tags["nnexp.status"] in ("completed", "early_stopped")
     assert check(run.data.params), run.data.params
@@ -553,6 +555,10 @@ def test_each_config_option_from_the_command_line_gives_a_tracked_completed_run(
         assert [m.step for m in sorted(history, key=lambda m: m.step)] == steps
     else:
         assert sorted(m.step for m in history) == [1, 2]
+    if override.startswith("schedule=piecewise"):  # from 500 images on (in epoch 1), eta 0.1 and lambda 1
+        assert [(m.step, m.value) for m in sorted(client.get_metric_history(run.info.run_id, "lmbda"),
+                                                  key=lambda m: m.step)] == [(1, 1.0), (2, 1.0)]
+        assert {m.value for m in client.get_metric_history(run.info.run_id, "eta")} == {0.1}
     if override.startswith("monitor.validation_sample"):  # accuracies on 50 images are multiples of 1/50
         assert all(abs(m.value * 50 - round(m.value * 50)) < 1e-9 for m in history)
 

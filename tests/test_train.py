@@ -279,6 +279,14 @@ def test_a_damaged_checkpoint_falls_back_to_the_previous_one_and_a_foreign_one_i
         state = checkpoint.load(path, "abc")
         assert not state.finished and len(state.history.records) == 2  # the previous one: after epoch 2
         assert "is damaged" in state.note and "\n" not in state.note
+    # a run resumed from the previous slot writes its next state over the damaged one, never over
+    # the state it read (here the damaged slot's header still reads: only its arrays are bad)
+    newest.write_bytes(bytes(flipped))
+    resumed = checkpoint.load(path, "abc")
+    checkpoint.Writer(path).save(resumed)
+    assert checkpoint.sequence(newest) > checkpoint.sequence(previous) and checkpoint.load(path, "abc").note == ""
+    newest.write_bytes(data[:100])
+    assert len(checkpoint.load(path, "abc").history.records) == 2  # the previous slot is still whole
     previous.write_bytes(b"")
     with pytest.raises(checkpoint.CheckpointError, match="damaged") as err:
         checkpoint.load(path, "abc")
@@ -300,13 +308,19 @@ def test_a_piecewise_schedule_sets_eta_and_lambda_from_its_image_counts_on():
     _, constant = run(TrainSpec(**base))
     _, same = run(TrainSpec(**base, schedule=Piecewise(((0, 0.5, 1.0),))))
     assert unclocked(constant.records) == [replace(r, lmbda=None) for r in unclocked(same.records)]
-    _, changed = run(TrainSpec(**base, schedule=Piecewise(((600, 0.1, 5.0), (900, 0.05, 0.0)))))
+    net, changed = run(TrainSpec(**base, schedule=Piecewise(((600, 0.1, 5.0), (900, 0.05, 2.0)))))
     assert [r.lmbda for r in changed.records][:6] == [1.0] * 6 and changed.records[5].images_seen == 600
     assert unclocked([replace(r, lmbda=None) for r in changed.records[:6]]) == unclocked(constant.records[:6])
     assert changed.records[6].training_cost != constant.records[6].training_cost  # the change took effect
     assert [(r.eta, r.lmbda) for r in changed.records[6:9]] == [(0.1, 5.0)] * 3
-    assert {(r.eta, r.lmbda) for r in changed.records[9:]} == {(0.05, 0.0)}
+    assert {(r.eta, r.lmbda) for r in changed.records[9:]} == {(0.05, 2.0)}
     assert "lmbda" in changed.records[0].metrics() and "lmbda" not in constant.records[0].metrics()
+    # the reported cost's penalty is the current lambda's: (2 / 2n) sum w^2 (eq. 85), not the first one's
+    from nnexp.engine.network import evaluate
+
+    data_cost = evaluate(net, TRAIN.x, TRAIN.y)[0]
+    penalty = 2.0 / (2 * len(TRAIN.x)) * sum(float((w ** 2).sum()) for w in net.weights)
+    assert changed.records[-1].training_cost == pytest.approx(data_cost + penalty, rel=1e-12)
 
 
 def test_a_population_controller_copies_a_network_between_rows_and_changes_its_hyper_parameters(tmp_path):

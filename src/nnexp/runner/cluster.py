@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
-import time
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -56,13 +56,30 @@ class PopulationJob:
         self.sweep_keys, self.parent_record = list(sweep_keys), parent_record
 
     def __call__(self) -> list:
+        from nnexp.runner.interrupts import INTERRUPTIONS
         from nnexp.runner.sweep import execute_group
 
         os.chdir(self.cwd)  # the working directory's records: resume finds the runs there
         logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
         quiet_libraries()
-        with one_blas_thread():
-            results = execute_group(self.jobs)
+        # submitit's preemption signal stops the runs as SIGTERM does (each recorded KILLED, never
+        # in the middle of a store write), then submitit's own handler requeues the job
+        requeue, preempted = signal.getsignal(signal.SIGUSR2), []
+
+        def stop(signum, frame):
+            preempted.append(signum)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        signal.signal(signal.SIGUSR2, stop)
+        try:
+            with one_blas_thread():
+                results = execute_group(self.jobs)
+        except INTERRUPTIONS:
+            if preempted and callable(requeue):
+                requeue(signal.SIGUSR2, None)  # checkpoint (this job, resubmitted), requeue, exit
+            raise
+        finally:
+            signal.signal(signal.SIGUSR2, requeue)
         end_sweep_if_complete(self.sweep_keys, self.parent_record)
         return results
 
@@ -76,12 +93,15 @@ class PopulationJob:
 
 def end_sweep_if_complete(keys: Sequence[str], parent_record: str | None) -> bool:
     """End the sweep's parent run (``tracking.ParentRun.end_sweep``) once every run of the sweep
-    (``keys``: their resume keys) has ended; whether it did. Any process may call it: the first
-    to see the sweep complete ends it, once."""
+    (``keys``: their resume keys) has FINISHED; whether it did. Any process may call it: the first
+    to see the sweep complete ends it, once. (A sweep with a failed run is ended by its launching
+    process, or by the next command that runs it again.)"""
     if not parent_record:
         return False
-    records = [resume.recall(k) for k in keys]
-    if any(r is None or r.end_status() is None for r in records):
+    records = [resume.recall(k) for k in keys]  # FINISHED, and this sweep's (not a preempted one waiting for
+    # its requeue, nor a run of an earlier sweep the index still names)
+    if any(r is None or r.end_status() != "FINISHED" or r.start.get("parent_record") != parent_record
+           for r in records):
         return False
     log.info("sweep complete: %s", tracking.ParentRun.of_record(Path(parent_record)).end_sweep("FINISHED"))
     return True
@@ -130,7 +150,8 @@ def run_groups(jobs: Sequence[Job], groups: Sequence[Sequence[int]], settings: C
                 outcome = sj.result()
             except Exception as exc:  # noqa: BLE001 - one group's failure is reported, the others go on
                 outcome = exc
-                log.error("population job %s failed: %s", sj.job_id, str(exc).strip().splitlines()[-1:])
+                lines = str(exc).strip().splitlines()
+                log.error("population job %s failed: %s", sj.job_id, lines[-1] if lines else type(exc).__name__)
             for k, i in enumerate(g):
                 results[i] = outcome if isinstance(outcome, BaseException) else outcome[k]
                 if not isinstance(outcome, BaseException):
@@ -138,6 +159,5 @@ def run_groups(jobs: Sequence[Job], groups: Sequence[Sequence[int]], settings: C
     except BaseException:
         for sj in submitted:
             sj.cancel(check=False)
-        time.sleep(0.5)
         raise
     return results

@@ -202,7 +202,7 @@ def execute(jobs: Sequence[Job] | Job, *, progress: bool = False) -> list[RunRes
         (job,) = jobs  # never grouped: see sweep.run_jobs
         return [_execute_fit(job)]
     check_compatible([j.config for j in jobs])
-    earlier = [resume.find(j) for j in jobs]
+    earlier = [resume.find(j) for j in jobs]  # each claimed: the same configuration twice, one goes on with it
     results: list[RunResult | None] = [None] * len(jobs)
     groups: dict[tuple[int, int], list[int]] = {}  # runs that go on from one position train together
     for i, e in enumerate(earlier):
@@ -218,14 +218,29 @@ def execute(jobs: Sequence[Job] | Job, *, progress: bool = False) -> list[RunRes
 
 
 def _already_finished(job: Job, earlier: resume.Earlier) -> RunResult:
-    """A run that ended before: its result from its final checkpoint, not trained again."""
+    """A run that trained to its end before: its result from its final checkpoint, not trained
+    again. If its process died before recording the end, its record ends now, as it would have."""
     state = earlier.state
     _, _, _, test = load_splits(job.config)
     net = build_network(job.config, Streams.from_seed(job.config.seed))
     net.set_params(state.weights, state.biases)
+    if earlier.record.end_status() != "FINISHED":
+        uploader = tracking.Uploader()
+        tracker = new_tracker(job, uploader)
+        with Interrupts() as interrupts, interrupts.deferred():
+            tracker.resume(earlier.record, "its end")
+            if job.on_start and tracker.run_id:
+                job.on_start(tracker.run_id)
+            result = _finish(job, tracker, state.history, net, test,
+                             {"config.yaml": job.resolved_yaml} if job.resolved_yaml else {})
+            uploader.close()
+        result.summary = summary_line(result, f"trained to its end before, recorded now: {_where(tracker)}")
+        return result
     result = RunResult(state.history.outcome, state.history, earlier.record.run_id(), network=net)
     if job.score_test:
         result.test_accuracy = test_accuracy_of(state.history, net, test, "test_accuracy" in job.config.monitor.metrics)
+    if job.on_start and result.run_id:
+        job.on_start(result.run_id)
     where = (f"run {result.run_id}" if result.run_id else f"record {earlier.record.dir.parent}")
     result.summary = summary_line(result, f"finished before, not trained again ({where}; "
                                           "tracking.resume=false trains it again)")

@@ -63,7 +63,8 @@ class Earlier:
 
     @property
     def finished(self) -> bool:
-        return self.state is not None and self.state.finished and self.record.end_status() == "FINISHED"
+        """It trained to its end (its record may not say so yet: its process died before)."""
+        return self.state is not None and self.state.finished
 
     @property
     def position(self) -> tuple[int, int]:
@@ -89,6 +90,21 @@ def find(job: Job) -> Earlier | None:
         log.warning("run %s is being trained by process %s: this one starts a new run",
                     record.start.get("run_name"), record.owner().get("pid"))
         return None
+    if status == "FINISHED":  # nothing to go on with: read, not claimed
+        state = _state(record, job)
+        return Earlier(record, state) if state is not None and state.finished else None
+    state = _state(record, job)
+    if state is not None and state.finished:
+        where = "its end"
+    else:
+        where = Earlier(record, state).where()
+    if not record.claim(where):  # another process took it meanwhile (or this one, for a twin job)
+        return None
+    return Earlier(record, state)
+
+
+def _state(record: RunRecord, job: Job) -> MemberState | None:
+    """The run's checkpoint, or None (none, or unusable: said in one line)."""
     try:
         state = load(record.dir / CHECKPOINT, identity(job))
         if state.note:
@@ -98,9 +114,7 @@ def find(job: Job) -> Earlier | None:
     except CheckpointError as exc:
         log.warning("%s; the run (%s) trains again from the start", exc, record.start.get("run_name"))
         state = None
-    if status == "FINISHED" and (state is None or not state.finished):
-        return None  # ended without its final state (checkpoints were off): a new run
-    return Earlier(record, state)
+    return state
 
 
 def remember(job: Job, record: RunRecord) -> None:

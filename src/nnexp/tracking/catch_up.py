@@ -57,6 +57,7 @@ def reap_dead_runs(uri: str) -> list[str]:
             with record.uploading():  # decided and written whole: a process resuming the run waits
                 ended = record.ended() or record.owner_alive()  # (or another process resumed it)
                 if not ended:
+                    record.mend()
                     record.tags({TAG_STATUS: KILLED, TAG_REAPED: why})
                     record.end("KILLED")
             upload(record, uri)  # what the store did not hear yet

@@ -48,7 +48,10 @@ def process_start(pid: int) -> str | None:
 
 
 def this_process() -> dict[str, Any]:
-    return {"host": socket.gethostname(), "pid": os.getpid(), "pid_start": process_start(os.getpid())}
+    """Who writes a record: host, pid, the pid's start time, and the SLURM job if any (a requeued
+    job runs again, possibly on another node, under the same job id)."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "pid_start": process_start(os.getpid()),
+            "slurm_job": os.environ.get("SLURM_JOB_ID")}
 
 
 def process_alive(pid: int, pid_start: str | None) -> bool:
@@ -121,10 +124,17 @@ class RunRecord:
         """The last event: the MLflow status (FINISHED, FAILED, KILLED)."""
         self._append({"event": "end", "status": status, "time": now_ms()})
 
-    def resume(self, where: str) -> None:
+    def claim(self, where: str) -> bool:
         """The run goes on in this process (after an ``end`` KILLED or FAILED, or none if its
-        process died): the MLflow run is RUNNING again and this process owns it."""
-        self._append({"event": "resume", "from": where, "time": now_ms(), **this_process()})
+        process died): a ``resume`` event makes this process its owner, and the MLflow run
+        RUNNING again. Decided and written under the record's lock (a reaper ending it KILLED,
+        another process resuming it, waits); False if a live process owns it."""
+        with self.uploading():
+            if not self.ended() and self.owner_alive():
+                return False
+            self.mend()
+            self._append({"event": "resume", "from": where, "time": now_ms(), **this_process()})
+            return True
 
     # -- reading ---------------------------------------------------------------------------
     def events(self) -> list[dict]:
@@ -159,9 +169,31 @@ class RunRecord:
         return [e for e in self.events() if e["event"] in ("start", "resume")][-1]
 
     def owner_alive(self) -> bool:
-        """Whether the record's owner still runs (on this host; another host's is taken to)."""
+        """Whether the record's owner still runs: on this host, its process; on another, it is
+        taken to, unless it was an earlier run of this very SLURM job (requeued: that one ended)."""
         o = self.owner()
-        return o.get("host") != socket.gethostname() or process_alive(int(o["pid"]), o.get("pid_start"))
+        if o.get("host") == socket.gethostname():
+            return process_alive(int(o["pid"]), o.get("pid_start"))
+        job = os.environ.get("SLURM_JOB_ID")
+        return not (job and o.get("slurm_job") == job)
+
+    def mend(self) -> None:
+        """Cut a last line left half-written by a killed process, before another process appends
+        (an event after it would be unreadable: reading stops at the first bad line)."""
+        try:
+            with open(self.events_path, "rb+") as f:
+                size = f.seek(0, os.SEEK_END)
+                if size == 0:
+                    return
+                f.seek(size - 1)
+                if f.read(1) == b"\n":
+                    return
+                start = max(0, size - (1 << 20))
+                f.seek(start)
+                tail = f.read()
+                f.truncate(start + tail.rfind(b"\n") + 1)
+        except FileNotFoundError:
+            return
 
     def last_step(self) -> int | None:
         """The largest step of the metrics recorded so far (None: no metric yet)."""

@@ -125,16 +125,14 @@ class RunTracker:
         return self._upload_start(t0)
 
     def resume(self, record: RunRecord, where: str) -> str | None:
-        """Go on with an earlier run's record (``where``: from which point): the same MLflow run,
-        RUNNING again, tagged with its resumes. The evaluations its record already holds are
-        not logged twice (a resumed run computes them again, bit for bit)."""
+        """Go on with an earlier run's record, claimed by this process (``RunRecord.claim``):
+        the same MLflow run, RUNNING again, tagged with its resumes. The evaluations its record
+        already holds are not logged twice (a resumed run computes them again, bit for bit)."""
         t0 = time.perf_counter()
         self.record = record
         self.logged_through = record.last_step()
-        with record.uploading():  # never between a reaper's look at the record and its "ended KILLED"
-            record.resume(where)
-            # this job's tags (its population, a retried study trial's number), RUNNING and resumed
-            record.tags({**self.tags, TAG_STATUS: RUNNING, TAG_RESUMED: f"{record.resumes()}, last from {where}"})
+        # this job's tags (its population, a retried study trial's number), RUNNING and resumed
+        record.tags({**self.tags, TAG_STATUS: RUNNING, TAG_RESUMED: f"{record.resumes()}, last from {where}"})
         return self._upload_start(t0)
 
     def _upload_start(self, t0: float) -> str | None:

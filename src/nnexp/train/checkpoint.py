@@ -68,6 +68,7 @@ class MemberState:
     finished: bool = False  # the run's end (its final parameters, after any restore)
     identity: str = ""  # the run's config hash: a checkpoint is never applied to another run
     note: str = ""  # how it was read, when not plainly (a damaged newer slot passed over)
+    slot: Path | None = None  # the file it was read from
     lmbda: float | None = None  # the current lambda (a piecewise schedule changes it)
     next_point: int = 0  # the first point of a piecewise schedule not yet applied
 
@@ -114,6 +115,7 @@ class Writer:
         self.path, self.history = path, history_path(path)
         self.written: int | None = None  # history records in the file (None: not yet known)
         self.sequence: int | None = None  # the last state's number (None: not yet known)
+        self.target = 0  # the slot the next state goes into
 
     def _history(self, records: list[Record]) -> None:
         def lines(rs):
@@ -130,9 +132,14 @@ class Writer:
 
     def save(self, state: MemberState) -> None:
         """``state`` into the files: the history first, then the state that counts its records."""
-        if self.sequence is None:  # go on after what an earlier process wrote
-            self.sequence = max((_header(p)[0].get("sequence", 0) for p in slot_paths(self.path) if _readable(p)),
-                                default=0)
+        if self.sequence is None:  # go on after what an earlier process wrote, never over the state it read
+            slots = slot_paths(self.path)
+            self.sequence = max((_header(p)[0]["sequence"] for p in slots if _readable(p)), default=0)
+            try:
+                kept = load(self.path, state.identity).slot
+                self.target = 1 - slots.index(kept)
+            except (FileNotFoundError, CheckpointError):
+                self.target = 0
         self.sequence += 1
         h = state.history
         self._history(h.records)
@@ -156,7 +163,8 @@ class Writer:
             blobs.append(blob)
             check = zlib.adler32(blob, check)
         header = json.dumps({"meta": meta, "arrays": table, "adler32": check}).encode() + b"\n"
-        slot = slot_paths(self.path)[self.sequence % 2]
+        slot = slot_paths(self.path)[self.target]
+        self.target = 1 - self.target
         with open(slot, "r+b" if slot.exists() else "wb") as f:  # in place: see the module's docstring
             f.write(MAGIC)
             f.write(header)
@@ -172,9 +180,9 @@ def sequence(slot: Path) -> int:
 
 def _readable(path: Path) -> bool:
     try:
-        _header(path)
+        _header(path)[0]["sequence"]
         return True
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, TypeError):
         return False
 
 
@@ -206,7 +214,7 @@ def load(path: Path, identity: str) -> MemberState:
     for p in found:
         try:
             ordered.append((_header(p)[0]["sequence"], p))
-        except (OSError, KeyError, ValueError) as exc:
+        except (OSError, KeyError, ValueError, TypeError) as exc:
             damaged.append(f"checkpoint {p} is damaged ({type(exc).__name__}: {exc})")
     notes = list(damaged)
     for _, p in sorted(ordered, reverse=True):
@@ -259,4 +267,5 @@ def _load_slot(path: Path, base: Path, identity: str) -> MemberState:
                        best_params=(layers("bw"), layers("bb")) if "bw0" in arrays else None, eta=meta["eta"],
                        since_best=meta["since_best"], since_best_sched=meta["since_best_sched"], history=history,
                        streams=meta["streams"], epoch_shuffle=meta["epoch_shuffle"], finished=meta["finished"],
-                       identity=meta["identity"], lmbda=meta["lmbda"], next_point=meta["next_point"])
+                       identity=meta["identity"], lmbda=meta.get("lmbda"), next_point=meta.get("next_point", 0),
+                       slot=path)

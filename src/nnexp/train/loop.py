@@ -76,7 +76,7 @@ class _Member:
             if f"{split}_cost" in spec.monitor.metrics:
                 # the book's network2.total_cost adds (lambda / 2n) sum w^2 with n = the size of the
                 # set being scored (the training set for the training cost, 10,000 for the test cost)
-                penalty = PENALTIES[spec.penalty].value(self.net.weights, spec.lmbda, n)
+                penalty = PENALTIES[spec.penalty].value(self.net.weights, self.lmbda, n)
                 setattr(rec, f"{split}_cost", cost + penalty)
             if f"{split}_accuracy" in spec.monitor.metrics:
                 setattr(rec, f"{split}_accuracy", acc)
@@ -262,12 +262,11 @@ class _Loop:
 
     def apply_schedules(self) -> None:
         """Set the eta and lambda of every member whose schedule reached a point."""
-        for r, i in enumerate(self.rows):
+        for i in self.active_members():
             m = self.members[i]
-            if m.active and m.due(self.images_seen):
+            if m.due(self.images_seen):
                 m.apply_points(self.images_seen)
-                self.stepper.set_eta(r, m.eta)
-                self.stepper.set_lmbda(r, m.lmbda)
+                self.set_hyper(i, m.eta, m.lmbda)
         self.next_change = self._next_change()
 
     def controlled(self) -> None:
@@ -479,6 +478,8 @@ def fit_population(nets: Sequence[Network], train, specs: Sequence[TrainSpec], *
     training's exploit and explore); each record then reports lambda too."""
     check_population(nets, train, specs, validation)
     if resume is not None:
+        if any(s is not None and s.finished for s in resume):
+            raise ValueError("a member that finished is not trained again: its final state is its result")
         positions = {(s.position.epoch, s.position.offset) for s in resume if s is not None}
         if len(positions) > 1 or (positions and any(s is None for s in resume)):
             raise ValueError("the members of a resumed population must all resume from the same position")
