@@ -61,7 +61,7 @@ class InitConfig:
 
 @dataclass
 class ScheduleConfig:
-    name: str = "constant"  # constant | halve_on_plateau (eta / 2 when validation accuracy stalls)
+    name: str = "constant"  # constant | halve_on_plateau (eta / 2 when validation accuracy stalls) | piecewise
     patience: int = 10  # halve_on_plateau: evaluations without improvement before halving
     min_factor: float = 1 / 1024  # halve_on_plateau: stop when eta reaches eta0 x min_factor (the book's 1/1024)
     # piecewise: [images, eta, lmbda] rows, each from that many training images on (before the

@@ -143,7 +143,8 @@ def _open(tracker, splits, job: Job, earlier: resume.Earlier | None) -> None:
 
 
 def _record_interruption(tracker, exc: BaseException, artifacts: dict) -> None:
-    """Ctrl-C / SIGTERM -> KILLED, anything else -> FAILED; the metrics so far are kept."""
+    """Ctrl-C / SIGTERM (or a cluster job's requeue exit) -> KILLED, anything else -> FAILED;
+    the metrics so far are kept, and the run resumes from its checkpoint when run again."""
     if tracker is None or tracker.record is None:  # interrupted before its record existed
         return
     if isinstance(exc, INTERRUPTIONS):

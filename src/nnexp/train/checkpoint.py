@@ -7,7 +7,9 @@ eta of its schedule and the plateau counters, the history so far (every evaluati
 its random streams (the data order's, dropout's and the validation sample's generators) and
 where in the epochs it stands. With these, the resumed run's every later number is computed
 from the same inputs by the same arithmetic (a population member's numbers never depend on
-the others: ``engine.stepper``), so it is bit-for-bit the uninterrupted run's.
+the others: ``engine.stepper``), so it is bit-for-bit the uninterrupted run's. (A population
+under a controller, population-based training, does depend on its members' scores: it resumes
+exactly when resumed whole, as it stopped.)
 
 Neither file is pickled. The state: a header line, a JSON line (the scalars, the generators'
 states, every array's dtype, shape and order, a sequence number, an Adler-32 checksum) and the
