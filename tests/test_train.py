@@ -326,9 +326,9 @@ def test_a_piecewise_schedule_sets_eta_and_lambda_from_its_image_counts_on():
 def test_a_population_controller_copies_a_network_between_rows_and_changes_its_hyper_parameters(tmp_path):
     """Population-based training's two moves inside one batched population: after each
     evaluation of all members, the worst takes the best's network (exploit: a row copy) and a
-    new eta and lambda (explore). The copy is exact, the copied member goes on with its own data
-    order, every record reports eta and lambda, and the whole run is deterministic, also when
-    resumed from a checkpoint taken after a copy."""
+    new eta and lambda (explore). The copy is exact, the copied member goes on under its new eta
+    (no longer its donor's twin), every record reports eta and lambda, and the whole run is
+    deterministic, also when resumed from a checkpoint taken after a copy."""
     from nnexp.train import checkpoint, fit_population
 
     spec = TrainSpec(epochs=4, mini_batch_size=10, eta=0.5, lmbda=1.0, monitor=Monitor(ALL, every_images=150))
@@ -372,7 +372,7 @@ def test_a_population_controller_copies_a_network_between_rows_and_changes_its_h
     eta, lmbda = want[best].records[[r.images_seen for r in want[best].records].index(images)].eta, 1.0
     assert (after.eta, after.lmbda) == (eta * 0.8, lmbda * 1.2)
     assert all(r.lmbda is not None for h in want for r in h.records)
-    assert not np.array_equal(want_nets[best].weights[0], want_nets[worst].weights[0])  # own data order since
+    assert not np.array_equal(want_nets[best].weights[0], want_nets[worst].weights[0])  # its own eta since
     moves.clear()
     again, again_nets = train()
     assert [unclocked(h.records) for h in again] == [unclocked(h.records) for h in want]

@@ -14,7 +14,7 @@ from nnexp.config.errors import ConfigError
 
 #: the stages of each kind of study, in order
 STAGES = {"broad_strategy": ["eta_threshold", "lmbda_walk", "lmbda_refine", "mini_batch", "eta_refine", "final"],
-          "sampler": ["search", "final"]}
+          "sampler": ["search", "final"], "pbt": ["pbt", "final"]}
 PRUNERS = ("median", "hyperband", "none")
 SAMPLERS = ("tpe", "random")
 
@@ -71,9 +71,21 @@ class FinalStage:
 
 
 @dataclass
+class PbtStage:
+    """Population-based training (kind: pbt): members per population (one population per worker),
+    how often they are ranked, and how the bottom exploits the top and explores."""
+
+    members: int = 8
+    ready_images: int | None = None  # None: once an epoch
+    exploit_fraction: float = 0.25
+    perturb: list[float] = field(default_factory=lambda: [0.8, 1.2])
+    resample_probability: float = 0.25
+
+
+@dataclass
 class StudySettings:
     name: str = "broad_strategy"
-    kind: str = "broad_strategy"  # broad_strategy | sampler
+    kind: str = "broad_strategy"  # broad_strategy | sampler | pbt
     question: str = ""
     study_name: str | None = None  # default: name; stages are <study_name>/<stage>
     storage: str | None = None  # Optuna storage URL; None = sqlite:///optuna.db
@@ -99,6 +111,7 @@ class StudySettings:
     budget_seconds: float | None = None  # wall clock of the search (the benchmark's equal budgets)
     epochs: int = 30
     space: dict[str, Any] = field(default_factory=dict)
+    pbt: PbtStage = field(default_factory=PbtStage)
     stop_after: str | None = None
     output_dir: str | None = None
     heartbeat_seconds: int = 10
@@ -145,6 +158,16 @@ def validate(s: StudySettings) -> None:
     check(s.stop_after is None or s.stop_after in STAGES[s.kind],
           f"unknown stage '{s.stop_after}' for study.stop_after; stages: {', '.join(STAGES[s.kind])}")
     check(s.kind != "sampler" or bool(s.space), "a sampler study needs study.space (eta, lmbda, mini_batch_size)")
+    check(s.kind != "pbt" or {"eta", "lmbda"} <= set(s.space),
+          "population-based training needs study.space.eta and study.space.lmbda ({low, high}: its ranges)")
+    check(s.pbt.members >= 2, f"study.pbt.members must be >= 2 (a population to rank), got {s.pbt.members}")
+    check(0 < s.pbt.exploit_fraction <= 0.5, f"study.pbt.exploit_fraction must be in (0, 0.5] (the bottom copies "
+                                             f"the top), got {s.pbt.exploit_fraction}")
+    check(0 <= s.pbt.resample_probability <= 1, f"study.pbt.resample_probability must be in [0, 1], got "
+                                                 f"{s.pbt.resample_probability}")
+    check(bool(s.pbt.perturb) and all(f > 0 for f in s.pbt.perturb),
+          f"study.pbt.perturb must be factors > 0, got {s.pbt.perturb}")
+    check(s.pbt.ready_images is None or s.pbt.ready_images >= 1, "study.pbt.ready_images must be >= 1 (or null: an epoch)")
     check(s.replicates >= 1, f"study.replicates must be a whole number >= 1 (seeds per trial), got {s.replicates!r}")
     check(s.kind != "broad_strategy" or s.replicates >= 2,
           f"study.replicates must be >= 2 for the broad strategy: its grid stages compare values over paired "

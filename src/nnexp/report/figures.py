@@ -75,6 +75,45 @@ def accuracy_vs_param(points: dict[float, list[float]], path: Path, *, xlabel: s
     return _save(fig, path)
 
 
+def lineage_figure(members: dict[int, list[list]], path: Path, *, title: str) -> Path:
+    """Population-based training's lineage: each member's validation accuracy against epochs
+    (``members``: per member, rows [epoch, eta, lmbda, validation accuracy, donor]); where a
+    member took a donor's network, a grey line joins the donor's point to the member's next one."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    colors = plt.get_cmap("tab10")
+    by_member = {m: {row[0]: row for row in rows} for m, rows in members.items()}
+    for m, rows in sorted(members.items()):
+        ax.plot([r[0] for r in rows], [r[3] for r in rows], color=colors(m % 10), lw=1, label=f"member {m}")
+        for j, r in enumerate(rows[:-1]):
+            donor = by_member.get(r[4], {}).get(r[0]) if r[4] is not None else None
+            if donor is not None:
+                ax.plot([r[0], rows[j + 1][0]], [donor[3], rows[j + 1][3]], color="0.6", lw=0.8, ls="--")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation accuracy")
+    ax.set_title(_wrap(title))
+    ax.legend(fontsize=7, ncol=2)
+    return _save(fig, path)
+
+
+def schedule_figure(points: list[list], others: dict[int, list[list]], path: Path, *, title: str,
+                    end: float) -> Path:
+    """A piecewise schedule of eta and lambda against epochs (``points``: [epoch, eta, lmbda]
+    rows, up to ``end``), over the other members' values at each evaluation (faint)."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for k, (ax, name) in enumerate(zip(axes, ("eta", "lambda"))):
+        for rows in others.values():
+            ax.plot([r[0] for r in rows], [r[1 + k] for r in rows], color="0.75", lw=0.7, drawstyle="steps-pre")
+        xs = [p[0] for p in points] + [end]
+        ys = [p[1 + k] for p in points] + [points[-1][1 + k]]
+        ax.step(xs, ys, where="post", color="tab:red", lw=2, label="the chosen schedule")
+        ax.set_yscale("log")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(name)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(_wrap(title))
+    return _save(fig, path)
+
+
 def anytime_figure(curves: dict[str, list[list]], path: Path, *, title: str) -> Path:
     """Best validation accuracy found so far against wall seconds, per method: one line per
     study seed, (seconds, best) steps."""

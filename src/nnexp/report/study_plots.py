@@ -13,6 +13,22 @@ from nnexp.report import figures
 _PLACEHOLDER = re.compile(r"<!-- plot (?P<png>[^ ]+) \| (?P<caption>.*?) -->")
 
 
+def pbt_figures(plot: dict, path: Path) -> Path | None:
+    """Population-based training's lineage plot (stage ``pbt``) or its schedule plot
+    (``pbt_schedule``): the chosen population's members, in epochs."""
+    n = float(plot["images_per_epoch"])
+    members = {int(t["member"]): [[row[0] / n, *row[1:]] for row in t["records"]]
+               for t in plot["trials"] if t.get("population") == plot["population"]}
+    if not members:
+        return None
+    if plot["stage"] == "pbt":
+        return figures.lineage_figure(members, path, title=f"population {plot['population']}: validation accuracy; "
+                                                           "dashed: a member takes a donor's network")
+    points = [[p[0] / n, p[1], p[2]] for p in plot["schedule"]]
+    return figures.schedule_figure(points, members, path, end=max(r[0] for rows in members.values() for r in rows),
+                                   title="the best member's schedule along its lineage (red), every member's (grey)")
+
+
 def stage_figure(stage: str, trials: list[dict], path: Path) -> Path | None:
     """The plot that justifies a stage's decision, from its finished trials (``plot_data``):
     training cost per eta (eta_threshold), accuracy against a hyper-parameter (walks, a sampler's
@@ -45,7 +61,10 @@ def draw_study(out_dir: str | Path) -> list[Path]:
         return []
     drawn = {}
     for plot in json.loads(data.read_text()):
-        png = stage_figure(plot["stage"], plot["trials"], out_dir / plot["png"])
+        if plot["stage"] in ("pbt", "pbt_schedule"):
+            png = pbt_figures(plot, out_dir / plot["png"])
+        else:
+            png = stage_figure(plot["stage"], plot["trials"], out_dir / plot["png"])
         if png is not None:
             drawn[plot["png"]] = png
     log = out_dir / "decisions.md"

@@ -22,7 +22,7 @@ from nnexp.config.identity import config_hash
 from nnexp.engine import save_network
 from nnexp.engine.network import Network, evaluate
 from nnexp.config.names import (COMPLETED, DIVERGED, FAILED, KILLED, RUNNING, TAG_CONFIG_HASH, TAG_EXPERIMENT,
-                                TAG_POPULATION, TAG_POPULATION_SIZE, TAG_STATUS, TAG_SWEEP)
+                                TAG_LINEAGE, TAG_POPULATION, TAG_POPULATION_SIZE, TAG_STATUS, TAG_SWEEP)
 from nnexp.runner.build import build_network, load_splits, train_spec
 from nnexp.runner.groups import check_compatible
 from nnexp.runner.interrupts import INTERRUPTIONS, Interrupts
@@ -172,8 +172,10 @@ def _finish(job: Job, tracker, history: History, net, test, artifacts: dict) -> 
             buf = io.BytesIO()
             save_network(net, buf)
             artifacts["model.npz"] = buf.getvalue()
+        donors = [f"{r.images_seen}:{r.donor}" for r in history.records if r.donor is not None]
         tracker.finish(history.outcome, summary=summary, artifacts=artifacts, mlflow_status="FINISHED",
-                       error=history.reason if history.outcome == DIVERGED else None)
+                       error=history.reason if history.outcome == DIVERGED else None,
+                       tags={TAG_LINEAGE: " ".join(donors)[:4000]} if donors else None)
         result.tracking_seconds = tracker.seconds_in_tracking
     return result
 
@@ -191,13 +193,15 @@ def recorded_as(exc: BaseException, status: str) -> str:
 
 
 # -- executing ---------------------------------------------------------------------------------
-def execute(jobs: Sequence[Job] | Job, *, progress: bool = False) -> list[RunResult]:
+def execute(jobs: Sequence[Job] | Job, *, progress: bool = False, control=None) -> list[RunResult]:
     """Train compatible jobs (see ``runner.groups.group_key``) as one population and track each.
 
     Raises NnexpError for bad data or config (before any run is created); KeyboardInterrupt /
     Terminated after recording every started run as KILLED; other exceptions after recording
     them as FAILED (the exception's ``where``: each such run's location, see ``interrupted``).
-    One job is a population of one: the results never depend on grouping."""
+    One job is a population of one: the results never depend on grouping. ``control``: the
+    population's controller (``train.Population``; population-based training), which names each
+    member by its job's position in ``jobs``."""
     jobs = [jobs] if isinstance(jobs, Job) else list(jobs)
     if jobs[0].fit is not None:
         (job,) = jobs  # never grouped: see sweep.run_jobs
@@ -212,7 +216,7 @@ def execute(jobs: Sequence[Job] | Job, *, progress: bool = False) -> list[RunRes
         else:
             groups.setdefault((0, 0) if e is None else e.position, []).append(i)
     for members in groups.values():
-        trained = _train([jobs[i] for i in members], [earlier[i] for i in members], progress)
+        trained = _train([jobs[i] for i in members], [earlier[i] for i in members], progress, control, members)
         for i, result in zip(members, trained):
             results[i] = result
     return results
@@ -248,8 +252,10 @@ def _already_finished(job: Job, earlier: resume.Earlier) -> RunResult:
     return result
 
 
-def _train(jobs: list[Job], earlier: list[resume.Earlier | None], progress: bool) -> list[RunResult]:
-    """Train and track jobs as one population (``earlier``: the runs each goes on with)."""
+def _train(jobs: list[Job], earlier: list[resume.Earlier | None], progress: bool, control=None,
+           ids: list[int] | None = None) -> list[RunResult]:
+    """Train and track jobs as one population (``earlier``: the runs each goes on with;
+    ``control``, ``ids``: the population's controller and the members' names for it)."""
     splits, train, val, test = load_splits(jobs[0].config, progress=progress)
     streams = [Streams.from_seed(j.config.seed) for j in jobs]
     nets = [build_network(j.config, s) for j, s in zip(jobs, streams)]
@@ -275,7 +281,7 @@ def _train(jobs: list[Job], earlier: list[resume.Earlier | None], progress: bool
             with bar.logging():
                 histories = fit_population(nets, train, specs, validation=val, test=test, streams=streams,
                                            observers=observers, checkpoints=savers,
-                                           resume=[e and e.state for e in earlier])
+                                           resume=[e and e.state for e in earlier], control=control, ids=ids)
             bar.close()
             results, ended = [], list(trackers)
             with interrupts.deferred():

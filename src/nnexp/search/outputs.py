@@ -80,15 +80,24 @@ def decision_log(ctx: Context, out_dir: Path, command: str) -> Path:
     plots: list[dict] = []
     lines = [f"# Study `{ctx.name}` ({s.kind})", "", f"**Question.** {s.question}", "",
              f"- scientific hyper-parameters: {', '.join(s.scientific)}",
-             f"- nuisance: the seed; every grid trial and the final stage train seeds {ctx.base.seed} to "
-             f"{ctx.base.seed + s.replicates - 1}",
+             f"- nuisance: the seed; {_seeds_line(ctx)}",
              f"- fixed: sizes {ctx.base.sizes}, cost {ctx.base.cost.name}, init {ctx.base.init.name}, "
              f"dataset {ctx.base.dataset.name} ({ctx.n_full} training images)",
              f"- storage: `{tracking.redact(ctx.storage_url)}`; MLflow parent run: `{ctx.parent.run_id if ctx.parent else None}`",
              f"- command: `{command}`", ""]
-    rule = RULE.format(alpha=0.05, first=s.replicates, cap=max(s.max_replicates, s.replicates))
-    lines += [f"**How a grid stage decides.** Each value trains {s.replicates} seed(s) as one population, scored "
-              f"seed by seed and compared over the same seeds: {rule}.", ""]
+    if s.kind == "broad_strategy":
+        rule = RULE.format(alpha=0.05, first=s.replicates, cap=max(s.max_replicates, s.replicates))
+        lines += [f"**How a grid stage decides.** Each value trains {s.replicates} seed(s) as one population, scored "
+                  f"seed by seed and compared over the same seeds: {rule}.", ""]
+    if s.kind == "pbt":
+        p = s.pbt
+        lines += [f"**How population-based training decides.** Each population of {p.members} members trains as "
+                  f"one batched population; at every ready point the members are ranked on validation accuracy and "
+                  f"each of the bottom {int(p.members * p.exploit_fraction)} becomes a copy of a member drawn from "
+                  f"the top {int(p.members * p.exploit_fraction)} (weights, velocities, data order) when that one "
+                  f"scores higher, with the donor's eta and lambda each times one of {list(p.perturb)}, or drawn "
+                  f"afresh with probability {p.resample_probability}. The member with the best last validation "
+                  "accuracy gives the schedule: eta and lambda along its network's lineage.", ""]
     for stage in STAGES[s.kind]:
         decision = ctx.decisions.get(stage)
         studies = ctx.stage_studies.get(stage)
@@ -115,10 +124,26 @@ def decision_log(ctx: Context, out_dir: Path, command: str) -> Path:
             png = f"{stage}{'' if rung == studies[0][0] else '@' + rung}.png"
             plots.append({"png": png, "stage": stage, "rung": rung, "trials": [plot_data(t) for t in trials]})
             lines += ["", plot_placeholder(png, f"{stage} on {rung}"), ""]
+            if stage == "pbt":  # the lineage (above) and the schedule it gives
+                plots[-1].update(population=decision["population"], images_per_epoch=ctx.n_full)
+                plots.append({**plots[-1], "png": "pbt_schedule.png", "stage": "pbt_schedule",
+                              "schedule": decision["schedule"]})
+                lines += _schedule_lines(decision, ctx.n_full) + [plot_placeholder("pbt_schedule.png", "the schedule"), ""]
     path = out_dir / "decisions.md"
     path.write_text("\n".join(lines))
     (out_dir / STUDY_PLOTS_FILE).write_text(json.dumps(plots, default=str))
     return path
+
+
+def _seeds_line(ctx: Context) -> str:
+    s, first = ctx.settings, ctx.base.seed
+    final = ctx.decisions.get("final", {}).get("seeds") or []
+    if s.kind == "pbt":
+        d = ctx.decisions.get("pbt", {})
+        n = int(d.get("populations", 1)) * int(d.get("members", s.pbt.members))
+        return (f"the members train seeds {first} to {first + n - 1}; the final stage replays the schedule on "
+                f"seeds {', '.join(str(v) for v in final)}")
+    return f"every grid trial and the final stage train seeds {first} to {first + s.replicates - 1}"
 
 
 def plot_placeholder(png: str, caption: str) -> str:
@@ -128,8 +153,20 @@ def plot_placeholder(png: str, caption: str) -> str:
 
 def plot_data(t) -> dict:
     """What a stage's plot needs of one finished trial, as plain JSON."""
-    return {"number": t.number, "params": fixed_params(t), "value": t.value,
-            "replicate_values": t.user_attrs.get("replicate_values"), "curve": t.user_attrs.get("curve", [])}
+    out = {"number": t.number, "params": fixed_params(t), "value": t.value,
+           "replicate_values": t.user_attrs.get("replicate_values"), "curve": t.user_attrs.get("curve", [])}
+    if "records" in t.user_attrs:  # a population-based training member: its lineage
+        out.update({k: t.user_attrs[k] for k in ("population", "member", "records")})
+    return out
+
+
+def _schedule_lines(d: dict, n: int) -> list[str]:
+    """The schedule population-based training found, as a table (from which epoch on: eta, lambda)."""
+    rows = [f"**Schedule** of population {d['population']} member {d['member']} (its network's lineage from "
+            f"member {d['root']}, seed {d['root_seed']}):", "", "| from image | from epoch | eta | lambda |",
+            "|---|---|---|---|"]
+    rows += [f"| {p[0]} | {p[0] / n:.3g} | {p[1]:.4g} | {p[2]:.4g} |" for p in d["schedule"]]
+    return rows + [""]
 
 
 def _evidence_lines(d: dict) -> list[str]:

@@ -42,6 +42,8 @@ QUESTIONS = {
                   "(factors of refine_step around the mini-batch stage's eta) do better there?",
     "final": "What validation and test accuracy does the chosen configuration reach? (Its seeds, measured once.)",
     "search": "Which eta, lambda and mini-batch size does the sampler find best?",
+    "pbt": "Which schedule of eta and lambda does population-based training find (the best member's, along "
+           "its network's lineage)?",
 }
 @dataclass
 class Context:
@@ -433,12 +435,18 @@ def stage_mini_batch(ctx: Context, eta: float, lmbda: float) -> dict:
                    f"(mean validation accuracy over the first {horizon:.3g} s of training)"})
 
 
-def stage_final(ctx: Context, eta: float, lmbda: float, mini_batch: int, schedule: str) -> dict:
+def stage_final(ctx: Context, eta: float, lmbda: float, mini_batch: int, schedule: str, *,
+                points: list | None = None, epochs: int | None = None, seed: int | None = None) -> dict:
     """The chosen configuration on the full problem, its seed replicates as one population; the
-    test set is scored here only, once."""
+    test set is scored here only, once. ``points``: a piecewise schedule's (population-based
+    training's), replayed for ``epochs`` from ``seed`` on without early stopping."""
     s = ctx.settings.final
-    base = full_base(ctx, int(s.epochs), schedule=schedule, early_stopping=True)
+    base = full_base(ctx, int(epochs or s.epochs), schedule=schedule, early_stopping=points is None)
     base.eta, base.lmbda, base.mini_batch_size = eta, lmbda, mini_batch
+    if points is not None:
+        base.schedule.points = [list(p) for p in points]
+    if seed is not None:
+        base.seed = seed
     if schedule == "halve_on_plateau":  # the schedule ends the run (the book: at a small fraction of
         # eta0); early stopping with the schedule's own patience would end it at the first plateau,
         # before eta was ever halved: it waits for three halvings without improvement
@@ -452,6 +460,7 @@ def stage_final(ctx: Context, eta: float, lmbda: float, mini_batch: int, schedul
     n = len(tests)
     return record_decision(ctx, "final", [("full", study)], {
         "eta": eta, "lmbda": lmbda, "mini_batch_size": mini_batch, "schedule": schedule,
+        **({"points": [list(p) for p in points]} if points is not None else {}),
         "validation_accuracy": trial.value, "validation_accuracies": replicate_scores(trial),
         "test_accuracy": test_mean, "test_accuracy_std": test_std, "test_accuracies": tests,
         "seeds": trial.user_attrs.get("seeds", [c.seed]),

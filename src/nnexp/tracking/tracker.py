@@ -172,13 +172,13 @@ class RunTracker:
                         "validation": len(splits.validation), "test": len(splits.test)}})
 
     def finish(self, status: str, *, summary: dict[str, float | None], artifacts: dict[str, bytes | str],
-               mlflow_status: str = "FINISHED", error: str | None = None) -> None:
-        """The run's end into the record: summary metrics, status tags, artifacts, MLflow status.
-        (The uploader's ``close`` sends it to the store.)"""
+               mlflow_status: str = "FINISHED", error: str | None = None, tags: dict[str, str] | None = None) -> None:
+        """The run's end into the record: summary metrics, status tags (and ``tags``), artifacts,
+        MLflow status. (The uploader's ``close`` sends it to the store.)"""
         t0 = time.perf_counter()
         ts = int(time.time() * 1000)
         self.record.metrics([(k, float(v), ts, 0) for k, v in summary.items() if v is not None])
-        tags = {TAG_STATUS: status}
+        tags = {**(tags or {}), TAG_STATUS: status}
         if error:
             tags[TAG_ERROR] = redact(error)[:4000]
         self.record.tags(tags)

@@ -149,7 +149,7 @@ class _Loop:
     of each row), shrinking as members finish (``compact``)."""
 
     def __init__(self, nets, train, specs, validation, test, streams, observers, resume=None, checkpoints=None,
-                 control=None):
+                 control=None, ids=None):
         dtype = nets[0].dtype
         self.x = np.ascontiguousarray(train.x, dtype=dtype)  # (n, n_in)
         labels = np.asarray(train.y)
@@ -171,6 +171,7 @@ class _Loop:
             self.members.append(_Member(net, spec, st, obs, sets))
         resume = list(resume or [None] * len(nets))
         self.control = control  # called with a Population after each evaluation of every member
+        self.ids = list(range(len(nets)) if ids is None else ids)  # the members' names for the controller
         if control is not None:
             for m in self.members:
                 m.varied = True
@@ -193,6 +194,7 @@ class _Loop:
         self.images_seen = self.start.images_seen
         self.next_change = self._next_change()
         self.epoch_shuffle: dict[int, dict] = {}  # per member: its shuffle state before this epoch's permutation
+        self.perms: np.ndarray | None = None  # (K, n): this epoch's data order, a row per row of the stack
 
     @staticmethod
     def _validation_set(val, spec: TrainSpec, streams: Streams):
@@ -276,18 +278,31 @@ class _Loop:
             self.control(Population(self))
 
     def copy_member(self, src: int, dst: int) -> None:
-        """Member ``dst`` takes member ``src``'s network: parameters, momentum velocities, eta and
-        lambda (rows copied inside the stacked arrays). It keeps its own random streams (data order,
-        dropout) and its own history; its plateau counters start again."""
+        """Member ``dst`` becomes a copy of member ``src`` (exploit): its rows of the stacked
+        parameters and momentum velocities, its random streams (data order, dropout, the epoch's
+        permutation, the validation sample), eta and lambda. Only the history stays the member's
+        own; its last record names the donor. From here on ``dst`` trains exactly as ``src``
+        would, so a member's network is always its lineage's: the root's initial network and
+        streams under the schedule of eta and lambda along the lineage (``Piecewise`` replays it)."""
         rs, rd = self.row_of(src), self.row_of(dst)
         arrays = self.stepper.weights + self.stepper.biases
         if self.stepper.vel_w is not None:
             arrays += self.stepper.vel_w + self.stepper.vel_b
         for a in arrays:
             a[rd] = a[rs]
+        if self.perms is not None:
+            self.perms[rd] = self.perms[rs]
         s, d = self.members[src], self.members[dst]
+        for name in ("init", "shuffle", "dropout", "monitor"):
+            getattr(d.streams, name).bit_generator.state = getattr(s.streams, name).bit_generator.state
+        if src in self.epoch_shuffle:
+            self.epoch_shuffle[dst] = self.epoch_shuffle[src]
+        if "validation" in s.sets:
+            d.sets["validation"] = s.sets["validation"]
         d.best_params = None if s.best_params is None else tuple([p.copy(order="K") for p in ps] for ps in s.best_params)
         d.since_best = d.since_best_sched = 0
+        if d.history.records:
+            d.history.records[-1].donor = self.ids[src]
         self.set_hyper(dst, s.eta, s.lmbda)
 
     def set_hyper(self, i: int, eta: float, lmbda: float) -> None:
@@ -352,14 +367,14 @@ class _Loop:
                 self.compact()
                 if every:
                     self.epoch_shuffle = {int(i): self.members[i].streams.shuffle.bit_generator.state for i in self.rows}
-                perms = np.stack([self.members[i].streams.shuffle.permutation(self.n)
-                                  for i in self.rows])  # (K, n)
+                self.perms = np.stack([self.members[i].streams.shuffle.permutation(self.n)
+                                       for i in self.rows])  # (K, n)
                 t0 = time.perf_counter()
                 offset = first.offset if epoch == first.epoch else 0
                 for s in range(offset, self.n, mb):
                     if self.images_seen >= self.next_change:
                         self.apply_schedules()
-                    idx = perms[:, s:s + mb]  # (K, batch)
+                    idx = self.perms[:, s:s + mb]  # (K, batch)
                     self.stepper.step(self.x[idx], self.y[idx], self.masks(idx.shape[1]))
                     self.images_seen += idx.shape[1]
                     if every and self.images_seen >= next_eval:
@@ -368,13 +383,13 @@ class _Loop:
                         evaluated = self.active_members()
                         self.evaluate_members(evaluated)
                         kept = self.compact()
+                        if kept is not None:
+                            self.perms = self.perms[kept]
                         self.controlled()
                         self.checkpoint([i for i in evaluated if self.members[i].active],
                                         Position(epoch, s + mb, self.images_seen, next_eval))
                         if not self.active_members():
                             break
-                        if kept is not None:
-                            perms = perms[kept]
                         t0 = time.perf_counter()
                 self._add_clock(time.perf_counter() - t0)
                 if every is None:
@@ -406,35 +421,37 @@ class _Loop:
 class Population:
     """What a population's controller (population-based training) sees and may do, after an
     evaluation of every member still training: their latest scores and hyper-parameters, and two
-    actions, both between steps: ``copy`` (exploit: a member takes another's network) and
-    ``set_hyper`` (explore: new eta and lambda). Members keep their own random streams, so a
-    controller that decides from the scores alone keeps the run deterministic."""
+    actions, both between steps: ``copy`` (exploit: a member becomes a copy of another) and
+    ``set_hyper`` (explore: new eta and lambda). Members are named by the ids given to
+    ``fit_population`` (default 0..K-1). A controller that decides from the scores alone keeps
+    the run deterministic."""
 
     def __init__(self, loop: _Loop):
         self._loop = loop
+        self._index = {m: i for i, m in enumerate(loop.ids)}
 
     @property
     def images_seen(self) -> int:
         return self._loop.images_seen
 
     def members(self) -> list[int]:
-        """The members still training (indices into the population as given)."""
-        return self._loop.active_members()
+        """The members still training."""
+        return [self._loop.ids[i] for i in self._loop.active_members()]
 
-    def score(self, i: int) -> float | None:
-        """Member ``i``'s latest validation accuracy."""
-        records = self._loop.members[i].history.records
+    def score(self, m: int) -> float | None:
+        """Member ``m``'s latest validation accuracy."""
+        records = self._loop.members[self._index[m]].history.records
         return records[-1].validation_accuracy if records else None
 
-    def hyper(self, i: int) -> tuple[float, float]:
-        m = self._loop.members[i]
-        return m.eta, m.lmbda
+    def hyper(self, m: int) -> tuple[float, float]:
+        member = self._loop.members[self._index[m]]
+        return member.eta, member.lmbda
 
     def copy(self, src: int, dst: int) -> None:
-        self._loop.copy_member(src, dst)
+        self._loop.copy_member(self._index[src], self._index[dst])
 
-    def set_hyper(self, i: int, eta: float, lmbda: float) -> None:
-        self._loop.set_hyper(i, eta, lmbda)
+    def set_hyper(self, m: int, eta: float, lmbda: float) -> None:
+        self._loop.set_hyper(self._index[m], eta, lmbda)
 
 
 def evaluation_form(split) -> EvaluationSet:
@@ -465,7 +482,8 @@ def fit_population(nets: Sequence[Network], train, specs: Sequence[TrainSpec], *
                    streams: Sequence[Streams], observers: Sequence[Sequence[Observer]] | None = None,
                    resume: Sequence[MemberState | None] | None = None,
                    checkpoints: Sequence[Callable[[MemberState], None] | None] | None = None,
-                   control: Callable[[Population], None] | None = None) -> list[History]:
+                   control: Callable[[Population], None] | None = None,
+                   ids: Sequence[int] | None = None) -> list[History]:
     """Train K compatible networks (``population_key``) by mini-batch SGD, in place, as one
     batched computation; one History per member, each exactly the one it would have alone.
     Never raises on divergence: that member's outcome is "diverged" instead.
@@ -475,7 +493,8 @@ def fit_population(nets: Sequence[Network], train, specs: Sequence[TrainSpec], *
     resumed members of one population stand at the same position (a checkpoint's epoch and
     offset), and the history returned is the whole run's. ``control``: called with the
     ``Population`` after each evaluation of every member still training (population-based
-    training's exploit and explore); each record then reports lambda too."""
+    training's exploit and explore), which names the members by ``ids`` (default 0..K-1); each
+    record then reports lambda too."""
     check_population(nets, train, specs, validation)
     if resume is not None:
         if any(s is not None and s.finished for s in resume):
@@ -484,7 +503,7 @@ def fit_population(nets: Sequence[Network], train, specs: Sequence[TrainSpec], *
         if len(positions) > 1 or (positions and any(s is None for s in resume)):
             raise ValueError("the members of a resumed population must all resume from the same position")
     observers = observers or [() for _ in nets]
-    return _Loop(nets, train, specs, validation, test, streams, observers, resume, checkpoints, control).run()
+    return _Loop(nets, train, specs, validation, test, streams, observers, resume, checkpoints, control, ids).run()
 
 
 def fit(net: Network, train, spec: TrainSpec, *, validation=None, test=None, streams: Streams | None = None,

@@ -112,6 +112,7 @@ class Record:
     validation_accuracy: float | None = None
     test_cost: float | None = None
     test_accuracy: float | None = None
+    donor: int | None = None  # population-based training: after this evaluation the member took this member's network
 
     def metrics(self) -> dict[str, float]:
         """The monitored values and eta/epoch_seconds, without the missing ones."""
