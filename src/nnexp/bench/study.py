@@ -1,8 +1,9 @@
 """The ``study`` section: is the broad strategy better than what one would otherwise use?
 
-The broad strategy, TPE with median pruning, TPE with Hyperband pruning and random search, each
-with 3 study seeds (1 with --quick); every other method gets the broad strategy's tuning wall
-clock (same seed) as its budget. Reported: anytime curves (best validation accuracy found so far
+The broad strategy, TPE with median pruning, TPE with Hyperband pruning, random search,
+population-based training (``study=pbt``: its members train on until the budget is spent) and
+successive halving with refill (``study=asha``), each with 3 study seeds (1 with --quick); every
+other method gets the broad strategy's tuning wall clock (same seed) as its budget. Reported: anytime curves (best validation accuracy found so far
 against wall seconds, drawn by ``nnexp.report.figures``) and the final choice's test accuracy
 over its seeds.
 """
@@ -27,6 +28,8 @@ STUDY_METHODS = {
     "tpe_median": ["study=tpe", "study.pruner=median"],
     "tpe_hyperband": ["study=tpe", "study.pruner=hyperband"],
     "random": ["study=random", "study.pruner=none"],
+    "pbt": ["study=pbt"],  # under a budget: it trains on (study.epochs large) until the budget is spent
+    "asha": ["study=asha"],
 }
 #: --quick, a smoke test of every method: short stages, fewer eta decades, 2 seed replicates,
 #: untracked (MLflow costs every method the same and is timed by the tracking section)
@@ -34,7 +37,7 @@ QUICK_BROAD_STRATEGY = ["study.eta.epochs=2", "study.eta.decades=[0.01,0.1,1.0,1
                         "study.lmbda.epochs=6", "study.eta.refine_epochs=6",
                         "study.mini_batch.epochs=1", "study.mini_batch.sizes=[5,10]"]
 QUICK_SAMPLER = ["study.epochs=6"]
-QUICK_COMMON = ["study.final.epochs=6", "study.patience=3", "study.replicates=2", "tracking.enabled=false"]
+QUICK_COMMON = ["study.patience=3", "study.replicates=2", "tracking.enabled=false"]
 ANYTIME_PNG = "bench_study_anytime.png"  # written in the working directory
 
 
@@ -52,7 +55,9 @@ def quick_overrides(bench: Bench, method: str) -> list[str]:
     """The study overrides that make ``method`` a smoke test under --quick (none otherwise)."""
     if not bench.quick:
         return []
-    return (QUICK_BROAD_STRATEGY if method == "broad_strategy" else QUICK_SAMPLER) + QUICK_COMMON
+    if method == "pbt":  # no patience, no final epochs: it replays its schedule for its own epochs
+        return QUICK_SAMPLER + [o for o in QUICK_COMMON if not o.startswith("study.patience")]
+    return (QUICK_BROAD_STRATEGY if method == "broad_strategy" else QUICK_SAMPLER) + QUICK_COMMON + ["study.final.epochs=6"]
 
 
 def study_result(method: str, seed: int, store: Path, workers: int, extra: list[str]) -> dict:
@@ -74,7 +79,7 @@ def study_result(method: str, seed: int, store: Path, workers: int, extra: list[
     wall = time.perf_counter() - start
     final_trial = finished_trials(ctx.stage_studies["final"][0][1])[0]
     first = min(t.datetime_start for stage, studies in ctx.stage_studies.items() if stage != "final"
-                for _, st in studies for t in finished_trials(st))
+                for _, st in studies for t in finished_trials(st))  # (a pbt member: its population's start)
     tuning_s = (final_trial.datetime_start - first).total_seconds()  # from the first tuning trial's start
     points, trials, images, longest, last_ask = [], 0, 0, 0.0, 0.0
     for stage, studies in ctx.stage_studies.items():
@@ -89,6 +94,11 @@ def study_result(method: str, seed: int, store: Path, workers: int, extra: list[
             if rung == "full":
                 points += [((t.datetime_complete - first).total_seconds(), t.value) for t in done
                            if t.value is not None]
+                for t in done:  # a pbt member, told at its end: its scores at each ready point too
+                    start = (t.datetime_start - first).total_seconds()
+                    points += [(start + s, row[3]) for s, row in zip(t.user_attrs.get("seconds", []),
+                                                                    t.user_attrs.get("records", []))
+                               if row[3] is not None]
     curve, best = [], 0.0
     for t, v in sorted(points):
         best = max(best, v)
@@ -143,6 +153,8 @@ def study_section(bench: Bench) -> Table:
                 bench.progress(f"  {method}, study seed {seed}: running"
                                + (f" (budget {budget:.0f} s)" if budget is not None else "") + " ...")
                 limit = [] if budget is None else [f"study.budget_seconds={budget:.1f}", "study.n_trials=1000"]
+                if budget is not None and method == "pbt":  # it trains on until the budget is spent
+                    limit = [limit[0], "study.epochs=100000"]
                 extra = bench.data_overrides() + quick_overrides(bench, method) + limit
                 r = study_result(method, seed, Path(tmp), bench.workers, extra)
                 results[method].append(r)
@@ -156,8 +168,8 @@ def study_section(bench: Bench) -> Table:
     figures.anytime_figure({m: [r["curve"] for r in rs] for m, rs in results.items()}, png,
                            title=f"Studies on {bench.dataset}: best validation accuracy found so far "
                                  f"(full problem), {len(seeds)} study seed(s)")
-    return Table(f"Studies on {bench.dataset}: broad strategy vs TPE (median, Hyperband pruning) vs random "
-                 f"search at equal wall clock ({bench.workers} worker(s); budget: the broad strategy's tuning "
+    return Table(f"Studies on {bench.dataset}: broad strategy vs TPE (median, Hyperband pruning), random "
+                 f"search, population-based training and successive halving with refill at equal wall clock ({bench.workers} worker(s); budget: the broad strategy's tuning "
                  f"time, mean {budget:.0f} s)",
                  ("study", "seed", "tuning s", "trials", "longest trial s", "last ask s", "best val found", "eta/lambda/mb",
                   "final val acc",

@@ -14,7 +14,8 @@ from nnexp.config.errors import ConfigError
 
 #: the stages of each kind of study, in order
 STAGES = {"broad_strategy": ["eta_threshold", "lmbda_walk", "lmbda_refine", "mini_batch", "eta_refine", "final"],
-          "sampler": ["search", "final"], "pbt": ["pbt", "final"]}
+          "sampler": ["search", "final"], "pbt": ["pbt", "final"],
+          "asha": ["asha", "final"]}
 PRUNERS = ("median", "hyperband", "none")
 SAMPLERS = ("tpe", "random")
 
@@ -83,9 +84,19 @@ class PbtStage:
 
 
 @dataclass
+class AshaStage:
+    """Successive halving with refill (kind: asha): members per population (one per worker) and
+    the rungs, min_epochs x reduction_factor^k epochs."""
+
+    members: int = 8
+    min_epochs: int = 1
+    reduction_factor: int = 3
+
+
+@dataclass
 class StudySettings:
     name: str = "broad_strategy"
-    kind: str = "broad_strategy"  # broad_strategy | sampler | pbt
+    kind: str = "broad_strategy"  # broad_strategy | sampler | pbt | asha
     question: str = ""
     study_name: str | None = None  # default: name; stages are <study_name>/<stage>
     storage: str | None = None  # Optuna storage URL; None = sqlite:///optuna.db
@@ -112,6 +123,7 @@ class StudySettings:
     epochs: int = 30
     space: dict[str, Any] = field(default_factory=dict)
     pbt: PbtStage = field(default_factory=PbtStage)
+    asha: AshaStage = field(default_factory=AshaStage)
     stop_after: str | None = None
     output_dir: str | None = None
     heartbeat_seconds: int = 10
@@ -167,6 +179,11 @@ def validate(s: StudySettings) -> None:
                                                  f"{s.pbt.resample_probability}")
     check(bool(s.pbt.perturb) and all(f > 0 for f in s.pbt.perturb),
           f"study.pbt.perturb must be factors > 0, got {s.pbt.perturb}")
+    check(s.asha.members >= 2 and s.asha.min_epochs >= 1 and s.asha.reduction_factor >= 2,
+          "study.asha: members >= 2, min_epochs >= 1 and reduction_factor >= 2 (whole numbers)")
+    check(s.kind != "asha" or "mini_batch_size" not in s.space,
+          "study=asha trains one population, whose members share the mini-batch size: remove "
+          "study.space.mini_batch_size (mini_batch_size=... sets it)")
     check(s.pbt.ready_images is None or s.pbt.ready_images >= 1, "study.pbt.ready_images must be >= 1 (or null: an epoch)")
     check(s.replicates >= 1, f"study.replicates must be a whole number >= 1 (seeds per trial), got {s.replicates!r}")
     check(s.kind != "broad_strategy" or s.replicates >= 2,

@@ -106,6 +106,23 @@ class Stepper:
         self.lmbda[row] = value
         self._scalars_for = None
 
+    def put(self, row: int, weights: list[np.ndarray], biases: list[np.ndarray], *, eta: float, lmbda: float,
+            momentum: float) -> None:
+        """A new member in ``row`` (a finished member's, refilled): its parameters, zero
+        velocities and its scalars. Its steps from here on are those it would take alone."""
+        for w, new in zip(self.weights, weights):
+            w[row][...] = new
+        for b, new in zip(self.biases, biases):
+            b[row][...] = new
+        if momentum and self.vel_w is None:
+            self.vel_w = [np.zeros_like(w) for w in self.weights]
+            self.vel_b = [np.zeros_like(b) for b in self.biases]
+        if self.vel_w is not None:
+            for v in self.vel_w + self.vel_b:
+                v[row][...] = 0
+        self.eta[row], self.lmbda[row], self.momentum[row] = eta, lmbda, momentum
+        self._scalars_for = None
+
     def keep(self, rows: np.ndarray) -> None:
         """Keep only these rows (members) of every stacked array: finished members are dropped
         so they stop costing compute. Each kept member's matrices stay in Fortran order."""

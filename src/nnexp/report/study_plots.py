@@ -39,8 +39,8 @@ def stage_figure(stage: str, trials: list[dict], path: Path) -> Path | None:
 
     if stage == "eta_threshold":
         return figures.eta_cost_curves({float(t["params"]["eta"]): t.get("curve") or [] for t in trials}, path)
-    if stage in ("lmbda_walk", "lmbda_refine", "eta_refine", "search"):
-        name = "eta" if stage in ("eta_refine", "search") else "lmbda"
+    if stage in ("lmbda_walk", "lmbda_refine", "eta_refine", "search", "asha"):
+        name = "eta" if stage in ("eta_refine", "search", "asha") else "lmbda"
         points = scored(name)
         if not points:
             return None

@@ -14,7 +14,7 @@ import sys
 import traceback
 import uuid
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 from nnexp import tracking
 from nnexp.config.run_schema import flat_params
@@ -193,7 +193,8 @@ def recorded_as(exc: BaseException, status: str) -> str:
 
 
 # -- executing ---------------------------------------------------------------------------------
-def execute(jobs: Sequence[Job] | Job, *, progress: bool = False, control=None) -> list[RunResult]:
+def execute(jobs: Sequence[Job] | Job, *, progress: bool = False, control=None,
+            refill: Callable[[], Job | None] | None = None) -> list[RunResult]:
     """Train compatible jobs (see ``runner.groups.group_key``) as one population and track each.
 
     Raises NnexpError for bad data or config (before any run is created); KeyboardInterrupt /
@@ -201,13 +202,20 @@ def execute(jobs: Sequence[Job] | Job, *, progress: bool = False, control=None) 
     them as FAILED (the exception's ``where``: each such run's location, see ``interrupted``).
     One job is a population of one: the results never depend on grouping. ``control``: the
     population's controller (``train.Population``; population-based training), which names each
-    member by its job's position in ``jobs``."""
+    member by its job's position in ``jobs``. ``refill``: at each epoch's boundary, a finished run's
+    row trains the job ``refill()`` gives (compatible, tracked like the others), as long as it gives
+    one; their results follow the others', in the order they joined (successive halving with
+    refill). Refilled runs keep no checkpoints."""
     jobs = [jobs] if isinstance(jobs, Job) else list(jobs)
     if jobs[0].fit is not None:
         (job,) = jobs  # never grouped: see sweep.run_jobs
         return [_execute_fit(job)]
     check_compatible([j.config for j in jobs])
+    if refill is not None:  # one population from its start: nothing resumes into it
+        return _train(list(jobs), [None] * len(jobs), progress, control, None, refill)
     earlier = [resume.find(j) for j in jobs]  # each claimed: the same configuration twice, one goes on with it
+    if control is not None:  # its controller sees the whole population: it resumes from one position
+        earlier = resume.common_position(jobs, earlier)
     results: list[RunResult | None] = [None] * len(jobs)
     groups: dict[tuple[int, int], list[int]] = {}  # runs that go on from one position train together
     for i, e in enumerate(earlier):
@@ -253,7 +261,7 @@ def _already_finished(job: Job, earlier: resume.Earlier) -> RunResult:
 
 
 def _train(jobs: list[Job], earlier: list[resume.Earlier | None], progress: bool, control=None,
-           ids: list[int] | None = None) -> list[RunResult]:
+           ids: list[int] | None = None, refill: Callable[[], Job | None] | None = None) -> list[RunResult]:
     """Train and track jobs as one population (``earlier``: the runs each goes on with;
     ``control``, ``ids``: the population's controller and the members' names for it)."""
     splits, train, val, test = load_splits(jobs[0].config, progress=progress)
@@ -273,24 +281,46 @@ def _train(jobs: list[Job], earlier: list[resume.Earlier | None], progress: bool
             with interrupts.deferred():
                 for t, j, e in zip(trackers, jobs, earlier):
                     _open(t, splits, j, e)
-            savers = [resume.Saver(j, t.record) if t is not None and resume.checkpointed(j) else None
-                      for j, t in zip(jobs, trackers)]
+            savers = [resume.Saver(j, t.record, e and e.state) if t is not None and resume.checkpointed(j) else None
+                      for j, t, e in zip(jobs, trackers, earlier)]
             if len(jobs) > 1:
                 log.info("training %d runs as one population (%s)", len(jobs),
                          ", ".join(f"eta={j.config.eta:g} seed={j.config.seed}" for j in jobs))
+
+            def join():
+                """The next job of ``refill`` as a member (its record opened), or None."""
+                job = refill()
+                if job is None:
+                    return None
+                check_compatible([jobs[0].config, job.config])
+                st = Streams.from_seed(job.config.seed)
+                net, spec, tracker = build_network(job.config, st), train_spec(job.config), new_tracker(job, uploader, population)
+                jobs.append(job), nets.append(net), trackers.append(tracker), savers.append(None)
+                artifacts.append({"config.yaml": job.resolved_yaml} if job.resolved_yaml else {})
+                with interrupts.deferred():
+                    _open(tracker, splits, job, None)
+                return net, spec, st, ([interrupts.guard(tracker.observe)] if tracker else []) + list(job.observers)
+
+            done: dict[int, RunResult] = {}
+            recorded: dict[int, object] = {}  # the ended runs' trackers: where each is, once uploaded
+
+            def ended(i: int, history: History) -> None:
+                """A member that ended is recorded at once (its run ends in the store while the
+                others train on), its result kept."""
+                with interrupts.deferred():
+                    done[i] = _finish(jobs[i], trackers[i], history, nets[i], test, artifacts[i])
+                    recorded[i], trackers[i] = trackers[i], None  # recorded: an interruption leaves it alone
+
             with bar.logging():
-                histories = fit_population(nets, train, specs, validation=val, test=test, streams=streams,
-                                           observers=observers, checkpoints=savers,
-                                           resume=[e and e.state for e in earlier], control=control, ids=ids)
+                fit_population(nets, train, specs, validation=val, test=test, streams=streams, observers=observers,
+                               checkpoints=savers, resume=[e and e.state for e in earlier], control=control, ids=ids,
+                               refill=join if refill is not None else None, ended=ended)
             bar.close()
-            results, ended = [], list(trackers)
             with interrupts.deferred():
-                for i, (j, h, net) in enumerate(zip(jobs, histories, nets)):
-                    results.append(_finish(j, trackers[i], h, net, test, artifacts[i]))
-                    trackers[i] = None  # recorded: an interruption from here on leaves it alone
                 uploader.close()
-            for result, t, saver in zip(results, ended, savers):
-                result.summary = summary_line(result, _where(t))
+            results = [done[i] for i in range(len(jobs))]
+            for i, (result, saver) in enumerate(zip(results, savers)):
+                result.summary = summary_line(result, _where(recorded[i]))
                 result.checkpoint_seconds = saver.seconds if saver else 0.0
             return results
         except BaseException as exc:

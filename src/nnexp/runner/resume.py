@@ -26,7 +26,7 @@ from nnexp.config.identity import config_hash, identity_hash
 from nnexp.config.names import TAG_STAGE, TAG_STUDY
 from nnexp.runner.job import Job
 from nnexp.tracking.record import RunRecord
-from nnexp.train.checkpoint import CheckpointError, MemberState, Writer, load
+from nnexp.train.checkpoint import CheckpointError, MemberState, Writer, load, states
 
 log = logging.getLogger("nnexp.run")
 
@@ -103,6 +103,32 @@ def find(job: Job) -> Earlier | None:
     return Earlier(record, state)
 
 
+def common_position(jobs: list[Job], earlier: list[Earlier | None]) -> list[Earlier | None]:
+    """A controlled population (population-based training) resumes whole, or its controller
+    would decide for parts of it: each member goes on from the newest position every member
+    has a checkpoint at. A process killed between the members' saves leaves some a round
+    ahead; they go on from their previous slot (its history is cut to match). With no common
+    position (or a member with none), every member trains again from the start, in its record.
+    Members that ended are left alone."""
+    live = [i for i, e in enumerate(earlier) if e is not None and not e.finished]
+    if not live:
+        return earlier
+    options: dict[int, dict[tuple[int, int], MemberState]] = {}
+    for i in live:
+        found = states(earlier[i].record.dir / CHECKPOINT, identity(jobs[i])) if earlier[i].state is not None else []
+        options[i] = {(s.position.epoch, s.position.offset): s for s in found if not s.finished}
+    fresh = len(live) < sum(e is None or not e.finished for e in earlier)  # a member starts afresh: all do
+    common = set.intersection(*(set(o) for o in options.values())) if not fresh else set()
+    at = max(common, default=None)
+    out = list(earlier)
+    for i in live:
+        out[i] = Earlier(earlier[i].record, options[i].get(at) if at is not None else None)
+        if at is not None and earlier[i].state is not None and earlier[i].state.position != out[i].state.position:
+            log.info("%s: goes on from its previous checkpoint, where the whole population stands",
+                     earlier[i].record.start.get("run_name"))
+    return out
+
+
 def _state(record: RunRecord, job: Job) -> MemberState | None:
     """The run's checkpoint, or None (none, or unusable: said in one line)."""
     try:
@@ -149,8 +175,10 @@ class Saver:
     """The training loop's checkpoint function for one run: its state beside its record, and
     the seconds that took (``seconds``: what checkpoints cost the run)."""
 
-    def __init__(self, job: Job, record: RunRecord) -> None:
-        self.writer, self.identity, self.seconds = Writer(record.dir / CHECKPOINT), identity(job), 0.0
+    def __init__(self, job: Job, record: RunRecord, read: MemberState | None = None) -> None:
+        """``read``: the state the run resumed from (its slot is never written over first)."""
+        self.writer = Writer(record.dir / CHECKPOINT, read.slot if read is not None else None)
+        self.identity, self.seconds = identity(job), 0.0
 
     def __call__(self, state: MemberState) -> None:
         t0 = time.perf_counter()

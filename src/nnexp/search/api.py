@@ -26,6 +26,7 @@ from nnexp.config.names import TAG_EXPERIMENT, TAG_STAGE, TAG_STUDY
 from nnexp.search.backend import DEFAULT_STORAGE, make_storage
 from nnexp.search.outputs import load_decisions, meta_study, write_outputs
 from nnexp.config.study_schema import StudySettings, to_settings
+from nnexp.search.asha import asha_study
 from nnexp.search.pbt import pbt_study
 from nnexp.search.strategy import Context, broad_strategy, sampler_study
 
@@ -161,7 +162,8 @@ def run_study(cfg: DictConfig, workers: int | None = None, *, experiment: str | 
     log.info("study %s (%s): storage %s, %d worker(s), full problem %d images%s", name, settings.kind,
              tracking.redact(storage_url), ctx.workers, ctx.n_full,
              f", stripped problem {ctx.n_stage} images" if ctx.n_stage else "")
-    strategy = {"broad_strategy": broad_strategy, "sampler": sampler_study, "pbt": pbt_study}[settings.kind]
+    strategy = {"broad_strategy": broad_strategy, "sampler": sampler_study, "pbt": pbt_study,
+                "asha": asha_study}[settings.kind]
     if ctx.workers > 1:  # the worker processes start once, and import and load the data meanwhile
         from nnexp.runner import INTERRUPTIONS, WorkerPool, warm_up
 

@@ -92,6 +92,9 @@ def make_sampler(plan: StagePlan, worker: int = 0):
 def make_pruner(plan: StagePlan):
     import optuna
 
+    if plan.rungs is not None:  # successive halving (study=asha): rungs at min x factor^k epochs
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=plan.rungs[0], reduction_factor=plan.rungs[1],
+                                                      min_early_stopping_rate=0)
     if not plan.prune or plan.pruner == "none":
         return optuna.pruners.NopPruner()
     if plan.pruner == "hyperband":
@@ -113,12 +116,27 @@ class Heartbeat:
 
     def __init__(self, storage, trial_ids: Sequence[int], interval: int):
         self.storage, self.ids, self.interval = storage, list(trial_ids), max(1, interval)
+        self.lock = threading.Lock()
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._beat, daemon=True)
 
+    def add(self, trial_id: int) -> None:
+        """Keep this trial's heartbeat too (a population refilled with a new trial)."""
+        with self.lock:
+            self.ids.append(trial_id)
+        self.storage.record_heartbeat(trial_id)
+
+    def remove(self, trial_id: int) -> None:
+        """Stop beating for a trial that was told (it is no longer RUNNING)."""
+        with self.lock:
+            if trial_id in self.ids:
+                self.ids.remove(trial_id)
+
     def _beat(self) -> None:
         while True:
-            for i in self.ids:
+            with self.lock:
+                ids = list(self.ids)
+            for i in ids:
                 self.storage.record_heartbeat(i)
             if self.stop.wait(self.interval):
                 return

@@ -14,8 +14,10 @@ replays on any seed.
 from __future__ import annotations
 
 import copy
+import datetime
 import logging
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -94,13 +96,22 @@ def decide(rule: Rule, images: int, scores: dict[int, float | None],
 
 class Controller:
     """The population's controller (``train.fit_population(control=...)``): ``decide``, then
-    each copy and its new eta and lambda."""
+    each copy and its new eta and lambda. ``budget_seconds``: at the first ready point after
+    this much wall clock, every member ends (a benchmark's equal budget; not deterministic)."""
 
-    def __init__(self, rule: Rule):
-        self.rule = rule
+    def __init__(self, rule: Rule, budget_seconds: float | None = None):
+        self.rule, self.budget = rule, budget_seconds
+        self.started = time.monotonic()
+        self.spent = 0.0  # wall seconds at the last ready point the population trained on from
 
     def __call__(self, pop) -> None:
         members = pop.members()
+        elapsed = time.monotonic() - self.started
+        if self.budget and elapsed >= self.budget:
+            for m in members:
+                pop.end(m, f"the study's wall-clock budget ({self.budget:g} s) is spent")
+            return
+        self.spent = elapsed
         events = decide(self.rule, pop.images_seen, {m: pop.score(m) for m in members},
                         {m: pop.hyper(m) for m in members})
         for e in events:
@@ -172,14 +183,15 @@ def train_population(task: tuple) -> int:
     """A pool task: train (or resume) one population to its end, then add its members to the
     stage's Optuna study as finished trials (params: the initial eta and lambda; value: the last
     validation accuracy; intermediate values: every ready point). Returns the members added."""
-    import optuna
     from optuna.distributions import FloatDistribution
-    from optuna.trial import TrialState
+    from optuna.trial import FrozenTrial, TrialState
 
     plan, rule, k = task
     jobs = member_jobs(plan, rule, k)
+    started = datetime.datetime.now()
+    control = Controller(rule, plan.budget_seconds)
     with runner.one_blas_thread():
-        results = runner.execute(jobs, control=Controller(rule))
+        results = runner.execute(jobs, control=control)
     storage = make_storage(plan.storage, plan.heartbeat, plan.grace)
     study = open_study(plan, storage, rule.population)
     dists = {"eta": FloatDistribution(*rule.eta_range, log=True),
@@ -190,17 +202,21 @@ def train_population(task: tuple) -> int:
         for i, (job, result) in enumerate(zip(jobs, results)):
             h = result.history
             last = next((r.validation_accuracy for r in reversed(h.records) if r.validation_accuracy is not None), None)
-            study.add_trial(optuna.trial.create_trial(
-                params={"eta": job.config.eta, "lmbda": job.config.lmbda / plan.lmbda_scale}, distributions=dists,
+            clock = np.cumsum([r.epoch_seconds for r in h.records]).round(3).tolist()
+            study.add_trial(FrozenTrial(
+                number=0, trial_id=0, state=TrialState.COMPLETE, datetime_start=started,
+                datetime_complete=datetime.datetime.now(),
                 value=last if last is not None and result.status not in (DIVERGED, FAILED) else 0.0,
+                params={"eta": job.config.eta, "lmbda": job.config.lmbda / plan.lmbda_scale}, distributions=dists,
                 intermediate_values={r.images_seen: r.validation_accuracy for r in h.records
                                      if r.validation_accuracy is not None and math.isfinite(r.validation_accuracy)},
                 user_attrs={"population": rule.population, "member": i, "seed": job.config.seed,
                             TAG_STATUS: result.status, "reason": h.reason[:500], "mlflow_run_id": result.run_id,
                             "best_validation_accuracy": h.best_validation_accuracy,
                             "images": h.records[-1].images_seen if h.records else 0,
-                            "records": compact_records(h)},
-                state=TrialState.COMPLETE))
+                            "records": compact_records(h), "seconds": clock,
+                            **({"budget_spent_s": round(control.spent, 3)} if plan.budget_seconds else {})},
+                system_attrs={}))
     return len(jobs)
 
 
@@ -226,7 +242,7 @@ def stage_pbt(ctx) -> dict:
     base = full_base(ctx, int(s.epochs), schedule="constant", early_stopping=False)
     base.monitor.metrics = ["validation_accuracy"]  # the controller's score; never the test set
     base.monitor.every_images = int(p.ready_images or ctx.n_full)
-    plan = ctx.plan("pbt", base, {}, prune=False, population=k)
+    plan = ctx.plan("pbt", base, {}, prune=False, population=k, budget_seconds=s.budget_seconds)
     tasks = [(plan, rule_of(ctx, w), k) for w in range(ctx.workers)]
     log.info("pbt: %d population(s) of %d members, %d epochs, ready every %d images", len(tasks), k,
              int(s.epochs), base.monitor.every_images)
@@ -250,12 +266,14 @@ def stage_pbt(ctx) -> dict:
                         for t in trials if t.user_attrs["population"] == w} for w in range(len(tasks))}
     copies = sum(len(v) for per in lineage.values() for v in per.values())
     root_seed = base.seed + pop * k + root
+    trained = max(row[0] for row in records[int(best.user_attrs["member"])])  # images (a budget may end it early)
     summary = (f"population {pop} member {best.user_attrs['member']}: last validation accuracy {best.value:.4f}; "
                f"its network's schedule has {len(points)} piece(s) along a lineage from member {root} "
                f"(seed {root_seed}); {copies} exploit(s) in all")
     return record_decision(ctx, "pbt", [("full", study)], {
         "eta": points[0][1], "lmbda": points[0][2] / plan.lmbda_scale, "mini_batch_size": base.mini_batch_size,
-        "schedule": points, "epochs": int(s.epochs), "ready_images": base.monitor.every_images,
+        "schedule": points, "epochs": min(int(s.epochs), math.ceil(trained / ctx.n_full)), "images": trained,
+        "ready_images": base.monitor.every_images,
         "population": pop, "member": int(best.user_attrs["member"]), "root": root, "root_seed": root_seed,
         "validation_accuracy": best.value, "lineage": lineage, "curve": stitched_curve(int(best.user_attrs["member"]), records),
         "members": k, "populations": len(tasks), "evidence": "last validation accuracy of every member",

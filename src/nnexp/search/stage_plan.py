@@ -31,4 +31,5 @@ class StagePlan:
     replicates: int = 1  # seeds per trial (seed, seed + 1, ...), trained as one population; value: their mean
     score_test: bool = False  # tuning never sees the test set; the final stage scores it, once
     alone: bool = False  # train every run by itself: its wall clock is a single run's (the mini-batch stage)
+    rungs: tuple[int, int] | None = None  # successive halving: (min epochs, reduction factor); the pruner
     budget_seconds: float | None = None  # no trial is asked once this much wall clock passed since the first started

@@ -42,6 +42,8 @@ QUESTIONS = {
                   "(factors of refine_step around the mini-batch stage's eta) do better there?",
     "final": "What validation and test accuracy does the chosen configuration reach? (Its seeds, measured once.)",
     "search": "Which eta, lambda and mini-batch size does the sampler find best?",
+    "asha": "Which eta and lambda does the sampler find best, pruning below each rung's cut and refilling "
+            "the freed rows with new trials?",
     "pbt": "Which schedule of eta and lambda does population-based training find (the best member's, along "
            "its network's lineage)?",
 }

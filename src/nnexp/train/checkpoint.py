@@ -113,8 +113,8 @@ class Writer:
     older of two slots, the history's new records appended (the first save of a process writes
     the history whole)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path, self.history = path, history_path(path)
+    def __init__(self, path: Path, read: Path | None = None) -> None:
+        self.path, self.history, self.read = path, history_path(path), read  # read: the slot resumed from
         self.written: int | None = None  # history records in the file (None: not yet known)
         self.sequence: int | None = None  # the last state's number (None: not yet known)
         self.target = 0  # the slot the next state goes into
@@ -138,7 +138,7 @@ class Writer:
             slots = slot_paths(self.path)
             self.sequence = max((_header(p)[0]["sequence"] for p in slots if _readable(p)), default=0)
             try:
-                kept = load(self.path, state.identity).slot
+                kept = self.read or load(self.path, state.identity).slot
                 self.target = 1 - slots.index(kept)
             except (FileNotFoundError, CheckpointError):
                 self.target = 0
@@ -178,6 +178,12 @@ class Writer:
 def sequence(slot: Path) -> int:
     """The number of the state a slot holds (later states have larger numbers)."""
     return _header(slot)[0]["sequence"]
+
+
+def position(slot: Path) -> tuple[int, int]:
+    """Where the state a slot holds goes on: (epoch, offset)."""
+    p = _header(slot)[0]["position"]
+    return p["epoch"], p["offset"]
 
 
 def _readable(path: Path) -> bool:
@@ -229,6 +235,17 @@ def load(path: Path, identity: str) -> MemberState:
             state.note = "; ".join(notes) + "; resumed from the previous checkpoint"
         return state
     raise CheckpointError("; ".join(notes))
+
+
+def states(path: Path, identity: str) -> list[MemberState]:
+    """Every whole slot of the checkpoint ``path``, newest first (the damaged ones left out)."""
+    out = []
+    for p in slot_paths(path):
+        try:
+            out.append((_header(p)[0]["sequence"], _load_slot(p, path, identity)))
+        except (OSError, KeyError, ValueError, TypeError):
+            continue
+    return [s for _, s in sorted(out, key=lambda pair: pair[0], reverse=True)]
 
 
 def _load_slot(path: Path, base: Path, identity: str) -> MemberState:

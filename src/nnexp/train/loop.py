@@ -51,6 +51,8 @@ class _Member:
         self.since_best_sched = 0
         self.clock = 0.0  # training seconds since the previous evaluation
         self.active = True
+        self.start_epoch = self.start_images = 0  # where the population stood when it joined (refill)
+        self.joined_at = time.perf_counter()  # its train_seconds count from here
 
     def restore(self, state: MemberState) -> None:
         """Continue from a checkpoint: its parameters (before the stack is built), schedule,
@@ -149,7 +151,7 @@ class _Loop:
     of each row), shrinking as members finish (``compact``)."""
 
     def __init__(self, nets, train, specs, validation, test, streams, observers, resume=None, checkpoints=None,
-                 control=None, ids=None):
+                 control=None, ids=None, refill=None, ended=None):
         dtype = nets[0].dtype
         self.x = np.ascontiguousarray(train.x, dtype=dtype)  # (n, n_in)
         labels = np.asarray(train.y)
@@ -161,6 +163,7 @@ class _Loop:
         if test is not None:
             shared["test"] = (np.asarray(test.x, dtype=dtype), np.asarray(test.y))
         val = None if validation is None else (np.asarray(validation.x, dtype=dtype), np.asarray(validation.y))
+        self.val, self.shared = val, shared
         for split, used in ((train, self.x), (validation, val and val[0]), (test, shared.get("test", (None,))[0])):
             self._keep_columns(split, used)
         self.members = []
@@ -172,6 +175,8 @@ class _Loop:
         resume = list(resume or [None] * len(nets))
         self.control = control  # called with a Population after each evaluation of every member
         self.ids = list(range(len(nets)) if ids is None else ids)  # the members' names for the controller
+        self.refill = refill  # at an epoch's boundary, a finished member's row takes the member this gives
+        self.ended = ended  # called with (member, its History) as each member ends
         if control is not None:
             for m in self.members:
                 m.varied = True
@@ -226,7 +231,7 @@ class _Loop:
             if wanted and split in m.sets:
                 x, labels = m.sets[split]
                 out[split] = (*evaluate(m.net, self._columns(x), labels), len(labels))
-        return m.record(self.images_seen, self.n, out)
+        return m.record(self.images_seen - m.start_images, self.n, out)
 
     def evaluate_members(self, which: Sequence[int]) -> None:
         for i in which:
@@ -242,6 +247,41 @@ class _Loop:
 
     def active_members(self) -> list[int]:
         return [int(i) for i in self.rows if self.members[i].active]
+
+    def refill_rows(self, epoch: int) -> None:
+        """At an epoch's boundary: each row whose member has finished takes a new member from
+        ``refill`` (successive halving with refill), which starts its own epoch 0 here, until
+        ``refill`` gives None. The new member draws its data order from its own streams and its
+        row's arithmetic is its own, so it trains exactly as it would alone."""
+        if self.refill is None:
+            return
+        for r, i in enumerate(self.rows):
+            if self.members[i].active:
+                continue
+            new = self.refill()
+            if new is None:
+                self.refill = None
+                return
+            net, spec, streams, observers = new
+            if population_key(net.sizes, net.hidden, net.cost, net.dtype, spec) != population_key(
+                    self.members[i].net.sizes, self.members[i].net.hidden, self.members[i].net.cost,
+                    self.members[i].net.dtype, self.spec):
+                raise ValueError("a refilled member must be compatible with the population (population_key)")
+            old = self.members[i].net  # keeps its final parameters: its row is reused
+            old.weights, old.biases = [w.copy(order="K") for w in old.weights], [b.copy() for b in old.biases]
+            sets = dict(self.shared)
+            if self.val is not None:
+                sets["validation"] = self._validation_set(self.val, spec, streams)
+            m = _Member(net, spec, streams, observers, sets)
+            m.start_epoch, m.start_images, m.varied = epoch, self.images_seen, self.control is not None
+            self.stepper.put(r, net.weights, net.biases, eta=m.eta, lmbda=m.lmbda, momentum=spec.momentum)
+            net.weights = [w[r] for w in self.stepper.weights]
+            net.biases = [b[r] for b in self.stepper.biases]
+            self.members.append(m)
+            self.checkpoints.append(None)  # a refilled member keeps no checkpoint
+            self.ids.append(len(self.ids))
+            self.rows[r] = len(self.members) - 1
+        self.next_change = self._next_change()
 
     def compact(self) -> np.ndarray | None:
         """Drop finished members from the stack (their networks keep their final weights);
@@ -259,15 +299,16 @@ class _Loop:
 
     def _next_change(self) -> float:
         """Images at which a member's piecewise schedule next changes eta or lambda (inf: never)."""
-        pending = [m.points[m.next_point][0] for m in self.members if m.active and m.next_point < len(m.points)]
+        pending = [m.points[m.next_point][0] + m.start_images for m in self.members
+                   if m.active and m.next_point < len(m.points)]
         return min(pending, default=math.inf)
 
     def apply_schedules(self) -> None:
         """Set the eta and lambda of every member whose schedule reached a point."""
         for i in self.active_members():
             m = self.members[i]
-            if m.due(self.images_seen):
-                m.apply_points(self.images_seen)
+            if m.due(self.images_seen - m.start_images):
+                m.apply_points(self.images_seen - m.start_images)
                 self.set_hyper(i, m.eta, m.lmbda)
         self.next_change = self._next_change()
 
@@ -313,8 +354,12 @@ class _Loop:
         self.stepper.set_lmbda(r, m.lmbda)
 
     def finish(self, i: int, stop: tuple[str, str] | None) -> None:
-        self.members[i].finish(stop)
+        m = self.members[i]
+        m.history.train_seconds = self.now - m.joined_at  # members that end together share the clock
+        m.finish(stop)
         self.checkpoint([i], None)
+        if self.ended is not None:
+            self.ended(i, m.history)
 
     def checkpoint(self, which: Sequence[int], position: Position | None) -> None:
         """Each member's state into its checkpoint (if it keeps one): ``position`` for a member
@@ -354,14 +399,20 @@ class _Loop:
         return [np.stack([pm[l] for pm in per_member]) for l in range(len(hidden))]
 
     def run(self) -> list[History]:
-        start = time.perf_counter()
+        self.now = time.perf_counter()  # the time of the last training step (see finish)
+        for m in self.members:
+            m.joined_at = self.now
         every, mb = self.spec.monitor.every_images, self.spec.mini_batch_size
         first, next_eval = self.start, self.start.next_eval
+        epoch = first.epoch
         with np.errstate(all="ignore"):  # divergence is detected and reported, not warned
-            for epoch in range(first.epoch, max(m.spec.epochs for m in self.members)):
+            while True:
+                self.now = time.perf_counter()
                 for i in self.active_members():
-                    if epoch >= self.members[i].spec.epochs:
+                    m = self.members[i]
+                    if epoch - m.start_epoch >= m.spec.epochs:
                         self.finish(i, None)
+                self.refill_rows(epoch)
                 if not self.active_members():
                     break
                 self.compact()
@@ -395,27 +446,26 @@ class _Loop:
                 if every is None:
                     evaluated = self.active_members()
                 else:  # the last epoch of a member ends with an evaluation
-                    evaluated = [i for i in self.active_members() if epoch == self.members[i].spec.epochs - 1
+                    evaluated = [i for i in self.active_members()
+                                 if epoch - self.members[i].start_epoch == self.members[i].spec.epochs - 1
                                  and not self._evaluated_now(self.members[i])]
                 self.evaluate_members(evaluated)
+                self.refill_rows(epoch + 1)
                 self.compact()
                 if every is None:
                     self.controlled()
                 if evaluated or every is None:
                     self.checkpoint([i for i in self.active_members()], Position(epoch + 1, 0, self.images_seen, next_eval))
-            for i in self.active_members():
-                self.finish(i, None)
-        total = time.perf_counter() - start
-        for m in self.members:
-            m.history.train_seconds = total
+                epoch += 1
         return [m.history for m in self.members]
 
     def _add_clock(self, seconds: float) -> None:
+        self.now = time.perf_counter()
         for i in self.active_members():
             self.members[i].clock += seconds
 
     def _evaluated_now(self, m: _Member) -> bool:
-        return bool(m.history.records) and m.history.records[-1].images_seen == self.images_seen
+        return bool(m.history.records) and m.history.records[-1].images_seen == self.images_seen - m.start_images
 
 
 class Population:
@@ -453,6 +503,10 @@ class Population:
     def set_hyper(self, m: int, eta: float, lmbda: float) -> None:
         self._loop.set_hyper(self._index[m], eta, lmbda)
 
+    def end(self, m: int, reason: str) -> None:
+        """Member ``m`` ends here, completed (e.g. the search's wall-clock budget is spent)."""
+        self._loop.finish(self._index[m], (COMPLETED, reason))
+
 
 def evaluation_form(split) -> EvaluationSet:
     """The split's inputs prepared for evaluation (``EvaluationSet``: MNIST's transposed pixels
@@ -483,7 +537,9 @@ def fit_population(nets: Sequence[Network], train, specs: Sequence[TrainSpec], *
                    resume: Sequence[MemberState | None] | None = None,
                    checkpoints: Sequence[Callable[[MemberState], None] | None] | None = None,
                    control: Callable[[Population], None] | None = None,
-                   ids: Sequence[int] | None = None) -> list[History]:
+                   ids: Sequence[int] | None = None,
+                   refill: Callable[[], tuple | None] | None = None,
+                   ended: Callable[[int, History], None] | None = None) -> list[History]:
     """Train K compatible networks (``population_key``) by mini-batch SGD, in place, as one
     batched computation; one History per member, each exactly the one it would have alone.
     Never raises on divergence: that member's outcome is "diverged" instead.
@@ -494,7 +550,11 @@ def fit_population(nets: Sequence[Network], train, specs: Sequence[TrainSpec], *
     offset), and the history returned is the whole run's. ``control``: called with the
     ``Population`` after each evaluation of every member still training (population-based
     training's exploit and explore), which names the members by ``ids`` (default 0..K-1); each
-    record then reports lambda too."""
+    record then reports lambda too. ``refill``: at each epoch's boundary, a finished member's
+    row takes the member ``refill()`` gives, (net, spec, streams, observers), as long as it gives
+    one (successive halving with refill); the histories of the members that joined follow the
+    others', in the order they joined. ``ended``: called with (member, its History) as each
+    member ends (its network then holds its final parameters), e.g. to record it at once."""
     check_population(nets, train, specs, validation)
     if resume is not None:
         if any(s is not None and s.finished for s in resume):
@@ -503,7 +563,8 @@ def fit_population(nets: Sequence[Network], train, specs: Sequence[TrainSpec], *
         if len(positions) > 1 or (positions and any(s is None for s in resume)):
             raise ValueError("the members of a resumed population must all resume from the same position")
     observers = observers or [() for _ in nets]
-    return _Loop(nets, train, specs, validation, test, streams, observers, resume, checkpoints, control, ids).run()
+    return _Loop(nets, train, specs, validation, test, streams, observers, resume, checkpoints, control, ids,
+                 refill, ended).run()
 
 
 def fit(net: Network, train, spec: TrainSpec, *, validation=None, test=None, streams: Streams | None = None,
