@@ -9,7 +9,8 @@ import pytest
 #: (--dist loadfile) in collection order, so the two workers end together when the long ones go
 #: first and the short ones fill in. Files not listed go last, in their usual order.
 LONGEST_FIRST = ("test_study.py", "test_run.py", "test_report.py", "test_resume.py", "test_bench.py",
-                 "test_tracking.py", "test_population.py", "test_scheduling.py", "test_notebooks.py")
+                 "test_tracking.py", "test_population.py", "test_pbt.py", "test_asha.py", "test_scheduling.py",
+                 "test_notebooks.py")
 
 
 def pytest_collection_modifyitems(session, config, items):

@@ -42,7 +42,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         f"default: {', '.join(DEFAULT_SECTIONS)}")
     p.add_argument("--workers", type=int, default=2,
                    help="worker processes for the study and sweep sections (default 2)")
+    p.add_argument("--methods", default=None, metavar="A,B",
+                   help="the study section's methods (default: all); without broad_strategy each runs its "
+                        "own default budget")
+    p.add_argument("--study-seeds", type=int, default=3, help="the study section's study seeds (default 3)")
     args = p.parse_args(argv)
+    from nnexp.bench.study import STUDY_METHODS
+
+    if args.methods is not None:
+        args.methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+        unknown = [m for m in args.methods if m not in STUDY_METHODS]
+        if unknown or not args.methods:
+            p.error(f"unknown --methods {', '.join(unknown) or '(none)'}; choose from: {', '.join(STUDY_METHODS)}")
+    if args.study_seeds < 1:
+        p.error("--study-seeds must be at least 1")
     if args.epochs < 1:
         p.error("--epochs must be at least 1")
     return args
@@ -52,6 +65,7 @@ def run(args: argparse.Namespace) -> None:
     """Print the header, then each chosen section's table as soon as it is measured."""
     say = functools.partial(print, flush=True)
     bench = load_bench(args.dataset, args.data_dir, args.epochs, args.quick, workers=args.workers, progress=say)
+    bench.methods, bench.study_seeds = args.methods, args.study_seeds
     say("\n".join(header(bench)))
     for name in args.only or DEFAULT_SECTIONS:
         say()

@@ -42,6 +42,8 @@ class Bench:
     quick: bool = False
     workers: int = 1
     progress: Callable[[str], None] = _quiet
+    methods: tuple[str, ...] | None = None  # the study section's methods (None: all)
+    study_seeds: int = 3  # the study section's study seeds (1 with --quick)
 
     @property
     def n_train(self) -> int:

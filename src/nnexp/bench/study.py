@@ -144,12 +144,13 @@ def study_section(bench: Bench) -> Table:
     the broad strategy's tuning seconds (same study seed); anytime curves and final accuracies."""
     from nnexp.report import figures  # imported when the section runs: `--help` stays fast
 
-    seeds = (0,) if bench.quick else (0, 1, 2)
-    rows, results = [], {m: [] for m in STUDY_METHODS}
+    seeds = (0,) if bench.quick else tuple(range(bench.study_seeds))
+    methods = [m for m in STUDY_METHODS if bench.methods is None or m in bench.methods]
+    rows, results = [], {m: [] for m in methods}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in seeds:
             budget = None  # the broad strategy's tuning time for this seed: the samplers' budget
-            for method in STUDY_METHODS:
+            for method in methods:
                 bench.progress(f"  {method}, study seed {seed}: running"
                                + (f" (budget {budget:.0f} s)" if budget is not None else "") + " ...")
                 limit = [] if budget is None else [f"study.budget_seconds={budget:.1f}", "study.n_trials=1000"]
@@ -158,19 +159,20 @@ def study_section(bench: Bench) -> Table:
                 extra = bench.data_overrides() + quick_overrides(bench, method) + limit
                 r = study_result(method, seed, Path(tmp), bench.workers, extra)
                 results[method].append(r)
-                budget = r["tuning_s"] if budget is None else budget
+                budget = r["tuning_s"] if method == "broad_strategy" else budget
                 rows.append(study_row(method, seed, r))
                 bench.progress(row_line(rows[-1]))
-    broad = results["broad_strategy"]
-    budget = statistics.mean(r["tuning_s"] for r in broad)
-    summary = [method_summary(method, rs, broad) for method, rs in results.items()]
+    broad = results.get("broad_strategy") or []
+    budget = statistics.mean(r["tuning_s"] for r in broad) if broad else None
+    summary = [method_summary(method, rs, broad or rs) for method, rs in results.items()]
     png = Path(ANYTIME_PNG).resolve()
     figures.anytime_figure({m: [r["curve"] for r in rs] for m, rs in results.items()}, png,
                            title=f"Studies on {bench.dataset}: best validation accuracy found so far "
                                  f"(full problem), {len(seeds)} study seed(s)")
     return Table(f"Studies on {bench.dataset}: broad strategy vs TPE (median, Hyperband pruning), random "
-                 f"search, population-based training and successive halving with refill at equal wall clock ({bench.workers} worker(s); budget: the broad strategy's tuning "
-                 f"time, mean {budget:.0f} s)",
+                 f"search, population-based training and successive halving with refill at equal wall clock ({bench.workers} worker(s); "
+                 + (f"budget: the broad strategy's tuning time, mean {budget:.0f} s)" if budget is not None
+                    else "no broad strategy run: each method's own default budget)"),
                  ("study", "seed", "tuning s", "trials", "longest trial s", "last ask s", "best val found", "eta/lambda/mb",
                   "final val acc",
                   "final test acc (mean ± std over its seeds)"), rows,

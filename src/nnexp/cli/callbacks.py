@@ -165,7 +165,8 @@ def resumed_parent(key: str):
     record = resume.recall(key)
     if record is None or (not record.ended() and record.owner_alive()):
         return None
-    record.resume("the sweep run again")
+    if not record.claim("the sweep run again"):  # another process took it meanwhile
+        return None
     return tracking.ParentRun.of_record(record.dir)
 
 

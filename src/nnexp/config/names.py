@@ -27,7 +27,7 @@ TAG_BEST_CHILD = "nnexp.best_child"
 TAG_SWEEP_OVERRIDES = "nnexp.sweep_overrides"
 TAG_POPULATION = "nnexp.population"  # an id shared by the runs trained together as one population
 TAG_POPULATION_SIZE = "nnexp.population_size"  # how many trained together (1: alone)
-TAG_LINEAGE = "nnexp.lineage"  # population-based training: "images:donor ..." where the run took a donor's network
+TAG_LINEAGE = "nnexp.lineage"  # population-based training: "images:donor@generation ..." where the run took a donor's network
 TAG_MEMBER = "nnexp.member"  # population-based training: the member's index in its population (the donors' names)
 
 # -- metrics --------------------------------------------------------------------------------------

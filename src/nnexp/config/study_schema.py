@@ -76,8 +76,8 @@ class PbtStage:
     """Population-based training (kind: pbt): members per population (one population per worker),
     how often they are ranked, and how the bottom exploits the top and explores."""
 
-    members: int = 8
-    ready_images: int | None = None  # None: once an epoch
+    members: int = 16
+    ready_images: int | None = None  # None: every 2 epochs
     exploit_fraction: float = 0.25
     perturb: list[float] = field(default_factory=lambda: [0.8, 1.2])
     resample_probability: float = 0.25

@@ -172,7 +172,7 @@ def _finish(job: Job, tracker, history: History, net, test, artifacts: dict) -> 
             buf = io.BytesIO()
             save_network(net, buf)
             artifacts["model.npz"] = buf.getvalue()
-        donors = [f"{r.images_seen}:{r.donor}" for r in history.records if r.donor is not None]
+        donors = [f"{r.images_seen}:{r.donor}@{r.generation}" for r in history.records if r.donor is not None]
         tracker.finish(history.outcome, summary=summary, artifacts=artifacts, mlflow_status="FINISHED",
                        error=history.reason if history.outcome == DIVERGED else None,
                        tags={TAG_LINEAGE: " ".join(donors)[:4000]} if donors else None)

@@ -10,7 +10,6 @@ MLflow and PRUNED in Optuna at the rung that pruned it, so the sampler's next as
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import threading
@@ -21,7 +20,7 @@ from nnexp.config.errors import ConfigError
 from nnexp.config.names import COMPLETED, DIVERGED, FAILED, PRUNED, TAG_STAGE, TAG_STATUS, TAG_STUDY, TAG_TRIAL
 from nnexp.search.backend import Heartbeat, finished_trials, make_storage, open_study
 from nnexp.search.stage_plan import StagePlan
-from nnexp.search.trials import _progress_line, _suggest, ask_trial, budget_spent, trial_config
+from nnexp.search.trials import _progress_line, _suggest, ask_trial, budget_spent, run_on_workers, trial_config
 
 log = logging.getLogger("nnexp.study")
 
@@ -175,13 +174,7 @@ def stage_asha(ctx) -> dict:
     log.info("asha: %d population(s) of %d, rungs at %s epochs, up to %d trials%s", len(tasks), a.members,
              ", ".join(str(r) for r in rung_epochs(int(a.min_epochs), int(a.reduction_factor), int(s.epochs))),
              s.n_trials, f" or {s.budget_seconds:g} s" if s.budget_seconds else "")
-    if ctx.pool is not None and len(tasks) > 1:
-        outcomes = ctx.pool.run(train_population, tasks)
-        failed = [o for o in outcomes if isinstance(o, BaseException)]
-        if failed:
-            raise failed[0]
-    else:
-        train_population(tasks[0])
+    run_on_workers(train_population, tasks, ctx.pool)
     study = open_study(plan, make_storage(plan.storage, plan.heartbeat, plan.grace))
     trials = finished_trials(study)
     complete = [t for t in trials if t.value is not None and t.user_attrs.get(TAG_STATUS) == COMPLETED]

@@ -26,6 +26,7 @@ from nnexp import runner, tracking
 from nnexp.config.names import DIVERGED, FAILED, TAG_MEMBER, TAG_STAGE, TAG_STATUS, TAG_STUDY
 from nnexp.search.backend import make_storage, open_study
 from nnexp.search.stage_plan import StagePlan
+from nnexp.search.trials import run_on_workers
 from nnexp.tracking.storelock import sqlite_lock
 
 log = logging.getLogger("nnexp.study")
@@ -121,8 +122,8 @@ class Controller:
 
 # -- lineage and schedule ---------------------------------------------------------------------
 def compact_records(history) -> list[list]:
-    """[images, eta, lambda, validation accuracy, donor] per evaluation: what the lineage needs."""
-    return [[r.images_seen, r.eta, r.lmbda, r.validation_accuracy, r.donor] for r in history.records]
+    """[images, eta, lambda, validation accuracy, donor, generation] per evaluation: the lineage."""
+    return [[r.images_seen, r.eta, r.lmbda, r.validation_accuracy, r.donor, r.generation] for r in history.records]
 
 
 def segments(member: int, records: dict[int, list[list]]) -> list[tuple[int, int]]:
@@ -232,7 +233,7 @@ def rule_of(ctx, population: int) -> Rule:
 
 def stage_pbt(ctx) -> dict:
     """One population of ``study.pbt.members`` per worker, trained for ``study.epochs`` epochs,
-    ready every ``study.pbt.ready_images`` images (default: an epoch); the member with the best
+    ready every ``study.pbt.ready_images`` images (default: 2 epochs); the member with the best
     last validation accuracy gives the schedule."""
     from nnexp.search.backend import finished_trials
     from nnexp.search.strategy import full_base, record_decision
@@ -241,19 +242,12 @@ def stage_pbt(ctx) -> dict:
     k = int(p.members)
     base = full_base(ctx, int(s.epochs), schedule="constant", early_stopping=False)
     base.monitor.metrics = ["validation_accuracy"]  # the controller's score; never the test set
-    base.monitor.every_images = int(p.ready_images or ctx.n_full)
+    base.monitor.every_images = int(p.ready_images or 2 * ctx.n_full)
     plan = ctx.plan("pbt", base, {}, prune=False, population=k, budget_seconds=s.budget_seconds)
     tasks = [(plan, rule_of(ctx, w), k) for w in range(ctx.workers)]
     log.info("pbt: %d population(s) of %d members, %d epochs, ready every %d images", len(tasks), k,
              int(s.epochs), base.monitor.every_images)
-    if ctx.pool is not None and len(tasks) > 1:
-        outcomes = ctx.pool.run(train_population, tasks)
-        failed = [o for o in outcomes if isinstance(o, BaseException)]
-        if failed:
-            raise failed[0]
-    else:
-        for task in tasks:
-            train_population(task)
+    run_on_workers(train_population, tasks, ctx.pool)
     study = open_study(plan, make_storage(plan.storage, plan.heartbeat, plan.grace))
     trials = [t for t in finished_trials(study) if t.user_attrs.get("population", -1) < len(tasks)]
     best = max(trials, key=lambda t: (t.value or 0.0, -t.number))
@@ -261,7 +255,7 @@ def stage_pbt(ctx) -> dict:
     records = {int(t.user_attrs["member"]): t.user_attrs["records"] for t in trials
                if t.user_attrs["population"] == pop}
     root, points = schedule_of(int(best.user_attrs["member"]), records)
-    lineage = {str(w): {str(t.user_attrs["member"]): [[row[0], row[4]] for row in t.user_attrs["records"]
+    lineage = {str(w): {str(t.user_attrs["member"]): [[row[0], row[4], row[5]] for row in t.user_attrs["records"]
                                                      if row[4] is not None]
                         for t in trials if t.user_attrs["population"] == w} for w in range(len(tasks))}
     copies = sum(len(v) for per in lineage.values() for v in per.values())

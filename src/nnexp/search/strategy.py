@@ -441,12 +441,14 @@ def stage_final(ctx: Context, eta: float, lmbda: float, mini_batch: int, schedul
                 points: list | None = None, epochs: int | None = None, seed: int | None = None) -> dict:
     """The chosen configuration on the full problem, its seed replicates as one population; the
     test set is scored here only, once. ``points``: a piecewise schedule's (population-based
-    training's), replayed for ``epochs`` from ``seed`` on without early stopping."""
+    training's), replayed for all its ``epochs`` from ``seed`` on; like every final stage, it keeps
+    the parameters of its best validation evaluation."""
     s = ctx.settings.final
-    base = full_base(ctx, int(epochs or s.epochs), schedule=schedule, early_stopping=points is None)
+    base = full_base(ctx, int(epochs or s.epochs), schedule=schedule, early_stopping=True)
     base.eta, base.lmbda, base.mini_batch_size = eta, lmbda, mini_batch
     if points is not None:
         base.schedule.points = [list(p) for p in points]
+        base.early_stopping.patience = base.epochs  # never ends it early: the schedule runs to its end
     if seed is not None:
         base.seed = seed
     if schedule == "halve_on_plateau":  # the schedule ends the run (the book: at a small fraction of

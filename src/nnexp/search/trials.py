@@ -363,6 +363,19 @@ def _launch(plan: StagePlan, workers: int, new: list[dict], n_run: int, pool: ru
         raise others[0]
 
 
+def run_on_workers(fn, tasks: list, pool: runner.WorkerPool | None) -> None:
+    """``fn(task)`` for every task (one population per worker: ``study=pbt``, ``study=asha``): on
+    the study's worker processes when there are several, else in this process; the first error
+    is raised once every task ended."""
+    if pool is not None and len(tasks) > 1:
+        failed = [o for o in pool.run(fn, tasks) if isinstance(o, BaseException)]
+        if failed:
+            raise failed[0]
+    else:
+        for task in tasks:
+            fn(task)
+
+
 def budget_spent(study) -> float:
     """Wall seconds since the stage's first trial started (0 before it): the clock starts with the
     first trial, as tuning time is measured (``bench.study``), so the stage's start-up is not tuning."""

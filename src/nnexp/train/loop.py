@@ -53,6 +53,7 @@ class _Member:
         self.active = True
         self.start_epoch = self.start_images = 0  # where the population stood when it joined (refill)
         self.joined_at = time.perf_counter()  # its train_seconds count from here
+        self.generation = 0  # population-based training: copies along its network's lineage
 
     def restore(self, state: MemberState) -> None:
         """Continue from a checkpoint: its parameters (before the stack is built), schedule,
@@ -64,6 +65,7 @@ class _Member:
         self.next_point = state.next_point
         self.best_params = state.best_params
         self.history = state.history
+        self.generation = next((r.generation for r in reversed(self.history.records) if r.generation is not None), 0)
         state.restore_streams(self.streams)
         if state.position.offset:  # mid-epoch: draw this epoch's permutation again
             self.streams.shuffle.bit_generator.state = state.epoch_shuffle
@@ -342,8 +344,9 @@ class _Loop:
             d.sets["validation"] = s.sets["validation"]
         d.best_params = None if s.best_params is None else tuple([p.copy(order="K") for p in ps] for ps in s.best_params)
         d.since_best = d.since_best_sched = 0
+        d.generation = s.generation + 1
         if d.history.records:
-            d.history.records[-1].donor = self.ids[src]
+            d.history.records[-1].donor, d.history.records[-1].generation = self.ids[src], d.generation
         self.set_hyper(dst, s.eta, s.lmbda)
 
     def set_hyper(self, i: int, eta: float, lmbda: float) -> None:

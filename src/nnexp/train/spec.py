@@ -113,6 +113,7 @@ class Record:
     test_cost: float | None = None
     test_accuracy: float | None = None
     donor: int | None = None  # population-based training: after this evaluation the member took this member's network
+    generation: int | None = None  # ... and its network's generation then (its donor's + 1)
 
     def metrics(self) -> dict[str, float]:
         """The monitored values and eta/epoch_seconds, without the missing ones."""
