@@ -157,8 +157,10 @@ def test_an_interrupted_asha_study_exits_130_in_one_line_and_a_rerun_completes(t
 
 
 #: measured on MNIST (24 trials, rungs at 1 and 3 epochs, 9 at most, 4 rows per population, 2
-#: workers; final: 2 seeds, 15 epochs): test accuracy 0.XXXX ± 0.XXXX
-ASHA_MNIST_FLOOR = 0.94
+#: workers; final: 2 seeds, 15 epochs; 43 s): test accuracy 0.9597 ± 0.0032 (eta 0.258, lambda
+#: 1.51). Two workers share the sampler's history in the order their trials end, so the choice
+#: varies from run to run: the floor is a point below a choice at the edge of the space
+ASHA_MNIST_FLOOR = 0.945
 
 
 @pytest.mark.slow

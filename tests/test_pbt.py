@@ -224,9 +224,10 @@ def test_the_schedule_replayed_from_the_root_seed_reproduces_the_member_curve(wh
     assert [p[0] for p in c.schedule.points][1:] and c.schedule.name == "piecewise"
 
 
-#: measured on MNIST (study.epochs=10, 4 members per population, 2 workers): final test accuracy
-#: 0.XXXX ± 0.XXXX over its 2 replay seeds; the floor leaves room for another machine's BLAS
-PBT_MNIST_FLOOR = 0.94
+#: measured on MNIST (study.epochs=10, 4 members per population, 2 workers; 38 s): final test
+#: accuracy 0.9584 ± 0.0000 over its 2 replay seeds (deterministic here); the floor leaves room for
+#: another machine's BLAS kernels
+PBT_MNIST_FLOOR = 0.95
 
 
 @pytest.mark.slow
