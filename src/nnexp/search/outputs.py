@@ -143,7 +143,9 @@ def _seeds_line(ctx: Context) -> str:
         n = int(d.get("populations", 1)) * int(d.get("members", s.pbt.members))
         return (f"the members train seeds {first} to {first + n - 1}; the final stage replays the schedule on "
                 f"seeds {', '.join(str(v) for v in final)}")
-    return f"every grid trial and the final stage train seeds {first} to {first + s.replicates - 1}"
+    if s.kind == "broad_strategy":
+        return f"every grid trial and the final stage train seeds {first} to {first + s.replicates - 1}"
+    return f"every trial trains seed {first}; the final stage trains seeds {', '.join(str(v) for v in final)}"
 
 
 def plot_placeholder(png: str, caption: str) -> str:
