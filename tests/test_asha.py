@@ -176,3 +176,17 @@ def test_asha_on_mnist_chooses_a_configuration_above_the_floor(shared_data_dir, 
 
     final = json.loads((tmp_path / "studies" / "asha" / "decisions.json").read_text())["final"]
     assert len(final["test_accuracies"]) == 2 and final["test_accuracy"] >= ASHA_MNIST_FLOOR, final["test_accuracies"]
+
+
+@pytest.mark.parametrize("arg, said", [
+    ("study.pbt.memberz=3", "unknown key 'study.pbt.memberz' (did you mean 'members'?)"),
+    ("study.asha.reduction_factr=2", "unknown key 'study.asha.reduction_factr' (did you mean 'reduction_factor'?)"),
+])
+def test_a_misspelt_key_of_a_study_group_is_one_line(arg, said):
+    """Not Hydra's "not in struct" with its stack-trace hint: one line that names the group's keys."""
+    from nnexp import search
+    from nnexp.config.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        search.compose_study(["dataset=digits", "study=pbt" if "pbt" in arg else "study=asha", arg])
+    assert said in str(err.value) and "\n" not in str(err.value)

@@ -88,6 +88,18 @@ def check_study_overrides(args: Sequence[str]) -> None:
         if key.startswith("study.") and key.split(".")[1] not in keys and not arg.startswith("+"):
             sub = key.split(".")[1]
             raise ConfigError(f"unknown key '{key}'{suggest(sub, keys)}; study keys: {', '.join(keys)}")
+        parts = key.split(".")
+        if len(parts) == 3 and not arg.startswith("+"):  # study.GROUP.KEY of a group with a schema (pbt, asha, ...)
+            import dataclasses
+
+            from nnexp.config.study_schema import StudySettings
+
+            group = StudySettings.__dataclass_fields__.get(parts[1])
+            node = group.default_factory() if group is not None and callable(group.default_factory) else None
+            if dataclasses.is_dataclass(node) and parts[2] not in {f.name for f in dataclasses.fields(node)}:
+                known = [f.name for f in dataclasses.fields(node)]
+                raise ConfigError(f"unknown key '{key}'{suggest(parts[2], known)}; study.{parts[1]} keys: "
+                                  f"{', '.join(known)}")
 
 
 def compose_study(overrides: Sequence[str] = ()) -> DictConfig:
