@@ -46,6 +46,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="the study section's methods (default: all); without broad_strategy each runs its "
                         "own default budget")
     p.add_argument("--study-seeds", type=int, default=3, help="the study section's study seeds (default 3)")
+    p.add_argument("--first-study-seed", type=int, default=0, metavar="S",
+                   help="the study section runs study seeds S, S+1, ... (default 0; to add seeds to an earlier run)")
     args = p.parse_args(argv)
     from nnexp.bench.study import STUDY_METHODS
 
@@ -54,6 +56,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         unknown = [m for m in args.methods if m not in STUDY_METHODS]
         if unknown or not args.methods:
             p.error(f"unknown --methods {', '.join(unknown) or '(none)'}; choose from: {', '.join(STUDY_METHODS)}")
+    if args.first_study_seed < 0:
+        p.error("--first-study-seed must be at least 0")
     if args.study_seeds < 1:
         p.error("--study-seeds must be at least 1")
     if args.epochs < 1:
@@ -65,7 +69,7 @@ def run(args: argparse.Namespace) -> None:
     """Print the header, then each chosen section's table as soon as it is measured."""
     say = functools.partial(print, flush=True)
     bench = load_bench(args.dataset, args.data_dir, args.epochs, args.quick, workers=args.workers, progress=say)
-    bench.methods, bench.study_seeds = args.methods, args.study_seeds
+    bench.methods, bench.study_seeds = args.methods, range(args.first_study_seed, args.first_study_seed + args.study_seeds)
     say("\n".join(header(bench)))
     for name in args.only or DEFAULT_SECTIONS:
         say()

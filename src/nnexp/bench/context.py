@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from threadpoolctl import threadpool_info
 
@@ -43,7 +43,7 @@ class Bench:
     workers: int = 1
     progress: Callable[[str], None] = _quiet
     methods: tuple[str, ...] | None = None  # the study section's methods (None: all)
-    study_seeds: int = 3  # the study section's study seeds (1 with --quick)
+    study_seeds: Sequence[int] = range(3)  # the study section's study seeds (the first only, with --quick)
 
     @property
     def n_train(self) -> int:

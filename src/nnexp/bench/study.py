@@ -144,7 +144,7 @@ def study_section(bench: Bench) -> Table:
     the broad strategy's tuning seconds (same study seed); anytime curves and final accuracies."""
     from nnexp.report import figures  # imported when the section runs: `--help` stays fast
 
-    seeds = (0,) if bench.quick else tuple(range(bench.study_seeds))
+    seeds = (bench.study_seeds[0],) if bench.quick else tuple(bench.study_seeds)
     methods = [m for m in STUDY_METHODS if bench.methods is None or m in bench.methods]
     rows, results = [], {m: [] for m in methods}
     with tempfile.TemporaryDirectory() as tmp:

@@ -77,7 +77,7 @@ class PbtStage:
     how often they are ranked, and how the bottom exploits the top and explores."""
 
     members: int = 16
-    ready_images: int | None = None  # None: every 2 epochs
+    ready_images: int | None = None  # None: every 5 epochs
     exploit_fraction: float = 0.25
     perturb: list[float] = field(default_factory=lambda: [0.8, 1.2])
     resample_probability: float = 0.25
@@ -184,7 +184,7 @@ def validate(s: StudySettings) -> None:
     check(s.kind != "asha" or "mini_batch_size" not in s.space,
           "study=asha trains one population, whose members share the mini-batch size: remove "
           "study.space.mini_batch_size (mini_batch_size=... sets it)")
-    check(s.pbt.ready_images is None or s.pbt.ready_images >= 1, "study.pbt.ready_images must be >= 1 (or null: an epoch)")
+    check(s.pbt.ready_images is None or s.pbt.ready_images >= 1, "study.pbt.ready_images must be >= 1 (or null: every 5 epochs)")
     check(s.replicates >= 1, f"study.replicates must be a whole number >= 1 (seeds per trial), got {s.replicates!r}")
     check(s.kind != "broad_strategy" or s.replicates >= 2,
           f"study.replicates must be >= 2 for the broad strategy: its grid stages compare values over paired "

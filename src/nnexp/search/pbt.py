@@ -233,7 +233,7 @@ def rule_of(ctx, population: int) -> Rule:
 
 def stage_pbt(ctx) -> dict:
     """One population of ``study.pbt.members`` per worker, trained for ``study.epochs`` epochs,
-    ready every ``study.pbt.ready_images`` images (default: 2 epochs); the member with the best
+    ready every ``study.pbt.ready_images`` images (default: 5 epochs); the member with the best
     last validation accuracy gives the schedule."""
     from nnexp.search.backend import finished_trials
     from nnexp.search.strategy import full_base, record_decision
@@ -242,7 +242,7 @@ def stage_pbt(ctx) -> dict:
     k = int(p.members)
     base = full_base(ctx, int(s.epochs), schedule="constant", early_stopping=False)
     base.monitor.metrics = ["validation_accuracy"]  # the controller's score; never the test set
-    base.monitor.every_images = int(p.ready_images or 2 * ctx.n_full)
+    base.monitor.every_images = int(p.ready_images or 5 * ctx.n_full)
     plan = ctx.plan("pbt", base, {}, prune=False, population=k, budget_seconds=s.budget_seconds)
     tasks = [(plan, rule_of(ctx, w), k) for w in range(ctx.workers)]
     log.info("pbt: %d population(s) of %d members, %d epochs, ready every %d images", len(tasks), k,
