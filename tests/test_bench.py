@@ -106,6 +106,17 @@ def test_only_accepts_exactly_the_registered_sections(capsys):
     assert "invalid choice" in capsys.readouterr().err
 
 
+def test_study_seeds_start_at_first_study_seed(capsys):
+    """--first-study-seed S --study-seeds N: seeds S..S+N-1 (more seeds for an earlier run)."""
+    assert list(command.parse_args([]).seeds) == [0, 1, 2]
+    assert list(command.parse_args(["--first-study-seed", "1", "--study-seeds", "2"]).seeds) == [1, 2]
+    for wrong in (["--first-study-seed", "-1"], ["--study-seeds", "0"]):
+        with pytest.raises(SystemExit) as exit_info:
+            command.parse_args(wrong)
+        assert exit_info.value.code == 2
+    assert "--first-study-seed must be at least 0" in capsys.readouterr().err
+
+
 def test_the_tracking_section_times_checkpoints_exactly_on_the_runs_that_write_them(quick_run):
     """A run with checkpoints spent time writing them (each evaluation's state); a run without
     (tracking off, or tracking.checkpoint=false) spent none, and the footer quotes each share."""

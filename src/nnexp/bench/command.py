@@ -62,6 +62,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.error("--study-seeds must be at least 1")
     if args.epochs < 1:
         p.error("--epochs must be at least 1")
+    args.seeds = range(args.first_study_seed, args.first_study_seed + args.study_seeds)
     return args
 
 
@@ -69,7 +70,7 @@ def run(args: argparse.Namespace) -> None:
     """Print the header, then each chosen section's table as soon as it is measured."""
     say = functools.partial(print, flush=True)
     bench = load_bench(args.dataset, args.data_dir, args.epochs, args.quick, workers=args.workers, progress=say)
-    bench.methods, bench.study_seeds = args.methods, range(args.first_study_seed, args.first_study_seed + args.study_seeds)
+    bench.methods, bench.study_seeds = args.methods, args.seeds
     say("\n".join(header(bench)))
     for name in args.only or DEFAULT_SECTIONS:
         say()
