@@ -224,14 +224,16 @@ def test_each_grouping_key_keeps_jobs_apart(changes):
 
 @pytest.mark.parametrize("changes", [
     {"eta": 3.0}, {"lmbda": 0.1}, {"seed": 7}, {"epochs": 5}, {"momentum": 0.5},
-    {"regularization.dropout": 0.0}, {"schedule.name": "halve_on_plateau"},
-    {"early_stopping.name": "no_improvement"}, {"init.name": "large"}])
+    {"schedule.name": "halve_on_plateau"}, {"early_stopping.name": "no_improvement"}, {"init.name": "large"},
+    ({"regularization.dropout": 0.5}, {"regularization.dropout": 0.2})])
 def test_what_may_differ_inside_a_population(changes):
     """Every scalar (eta, lambda, seed, epochs, momentum, schedule, early stopping, the initial
-    weights) may differ between members: such jobs train as one population."""
+    weights, the dropout rate when both use dropout) may differ between members: such jobs train
+    as one population."""
     from nnexp.runner import plan_groups
 
-    assert plan_groups([_changed(), _changed(**changes)], workers=1) == [[0, 1]]
+    first, second = changes if isinstance(changes, tuple) else ({}, changes)
+    assert plan_groups([_changed(**first), _changed(**second)], workers=1) == [[0, 1]]
 
 
 def test_seeds_n_expands_to_a_multirun_on_the_population_launcher_by_default():

@@ -373,6 +373,27 @@ def test_every_preset_applies_exactly_what_its_file_sets(preset):
         if isinstance(entry, dict):
             ((where, option),) = entry.items()
             assert composed[where.removeprefix("override /")] == option
+    keys, groups = _preset_reach(preset)  # nothing else changed: every other key keeps the base value
+    base = _flat([])
+    outside = {k for k in composed if composed[k] != base.get(k) and k not in keys
+               and not any(k == g or k.startswith(g + ".") for g in groups)}
+    assert outside == ({"epochs"} if "budget_images" in keys else set()), outside  # epochs: from the image budget
+
+
+def _preset_reach(preset):
+    """The dotted keys a preset sets and the config groups it overrides, its parent presets' too
+    (a plain entry of its defaults list is another preset)."""
+    import yaml
+
+    body = yaml.safe_load((REPO / "conf" / "experiment" / f"{preset}.yaml").read_text())
+    keys, groups = {k for k, _ in _leaves(body)}, set()
+    for entry in body.get("defaults", []):
+        if isinstance(entry, dict):
+            groups.add(next(iter(entry)).removeprefix("override /"))
+        elif entry != "_self_":
+            more_keys, more_groups = _preset_reach(entry)
+            keys, groups = keys | more_keys, groups | more_groups
+    return keys, groups
 
 
 def test_the_book_presets_relate_as_the_books_experiments():

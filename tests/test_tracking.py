@@ -302,12 +302,27 @@ def test_a_sweep_whose_server_is_killed_is_synced_parent_and_children_nested(wor
 
 
 # -- many processes, one fresh SQLite file ---------------------------------------------------------
-def test_four_runs_started_at_once_on_a_fresh_sqlite_store_are_all_recorded(workdir):
+COMMAND = BARRIER + """
+import sys
+import mlflow.tracking, optuna  # noqa: F401 - imported before the release, as the command's own imports
+from nnexp.cli import run, study
+ready_then_wait(sys.argv[2])
+getattr(sys.modules["nnexp.cli." + sys.argv[1]], "main")(sys.argv[3:])
+"""
+
+
+def start_commands(command: str, argvs: list[list[str]], barrier: Path, env: dict) -> list:
+    """``python -m nnexp.<command> ARGV`` per argv, each entering its command at the same instant
+    (released together once every one has imported it; observed: each one's ready file)."""
+    return start_together([[sys.executable, "-c", COMMAND, command, str(barrier), *argv] for argv in argvs],
+                          barrier, env=env)
+
+
+def test_four_runs_started_at_once_on_a_fresh_sqlite_store_are_all_recorded(workdir, tmp_path_factory):
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
-    procs = [subprocess.Popen([sys.executable, "-m", "nnexp.run", *DIGITS, "epochs=2", f"seed={i}"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-             for i in range(4)]
+    procs = start_commands("run", [[*DIGITS, "epochs=2", f"seed={i}"] for i in range(4)],
+                           tmp_path_factory.mktemp("barrier"), env)
     outs = [p.communicate(timeout=300) for p in procs]
     assert all(p.returncode == 0 for p in procs), [e for _, e in outs]
     assert not any("kept locally" in o + e for o, e in outs), outs
@@ -346,12 +361,11 @@ def test_four_processes_opening_a_fresh_sqlite_file_at_the_same_instant(workdir,
     assert len({o.strip() for o, _ in outs}) == 1  # one experiment (one study), the same for all
 
 
-def test_two_studies_started_at_once_on_a_fresh_optuna_sqlite_storage(workdir):
+def test_two_studies_started_at_once_on_a_fresh_optuna_sqlite_storage(workdir, tmp_path_factory):
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlflow.db'}"}
-    args = [sys.executable, "-m", "nnexp.study", "study=tpe", "dataset=digits", "study.epochs=2", "study.n_trials=2",
+    args = ["study=tpe", "dataset=digits", "study.epochs=2", "study.n_trials=2",
             "study.stop_after=search", f"study.storage=sqlite:///{workdir / 'optuna.db'}"]
-    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-             for _ in range(2)]
+    procs = start_commands("study", [args, args], tmp_path_factory.mktemp("barrier"), env)
     outs = [p.communicate(timeout=300) for p in procs]
     assert all(p.returncode == 0 for p in procs), [e[-3000:] for _, e in outs]
     import optuna
