@@ -3,6 +3,7 @@ equal work: the reference networks take the engine's step (fast)."""
 
 import contextlib
 import io
+import json
 import math
 
 import numpy as np
@@ -222,3 +223,8 @@ def test_the_study_section_compares_six_methods_at_equal_wall_clock(quick_run):
     assert sum("best validation found at 25% / 50% / 100% of the budget" in line
                for line in out.splitlines()) == len(study.STUDY_METHODS) == 6
     assert (quick_run.cwd / study.ANYTIME_PNG).stat().st_size > 10_000
+    saved = json.loads((quick_run.cwd / study.ANYTIME_PNG).with_suffix(".json").read_text())
+    assert set(saved["curves"]) == set(study.STUDY_METHODS) and saved["seeds"] == [0]
+    for method, (curve,) in saved["curves"].items():  # best so far: never falls; its end is the row's best
+        assert curve and all(a[1] <= b[1] and a[0] <= b[0] for a, b in zip(curve, curve[1:])), method
+        assert curve[-1][1] == pytest.approx(float(rows[method][6]), abs=5e-5), method

@@ -1,5 +1,6 @@
 """``python -m nnexp.study``: real Optuna storages (SQLite, PostgreSQL), real MLflow, digits."""
 
+import math
 import os
 import re
 import signal
@@ -105,6 +106,21 @@ def test_broad_strategy_resumes_runs_every_stage_and_its_preset_reproduces(digit
     assert {k.data.tags["nnexp.stage"] for k in kids} == {n.split("/", 1)[1] for n in names}
     assert {k.data.tags["nnexp.replicate"] for k in kids} == {str(i) for i in range(6)}
     assert "decisions.md" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    # the threshold, recomputed from MLflow's training-cost histories: the smallest eta whose cost
+    # did not decrease (net fall, rises under half of it) for some seed, and eta half of it
+    costs = {}
+    for k in kids:
+        if k.data.tags["nnexp.stage"] == "eta_threshold":
+            history = sorted((m.step, m.value) for m in client.get_metric_history(k.info.run_id, "training_cost"))
+            costs.setdefault(float(k.data.params["eta"]), []).append([v for _, v in history])
+
+    def fell(c):
+        return (len(c) > 1 and all(math.isfinite(v) for v in c) and c[0] - c[-1] > 0
+                and sum(max(0.0, b - a) for a, b in zip(c, c[1:])) < 0.5 * (c[0] - c[-1]))
+    down = {eta: all(fell(c) for c in cs) for eta, cs in costs.items()}
+    assert {f"{eta:.6g}": d for eta, d in sorted(down.items())} == eta_stage["decreasing"]
+    assert eta_stage["threshold"] == pytest.approx(min(eta for eta, d in down.items() if not d))
+    assert eta_stage["eta"] == pytest.approx(eta_stage["threshold"] / 2)
     # the preset reproduces the reported validation accuracy
     rerun = subprocess.run([sys.executable, "-m", "nnexp.run", "--config-dir", str(out), "+experiment=broad_strategy",
                             "tracking=off"], capture_output=True, text=True, timeout=600, cwd=st.dir)
@@ -652,6 +668,8 @@ def test_tuning_never_scores_the_test_set_and_the_mini_batch_runs_train_alone(di
         tested = sorted(k for k in r.data.metrics if "test" in k)
         assert (tested == ["final_test_accuracy"]) == (r.data.tags["nnexp.stage"] == "final"), \
             (r.data.tags["nnexp.stage"], tested)
+        if r.data.tags["nnexp.stage"] != "final":  # nor was it evaluated: not among the monitored metrics
+            assert "test" not in r.data.params["monitor.metrics"], r.data.params["monitor.metrics"]
     trials = [t for _, name in digits_study.decisions["eta_refine"]["studies"] for t in stage(digits_study.storage, name).trials]
     assert trials and not any("test_accuracy" in t.user_attrs for t in trials)
     alone = [r for r in kids if r.data.tags["nnexp.stage"] == "mini_batch"]

@@ -10,6 +10,7 @@ over its seeds.
 
 from __future__ import annotations
 
+import json
 import statistics
 import tempfile
 import time
@@ -166,7 +167,9 @@ def study_section(bench: Bench) -> Table:
     budget = statistics.mean(r["tuning_s"] for r in broad) if broad else None
     summary = [method_summary(method, rs, broad or rs) for method, rs in results.items()]
     png = Path(ANYTIME_PNG).resolve()
-    figures.anytime_figure({m: [r["curve"] for r in rs] for m, rs in results.items()}, png,
+    curves = {m: [r["curve"] for r in rs] for m, rs in results.items()}
+    png.with_suffix(".json").write_text(json.dumps({"seeds": list(seeds), "curves": curves}))  # to draw again
+    figures.anytime_figure(curves, png,
                            title=f"Studies on {bench.dataset}: best validation accuracy found so far "
                                  f"(full problem), {len(seeds)} study seed(s)")
     return Table(f"Studies on {bench.dataset}: broad strategy vs TPE (median, Hyperband pruning), random "
@@ -182,4 +185,4 @@ def study_section(bench: Bench) -> Table:
                   "a mean over its seed replicates; the samplers': one seed, so a max over noisier values)",
                   "final: the chosen settings on the full problem with halve_on_plateau + early stopping, "
                   "seed replicates as one population; test accuracy measured once", *summary,
-                  f"anytime plot: {png}"])
+                  f"anytime plot: {png} (its curves: {png.with_suffix('.json').name})"])

@@ -125,6 +125,11 @@ def anytime_figure(curves: dict[str, list[list]], path: Path, *, title: str) -> 
                 ts, vs = zip(*curve)
                 ax.step(ts, vs, where="post", color=colors[i % len(colors)], alpha=0.8,
                         label=method if j == 0 else None)
+    quarter = [next((v for t, v in reversed(c) if t <= c[-1][0] / 4), c[0][1])
+               for runs in curves.values() for c in runs if c]
+    if quarter:  # the range that matters: from the lowest best any study held at a quarter of its time
+        top = max(v for runs in curves.values() for c in runs for _, v in c)
+        ax.set_ylim(min(quarter) - 0.1 * (top - min(quarter)) - 1e-3, top + 0.1 * (top - min(quarter)) + 1e-3)
     ax.set_xlabel("wall-clock seconds since the study started")
     ax.set_ylabel("best validation accuracy so far")
     ax.set_title(_wrap(title), fontsize=10)
