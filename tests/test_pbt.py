@@ -235,6 +235,7 @@ def test_pbt_on_mnist_finds_a_schedule_whose_replay_reaches_the_floor(shared_dat
     """Population-based training on MNIST [784,30,10] (two populations of 4, 10 epochs, ready
     every epoch); its schedule replayed on 2 fresh seeds: mean test accuracy above the floor."""
     out = subprocess.run(command(tmp_path, "study=pbt", "study.epochs=10", "study.pbt.members=4", "study.workers=2",
+                                 "study.pbt.ready_images=50000",
                                  "study.replicates=2", f"dataset.data_dir={shared_data_dir}"),
                          cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]

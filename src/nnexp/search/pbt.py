@@ -113,11 +113,17 @@ class Controller:
                 pop.end(m, f"the study's wall-clock budget ({self.budget:g} s) is spent")
             return
         self.spent = elapsed
-        events = decide(self.rule, pop.images_seen, {m: pop.score(m) for m in members},
-                        {m: pop.hyper(m) for m in members})
+        scores = {m: pop.score(m) for m in members}
+        events = decide(self.rule, pop.images_seen, scores, {m: pop.hyper(m) for m in members})
         for e in events:
             pop.copy(e.src, e.dst)
             pop.set_hyper(e.dst, e.eta, e.lmbda)
+        scores = {m: v for m, v in scores.items() if v is not None and math.isfinite(v)}
+        if scores:  # progress: one line per ready point
+            top = max(scores, key=scores.get)
+            log.info("pbt population %d at %s images (%.0f s): best validation accuracy %.4f (member %d), "
+                     "%d member(s) took a better one's network", self.rule.population, f"{pop.images_seen:,}",
+                     elapsed, scores[top], top, len(events))
 
 
 # -- lineage and schedule ---------------------------------------------------------------------
