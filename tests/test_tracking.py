@@ -542,3 +542,40 @@ def test_a_fresh_sqlite_store_is_a_copy_of_the_empty_store_and_works_like_one_ml
     third = store.client(f"sqlite:///{tmp_path / 'third.db'}")
     assert third.search_experiments()[0].name == "Default" and not template.exists()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no copy left aside
+
+
+def test_a_run_created_just_before_a_crash_is_found_again_not_duplicated(tmp_path, monkeypatch):
+    """An upload that dies after MLflow created the run but before the record said so: the next
+    upload finds that run by the record's id and goes on in it (one run, every event). A record
+    never uploaded before creates its run without looking (nothing can exist yet)."""
+    from nnexp.tracking import record as record_module
+    from nnexp.tracking.record import RunRecord
+    from nnexp.tracking.upload import upload
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    rec = RunRecord.create(tmp_path / "run", uri=uri, experiment="nnexp", run_name="r", params={"eta": "0.5"},
+                           tags={})
+    rec.metrics([("validation_accuracy", 0.5, 0, 1)])
+    rec.end("FINISHED")
+    saved = record_module.RunRecord.save_state
+    calls = []
+
+    def crash_once_the_run_exists(self, state):
+        calls.append(dict(state))
+        if state.get("run_id"):  # MLflow has the run; the record is about to say so: the process dies
+            raise KeyboardInterrupt("killed")
+        saved(self, state)
+
+    monkeypatch.setattr(record_module.RunRecord, "save_state", crash_once_the_run_exists)
+    with pytest.raises(KeyboardInterrupt):
+        upload(rec)
+    monkeypatch.setattr(record_module.RunRecord, "save_state", saved)
+    assert calls[0] == {"uri": rec.start["uri"], "run_id": None, "done": 0}  # said before creating
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("nnexp").experiment_id
+    assert len(client.search_runs([exp])) == 1 and rec.run_id() is None  # created, the record unaware
+    run_id = upload(rec)
+    (run,) = client.search_runs([exp])
+    assert run.info.run_id == run_id == rec.run_id() and run.info.status == "FINISHED"
+    assert run.data.metrics == {"validation_accuracy": 0.5} and run.data.params == {"eta": "0.5"}

@@ -126,7 +126,7 @@ def train_population(task: tuple) -> int:
     """A pool task: one worker's population, K members asked at once and refilled until the
     budget is spent. Returns the number of trials it trained."""
     plan, worker, budget = task
-    storage = make_storage(plan.storage, plan.heartbeat, plan.grace)
+    storage = make_storage(plan.storage, plan.heartbeat, plan.grace, opened=True)
     study = open_study(plan, storage, worker)
     with runner.Interrupts(), Heartbeat(storage, [], plan.heartbeat) as beat:
         pop = Population(plan, study, budget, beat)
@@ -175,7 +175,7 @@ def stage_asha(ctx) -> dict:
              ", ".join(str(r) for r in rung_epochs(int(a.min_epochs), int(a.reduction_factor), int(s.epochs))),
              s.n_trials, f" or {s.budget_seconds:g} s" if s.budget_seconds else "")
     run_on_workers(train_population, tasks, ctx.pool)
-    study = open_study(plan, make_storage(plan.storage, plan.heartbeat, plan.grace))
+    study = open_study(plan, make_storage(plan.storage, plan.heartbeat, plan.grace, opened=True))
     trials = finished_trials(study)
     complete = [t for t in trials if t.value is not None and t.user_attrs.get(TAG_STATUS) == COMPLETED]
     if not complete:

@@ -26,7 +26,7 @@ def load_decisions(ctx: Context) -> None:
     studies of every problem each stage ran on."""
     import optuna
 
-    storage = make_storage(ctx.storage_url)
+    storage = make_storage(ctx.storage_url, opened=True)
     existing = {s.study_name for s in optuna.get_all_study_summaries(storage)}
     for stage in STAGES[ctx.settings.kind]:
         name = f"{ctx.name}/{stage}"
@@ -44,7 +44,7 @@ def load_decisions(ctx: Context) -> None:
 def meta_study(ctx: Context):
     import optuna
 
-    return optuna.create_study(study_name=f"{ctx.name}", storage=make_storage(ctx.storage_url),
+    return optuna.create_study(study_name=f"{ctx.name}", storage=make_storage(ctx.storage_url, opened=True),
                                direction="maximize", load_if_exists=True)
 
 

@@ -199,7 +199,7 @@ def train_population(task: tuple) -> int:
     control = Controller(rule, plan.budget_seconds)
     with runner.one_blas_thread():
         results = runner.execute(jobs, control=control)
-    storage = make_storage(plan.storage, plan.heartbeat, plan.grace)
+    storage = make_storage(plan.storage, plan.heartbeat, plan.grace, opened=True)
     study = open_study(plan, storage, rule.population)
     dists = {"eta": FloatDistribution(*rule.eta_range, log=True),
              "lmbda": FloatDistribution(*(v / plan.lmbda_scale for v in rule.lmbda_range), log=True)}
@@ -254,7 +254,7 @@ def stage_pbt(ctx) -> dict:
     log.info("pbt: %d population(s) of %d members, %d epochs, ready every %d images", len(tasks), k,
              int(s.epochs), base.monitor.every_images)
     run_on_workers(train_population, tasks, ctx.pool)
-    study = open_study(plan, make_storage(plan.storage, plan.heartbeat, plan.grace))
+    study = open_study(plan, make_storage(plan.storage, plan.heartbeat, plan.grace, opened=True))
     trials = [t for t in finished_trials(study) if t.user_attrs.get("population", -1) < len(tasks)]
     best = max(trials, key=lambda t: (t.value or 0.0, -t.number))
     pop = int(best.user_attrs["population"])

@@ -258,7 +258,7 @@ def _worker(plan: StagePlan, worker: int, enqueue: list[dict], n_trials: int) ->
     SIGTERM at any moment (a worker process is terminated by its launcher) ends the stage with the
     asked trials told FAIL, never left RUNNING: the interruption is caught from the first line."""
     with runner.Interrupts():
-        storage = make_storage(plan.storage, plan.heartbeat, plan.grace)
+        storage = make_storage(plan.storage, plan.heartbeat, plan.grace, opened=True)
         study = open_study(plan, storage, worker)
         for params in enqueue:
             study.enqueue_trial(params, skip_if_exists=False)
@@ -287,7 +287,7 @@ def run_stage(plan: StagePlan, n_target: int, workers: int, values: Sequence[dic
     import optuna
     from optuna.trial import TrialState
 
-    storage = make_storage(plan.storage, plan.heartbeat, plan.grace)
+    storage = make_storage(plan.storage, plan.heartbeat, plan.grace, opened=True)
     study = open_study(plan, storage)
     if first is not None and not study.get_trials(deepcopy=False):
         study.enqueue_trial(first)

@@ -63,7 +63,9 @@ def client(uri: str):
     from mlflow.tracking import MlflowClient
 
     for noisy in ("mlflow", "alembic", "urllib3.connectionpool"):  # migration chatter, retry warnings
-        logging.getLogger(noisy).setLevel(logging.ERROR if noisy.startswith("urllib3") else logging.WARNING)
+        level = logging.ERROR if noisy.startswith("urllib3") else logging.WARNING
+        if logging.getLogger(noisy).level != level:  # setLevel clears every logger's cache: once
+            logging.getLogger(noisy).setLevel(level)
     # a client on a SQLite file creates (and migrates) the store on construction: processes that do
     # this at the same moment on a fresh file crash on the migration or corrupt it (measured)
     with sqlite_lock(uri):
@@ -125,9 +127,10 @@ def _artifact_root(uri: str) -> str | None:
     return None
 
 
-def experiment_id(uri: str, experiment: str) -> str:
-    """The experiment's id, creating the store (see ``client``) and the experiment if needed."""
-    c = client(uri)
+def experiment_id(uri: str, experiment: str, c=None) -> str:
+    """The experiment's id, creating the store (see ``client``; ``c``: one made already) and the
+    experiment if needed."""
+    c = c or client(uri)
     with sqlite_lock(uri):  # get-or-create, one process at a time
         exp = c.get_experiment_by_name(experiment)
         if exp is not None:

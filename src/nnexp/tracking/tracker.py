@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nnexp.config.names import RUNNING, TAG_BEST_CHILD, TAG_ERROR, TAG_RESUMED, TAG_STATUS
+from nnexp.config.names import RUNNING, TAG_BEST_CHILD, TAG_DATASET_SHA256, TAG_ERROR, TAG_RESUMED, TAG_STATUS
 from nnexp.tracking.record import RunRecord, now_ms
 from nnexp.tracking.store import children_summary, client, first_line, param_value, redact
 from nnexp.tracking.upload import upload
@@ -169,7 +169,8 @@ class RunTracker:
             "name": splits.name, "digest": splits.digest()[:32], "source_type": "local" if local else "code",
             "source": json.dumps({"uri": splits.source} if local else {"tags": {"loader": splits.source}}),
             "profile": {"sha256": splits.digest(), "files": files, "train": len(splits.train),
-                        "validation": len(splits.validation), "test": len(splits.test)}})
+                        "validation": len(splits.validation), "test": len(splits.test)}, "tagged": True})
+        self.record.tags({TAG_DATASET_SHA256: splits.digest()})  # uploaded in one batch with the metrics
 
     def finish(self, status: str, *, summary: dict[str, float | None], artifacts: dict[str, bytes | str],
                mlflow_status: str = "FINISHED", error: str | None = None, tags: dict[str, str] | None = None) -> None:

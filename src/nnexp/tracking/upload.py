@@ -15,7 +15,7 @@ from pathlib import Path
 
 from nnexp.config.names import (TAG_DATASET_SHA256, TAG_ERROR, TAG_HOST, TAG_PID, TAG_PID_START, TAG_REAPED,
                                 TAG_RECORD_DIR, TAG_RECORD_ID)
-from nnexp.tracking.record import ARTIFACTS, RunRecord
+from nnexp.tracking.record import ARTIFACTS, STATE, RunRecord
 from nnexp.tracking.storelock import absolute_url
 from nnexp.tracking.store import client, experiment_id, git_commit
 
@@ -35,13 +35,16 @@ def _upload(record: RunRecord, uri: str | None) -> str:
     start = events[0]
     uri = absolute_url(uri or start["uri"])
     state = record.state()
+    fresh = not (record.dir / STATE).exists()  # no upload was ever tried: no run of it exists anywhere
     if state.get("uri") != uri:  # never uploaded, or now to another store: from the start
         state = {"uri": uri, "run_id": None, "done": 0}
     if state["done"] >= len(events):
         return state["run_id"]
     c = client(uri)
     if state["run_id"] is None:
-        state.update(run_id=_open_run(c, record, start, uri), done=1)
+        if fresh:  # from here on, a crash may leave a run behind: the next upload looks for it
+            record.save_state(state)
+        state.update(run_id=_open_run(c, record, start, uri, look_first=not fresh), done=1)
         record.save_state(state)
     run_id = state["run_id"]
     while state["done"] < len(events):
@@ -51,9 +54,10 @@ def _upload(record: RunRecord, uri: str | None) -> str:
     return run_id
 
 
-def _open_run(c, record: RunRecord, start: dict, uri: str) -> str:
+def _open_run(c, record: RunRecord, start: dict, uri: str, look_first: bool = True) -> str:
     """The record's MLflow run: the existing one it continues, the one an earlier upload
-    created, or a new one (params, tags, parent, start time)."""
+    created (looked for unless ``look_first`` is False: no upload was tried before), or a new
+    one (params, tags, parent, start time)."""
     from mlflow.entities import Param, RunTag
     from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
@@ -63,9 +67,9 @@ def _open_run(c, record: RunRecord, start: dict, uri: str) -> str:
         c.update_run(start["run_id"], status="RUNNING")
         c.log_batch(start["run_id"], tags=[RunTag(k, v) for k, v in here.items()])
         return start["run_id"]
-    exp_id = experiment_id(uri, start["experiment"])
-    found = c.search_runs([exp_id], filter_string=f"tags.`{TAG_RECORD_ID}` = '{start['record_id']}'",
-                          max_results=1)
+    exp_id = experiment_id(uri, start["experiment"], c)
+    found = look_first and c.search_runs([exp_id], max_results=1,
+                                         filter_string=f"tags.`{TAG_RECORD_ID}` = '{start['record_id']}'")
     if found:
         return found[0].info.run_id
     tags = {MLFLOW_RUN_NAME: start["run_name"], **start["tags"], TAG_RECORD_ID: start["record_id"], **here}
@@ -154,5 +158,6 @@ def _log_dataset(c, run_id: str, ev: dict) -> None:
             if attempt == 2:
                 raise
             time.sleep(0.2 * (attempt + 1))
-    c.set_tag(run_id, TAG_DATASET_SHA256, ev["profile"]["sha256"])
+    if not ev.get("tagged"):  # a record written before the tag went into its own tags event
+        c.set_tag(run_id, TAG_DATASET_SHA256, ev["profile"]["sha256"])
 
