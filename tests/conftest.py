@@ -165,6 +165,17 @@ def alive(pid: int) -> bool:
         return False
 
 
+def in_store(record_dir: Path) -> str | None:
+    """The MLflow run id of a run's record once the store has the run (its upload state says
+    so; the state is written just before the run is created, without an id), else None."""
+    import json
+
+    try:
+        return json.loads((Path(record_dir) / "store.json").read_text()).get("run_id")
+    except (OSError, ValueError):
+        return None
+
+
 # -- what a run computed, as its MLflow run holds it ---------------------------------------------
 #: wall-clock metrics: the only ones that may differ between two runs of one configuration
 CLOCK_METRICS = ("epoch_seconds", "train_seconds")

@@ -14,6 +14,7 @@ import pytest
 from hydra import compose, initialize_config_module
 from mlflow.tracking import MlflowClient
 
+from conftest import free_port, in_store
 from nnexp.config.run_schema import to_run_config
 from nnexp.config.errors import ConfigError
 from nnexp.runner import check_overrides
@@ -235,7 +236,7 @@ def test_sigterm_or_ctrl_c_leaves_the_run_killed_with_its_metrics(store, signum)
     proc = subprocess.Popen([sys.executable, "-m", "nnexp.run", "dataset=digits", "epochs=100000"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60  # the run's record says when its run exists in the store (created, migrated)
-    while time.time() < deadline and not list(Path.cwd().rglob("record*/store.json")):
+    while time.time() < deadline and not any(in_store(p.parent) for p in Path.cwd().rglob("record*/store.json")):
         time.sleep(0.1)
     _, runs = all_runs(store)
     assert runs, "the run never appeared in the store"
@@ -683,3 +684,27 @@ def test_an_interrupted_joblib_sweep_ends_every_run_killed_and_leaves_no_process
     while time.time() < deadline and any(_alive(pid) for pid in workers):
         time.sleep(0.2)
     assert not [pid for pid in workers if _alive(pid)], "a job process outlived the sweep"
+
+
+def test_a_single_run_never_imports_mlflow_its_upload_process_does_and_says_so_in_its_log(tmp_path):
+    """A tracked single run trains without MLflow in its process (``-X importtime`` lists every
+    module it imported): a process of its own uploads the run. Its lines reach the run's own log:
+    with no store answering, the run's log file holds the one warning, the run is kept locally."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    out = subprocess.run([sys.executable, "-X", "importtime", "-m", "nnexp.run", "dataset=digits", "epochs=2"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    imported = [line.split("|")[-1].strip() for line in out.stderr.splitlines() if line.startswith("import time:")]
+    assert "nnexp.runner" in imported and not [m for m in imported if m.split(".")[0] in ("mlflow", "sqlalchemy")]
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    (run,) = client.search_runs([client.get_experiment_by_name("nnexp").experiment_id])
+    assert run.info.status == "FINISHED" and len(client.get_metric_history(run.info.run_id, "validation_accuracy")) == 2
+    assert f"run {run.info.run_id} in experiment" in out.stdout + out.stderr
+    dead, down = f"http://127.0.0.1:{free_port()}", tmp_path / "down"
+    down.mkdir()
+    out = subprocess.run([sys.executable, "-m", "nnexp.run", "dataset=digits", "epochs=2", f"tracking.uri={dead}"],
+                         cwd=down, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    (log_file,) = [p for p in down.rglob("*.log")]
+    said = [line for line in log_file.read_text().splitlines() if "does not answer" in line]
+    assert len(said) == 1 and "kept locally" in out.stdout + out.stderr

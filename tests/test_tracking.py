@@ -13,7 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import BARRIER, free_port, start_together
+from conftest import BARRIER, free_port, in_store, start_together
 from mlflow.tracking import MlflowClient
 
 DIGITS = ["dataset=digits", "monitor.progress=false"]
@@ -121,7 +121,7 @@ def test_a_server_killed_mid_run_loses_nothing_and_sync_uploads_the_run_once(wor
     proc = subprocess.Popen([sys.executable, "-m", "nnexp.run", *DIGITS, "epochs=150"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, **env})
     path = wait_for(lambda: records(workdir), what="the run's record")[0]
-    wait_for(lambda: (path.parent / "store.json").exists() and len(epochs_recorded(path)) >= 3, what="training")
+    wait_for(lambda: in_store(path.parent) and len(epochs_recorded(path)) >= 3, what="training")
     server.kill()
     out, err = proc.communicate(timeout=300)
     elapsed = time.perf_counter() - t0
@@ -159,7 +159,7 @@ def test_one_line_when_the_server_goes_away_and_one_when_it_is_back(workdir, ser
     reader.start()
     try:
         path = wait_for(lambda: records(workdir), what="the run's record")[0]
-        wait_for(lambda: (path.parent / "store.json").exists(), what="the run in the store")
+        wait_for(lambda: in_store(path.parent), what="the run in the store")
         server.kill()
         wait_for(lambda: any("does not answer" in line for line in lines), what="the outage line")
         server.start()
@@ -253,8 +253,7 @@ def test_a_slow_store_never_holds_training_back_and_gets_every_metric(workdir, s
                                 stderr=subprocess.PIPE, text=True, env={**os.environ, "MLFLOW_TRACKING_URI": proxy.url})
         path = wait_for(lambda: records(workdir), what="the run's record")[0]
         wait_for(lambda: events(path)[-1]["event"] == "end", timeout=300, what="the end of training")
-        run_id = wait_for(lambda: json.loads((path.parent / "store.json").read_text()).get("run_id")
-                          if (path.parent / "store.json").exists() else None, what="the run in the store")
+        run_id = wait_for(lambda: in_store(path.parent), what="the run in the store")
         stored = len(MlflowClient(server.url).get_metric_history(run_id, "validation_accuracy"))
         assert len(epochs_recorded(path)) == 40 and stored < 40, stored  # trained on ahead of the store
         out, err = proc.communicate(timeout=300)
@@ -407,7 +406,7 @@ def test_a_live_run_of_this_host_is_not_reaped(workdir):
                             stderr=subprocess.PIPE, text=True, env=env)
     try:
         path = wait_for(lambda: records(workdir), what="the run's record")[0]
-        wait_for(lambda: (path.parent / "store.json").exists(), what="the run in the store")
+        wait_for(lambda: in_store(path.parent), what="the run in the store")
         out = run("nnexp.sync")
         assert out.returncode == 0, out.stderr
         assert "still RUNNING" not in out.stdout + out.stderr

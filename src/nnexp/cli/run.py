@@ -46,25 +46,17 @@ def run_job(cfg: DictConfig) -> float | None:
                               run_dir=Path(hc.runtime.output_dir), **runner.sweep_links())
     except ConfigError as exc:
         return _fail(str(exc), multirun)
-    opening = None
+    uploader = None
     if not multirun and job.config.tracking.enabled:  # a sweep's callback opened the store already
-        # opening the store (importing MLflow: ~1.5 s; dead runs ended) beside the data's loading,
-        # off the run's critical path: the run's record waits for it only to create its MLflow run
-        import threading
-
+        # a process of its own opens the store (imports MLflow: ~3 s of CPU; ends dead runs) and
+        # uploads the run: this process never imports MLflow, and trains at once
         from nnexp import tracking
 
-        opening = threading.Thread(target=tracking.prepare_store, name="nnexp-open-store", daemon=True,
-                                   args=(tracking.resolve_uri(job.config.tracking.uri), job.config.tracking.experiment))
-        opening.start()
-    try:
-        return _execute(cfg, job, multirun, launcher)
-    finally:
-        if opening is not None:
-            opening.join()  # (long done when the run was tracked: its upload waited for MLflow)
+        uploader = tracking.UploadProcess(tracking.resolve_uri(job.config.tracking.uri), job.config.tracking.experiment)
+    return _execute(cfg, job, multirun, launcher, uploader)
 
 
-def _execute(cfg: DictConfig, job, multirun: bool, launcher: str) -> float | None:
+def _execute(cfg: DictConfig, job, multirun: bool, launcher: str, uploader=None) -> float | None:
     from nnexp import runner
 
     progress = job.config.monitor.progress
@@ -72,7 +64,7 @@ def _execute(cfg: DictConfig, job, multirun: bool, launcher: str) -> float | Non
         progress = sys.stderr.isatty() and launcher == "basic"
     try:
         with runner.one_blas_thread():  # parallelism from processes, never BLAS threads
-            (result,) = runner.execute(job, progress=progress)
+            (result,) = runner.execute(job, progress=progress, uploader=uploader)
     except NnexpError as exc:
         return _fail(str(exc), multirun)
     except runner.INTERRUPTIONS as exc:

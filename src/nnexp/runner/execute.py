@@ -194,7 +194,7 @@ def recorded_as(exc: BaseException, status: str) -> str:
 
 # -- executing ---------------------------------------------------------------------------------
 def execute(jobs: Sequence[Job] | Job, *, progress: bool = False, control=None,
-            refill: Callable[[], Job | None] | None = None) -> list[RunResult]:
+            refill: Callable[[], Job | None] | None = None, uploader=None) -> list[RunResult]:
     """Train compatible jobs (see ``runner.groups.group_key``) as one population and track each.
 
     Raises NnexpError for bad data or config (before any run is created); KeyboardInterrupt /
@@ -205,14 +205,16 @@ def execute(jobs: Sequence[Job] | Job, *, progress: bool = False, control=None,
     member by its job's position in ``jobs``. ``refill``: at each epoch's boundary, a finished run's
     row trains the job ``refill()`` gives (compatible, tracked like the others), as long as it gives
     one; their results follow the others', in the order they joined (successive halving with
-    refill). Refilled runs keep no checkpoints."""
+    refill). Refilled runs keep no checkpoints. ``uploader``: what takes the runs' records to the
+    store (default: a ``tracking.Uploader`` thread per population; ``tracking.UploadProcess``
+    keeps MLflow out of this process); it is closed when the runs end."""
     jobs = [jobs] if isinstance(jobs, Job) else list(jobs)
     if jobs[0].fit is not None:
         (job,) = jobs  # never grouped: see sweep.run_jobs
         return [_execute_fit(job)]
     check_compatible([j.config for j in jobs])
     if refill is not None:  # one population from its start: nothing resumes into it
-        return _train(list(jobs), [None] * len(jobs), progress, control, None, refill)
+        return _train(list(jobs), [None] * len(jobs), progress, control, None, refill, uploader)
     earlier = [resume.find(j) for j in jobs]  # each claimed: the same configuration twice, one goes on with it
     if control is not None:  # its controller sees the whole population: it resumes from one position
         earlier = resume.common_position(jobs, earlier)
@@ -224,7 +226,8 @@ def execute(jobs: Sequence[Job] | Job, *, progress: bool = False, control=None,
         else:
             groups.setdefault((0, 0) if e is None else e.position, []).append(i)
     for members in groups.values():
-        trained = _train([jobs[i] for i in members], [earlier[i] for i in members], progress, control, members)
+        trained = _train([jobs[i] for i in members], [earlier[i] for i in members], progress, control, members,
+                         uploader=uploader)
         for i, result in zip(members, trained):
             results[i] = result
     return results
@@ -261,14 +264,15 @@ def _already_finished(job: Job, earlier: resume.Earlier) -> RunResult:
 
 
 def _train(jobs: list[Job], earlier: list[resume.Earlier | None], progress: bool, control=None,
-           ids: list[int] | None = None, refill: Callable[[], Job | None] | None = None) -> list[RunResult]:
+           ids: list[int] | None = None, refill: Callable[[], Job | None] | None = None,
+           uploader=None) -> list[RunResult]:
     """Train and track jobs as one population (``earlier``: the runs each goes on with;
     ``control``, ``ids``: the population's controller and the members' names for it)."""
     splits, train, val, test = load_splits(jobs[0].config, progress=progress)
     streams = [Streams.from_seed(j.config.seed) for j in jobs]
     nets = [build_network(j.config, s) for j, s in zip(jobs, streams)]
     specs = [train_spec(j.config) for j in jobs]
-    uploader = tracking.Uploader()  # the population's runs reach the store off the training path
+    uploader = uploader or tracking.Uploader()  # the population's runs reach the store off the training path
     population = (uuid.uuid4().hex[:12], len(jobs))
     trackers = [new_tracker(j, uploader, population) for j in jobs]
     artifacts = [{"config.yaml": j.resolved_yaml} if j.resolved_yaml else {} for j in jobs]
@@ -320,6 +324,7 @@ def _train(jobs: list[Job], earlier: list[resume.Earlier | None], progress: bool
                 uploader.close()
             results = [done[i] for i in range(len(jobs))]
             for i, (result, saver) in enumerate(zip(results, savers)):
+                result.run_id = result.run_id or recorded[i] and recorded[i].run_id  # an UploadProcess: known now
                 result.summary = summary_line(result, _where(recorded[i]))
                 result.checkpoint_seconds = saver.seconds if saver else 0.0
             return results

@@ -76,6 +76,13 @@ class Uploader:
     def is_down(self, record: RunRecord) -> bool:
         return record.start["uri"] in self.down
 
+    def start(self, record: RunRecord) -> None:
+        """A new (or resumed) run's record: uploaded now if the store answers, then every few
+        seconds while the run trains."""
+        if not self.is_down(record):
+            self.upload_now(record)
+        self.add(record)
+
     def _loop(self) -> None:
         delay = FLUSH_SECONDS
         while not self.stop.wait(delay):
@@ -137,9 +144,7 @@ class RunTracker:
 
     def _upload_start(self, t0: float) -> str | None:
         self.uploader = self.uploader or Uploader()
-        if not self.uploader.is_down(self.record):
-            self.uploader.upload_now(self.record)
-        self.uploader.add(self.record)
+        self.uploader.start(self.record)  # an UploadProcess returns at once: the run id comes later
         self.seconds_in_tracking += time.perf_counter() - t0
         return self.run_id
 
