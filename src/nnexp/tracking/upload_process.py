@@ -68,9 +68,11 @@ class UploadProcess:
     def _relay(self) -> None:
         """The upload process's log lines (``LEVEL<TAB>LOGGER<TAB>MESSAGE``), logged here."""
         for line in self.proc.stdout:
-            level, name, message = (line.rstrip("\n").split("\t", 2) + ["", ""])[:3]
-            logging.getLogger(name or "nnexp.tracking").log(int(level) if level.isdigit() else logging.WARNING,
-                                                            message)
+            parts = line.rstrip("\n").split("\t", 2)
+            if len(parts) == 3 and parts[0].isdigit():
+                logging.getLogger(parts[1]).log(int(parts[0]), parts[2])
+            elif line.strip():  # anything else a library printed: passed on as it is
+                log.info("%s", line.rstrip())
 
     def close(self) -> None:
         if self.proc is None:
