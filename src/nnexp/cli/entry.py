@@ -18,7 +18,9 @@ def hydra_cli(prog: str, args: list[str], hydra_main: Callable[[], None], own_gr
     """Check the overrides (one-line errors, exit 2), then hand the arguments to Hydra.
     ``own_group``: a config group of the app itself (e.g. ``study``), left to Hydra."""
     from nnexp.runner.compose import check_overrides
+    from nnexp.runner.pool import leave_objects_at_exit
 
+    leave_objects_at_exit()  # a command's exit: 0.6 s less once MLflow was imported
     try:
         check_overrides([a for a in args if not own_group or not a.lstrip("+~").startswith(own_group)])
     except ConfigError as exc:

@@ -216,8 +216,8 @@ def execute(jobs: Sequence[Job] | Job, *, progress: bool = False, control=None,
     if refill is not None:  # one population from its start: nothing resumes into it
         return _train(list(jobs), [None] * len(jobs), progress, control, None, refill, uploader)
     earlier = [resume.find(j) for j in jobs]  # each claimed: the same configuration twice, one goes on with it
-    if control is not None:  # its controller sees the whole population: it resumes from one position
-        earlier = resume.common_position(jobs, earlier)
+    # a population resumes from one position; a controller must see all of it (or none resumes)
+    earlier = resume.common_position(jobs, earlier, whole=control is not None)
     results: list[RunResult | None] = [None] * len(jobs)
     groups: dict[tuple[int, int], list[int]] = {}  # runs that go on from one position train together
     for i, e in enumerate(earlier):

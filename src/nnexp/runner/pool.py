@@ -57,7 +57,20 @@ class _WorkerState:
     limits: Any = None
 
 
+def leave_objects_at_exit() -> None:
+    """At this process's exit, leave its objects to the operating system: the collector's last
+    passes over MLflow's and SQLAlchemy's objects took 0.6 s of each exit (measured: 0.63 s
+    with MLflow's SQLAlchemy store imported, 0.05 s with the objects frozen first). Exit
+    handlers (log files, MLflow, multiprocessing) run before it, as usual."""
+    import atexit
+    import gc
+
+    atexit.unregister(gc.freeze)  # once, however often a command is entered in one process
+    atexit.register(gc.freeze)  # registered last: runs after every other exit handler
+
+
 def _init_worker(parent_pid: int, level: int) -> None:
+    leave_objects_at_exit()  # the launcher waits for its workers' exit
     logging.basicConfig(level=level, format=LOG_FORMAT)
     quiet_libraries()
     _WorkerState.limits = one_blas_thread()

@@ -103,13 +103,14 @@ def find(job: Job) -> Earlier | None:
     return Earlier(record, state)
 
 
-def common_position(jobs: list[Job], earlier: list[Earlier | None]) -> list[Earlier | None]:
-    """A controlled population (population-based training) resumes whole, or its controller
-    would decide for parts of it: each member goes on from the newest position every member
+def common_position(jobs: list[Job], earlier: list[Earlier | None], whole: bool = True) -> list[Earlier | None]:
+    """A population resumes whole: each member goes on from the newest position every member
     has a checkpoint at. A process killed between the members' saves leaves some a round
-    ahead; they go on from their previous slot (its history is cut to match). With no common
-    position (or a member with none), every member trains again from the start, in its record.
-    Members that ended are left alone."""
+    ahead; they go on from their previous slot (its history is cut to match), so the members
+    train on as one population, not as parts one after another. With no common position (or a
+    member with none): with ``whole`` (a controlled population, e.g. population-based training,
+    whose controller must see every member), every member trains again from the start, in its
+    record; without, each goes on from its own checkpoint. Members that ended are left alone."""
     live = [i for i, e in enumerate(earlier) if e is not None and not e.finished]
     if not live:
         return earlier
@@ -120,6 +121,8 @@ def common_position(jobs: list[Job], earlier: list[Earlier | None]) -> list[Earl
     fresh = len(live) < sum(e is None or not e.finished for e in earlier)  # a member starts afresh: all do
     common = set.intersection(*(set(o) for o in options.values())) if not fresh else set()
     at = max(common, default=None)
+    if at is None and not whole:
+        return earlier
     out = list(earlier)
     for i in live:
         out[i] = Earlier(earlier[i].record, options[i].get(at) if at is not None else None)
