@@ -169,13 +169,13 @@ class RunTracker:
         import json
 
         files = {f.name: {"sha256": f.sha256, "verified": f.verified} for f in splits.files}
-        local = splits.source.startswith("/")
+        local, digest = splits.source.startswith("/"), splits.digest()  # (without files: a hash of the arrays)
         self.record.dataset({
-            "name": splits.name, "digest": splits.digest()[:32], "source_type": "local" if local else "code",
+            "name": splits.name, "digest": digest[:32], "source_type": "local" if local else "code",
             "source": json.dumps({"uri": splits.source} if local else {"tags": {"loader": splits.source}}),
-            "profile": {"sha256": splits.digest(), "files": files, "train": len(splits.train),
+            "profile": {"sha256": digest, "files": files, "train": len(splits.train),
                         "validation": len(splits.validation), "test": len(splits.test)}, "tagged": True})
-        self.record.tags({TAG_DATASET_SHA256: splits.digest()})  # uploaded in one batch with the metrics
+        self.record.tags({TAG_DATASET_SHA256: digest})  # uploaded in one batch with the metrics
 
     def finish(self, status: str, *, summary: dict[str, float | None], artifacts: dict[str, bytes | str],
                mlflow_status: str = "FINISHED", error: str | None = None, tags: dict[str, str] | None = None) -> None:
