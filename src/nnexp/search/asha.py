@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from nnexp import runner, tracking
 from nnexp.config.errors import ConfigError
 from nnexp.config.names import COMPLETED, DIVERGED, FAILED, PRUNED, TAG_STAGE, TAG_STATUS, TAG_STUDY, TAG_TRIAL
-from nnexp.search.backend import Heartbeat, finished_trials, make_storage, open_study
+from nnexp.search.backend import Heartbeat, finished_trials, make_storage, open_study, set_user_attrs
 from nnexp.search.stage_plan import StagePlan
 from nnexp.search.trials import _progress_line, _suggest, ask_trial, budget_spent, run_on_workers, trial_config
 
@@ -109,9 +109,7 @@ class Population:
         member.told = True
         t = member.trial
         with runner.interruptions_deferred():
-            t.set_user_attr(TAG_STATUS, status)
-            t.set_user_attr("images", images)
-            t.set_user_attr("reason", reason[:500])
+            set_user_attrs(t, {TAG_STATUS: status, "images": images, "reason": reason[:500]})
             self.heartbeat.remove(t._trial_id)
             if status == PRUNED:
                 frozen = self.study.tell(t, state=TrialState.PRUNED)

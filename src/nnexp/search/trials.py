@@ -16,7 +16,7 @@ from nnexp import runner, tracking
 from nnexp.config.run_schema import RunConfig, validate
 from nnexp.config.errors import NnexpError
 from nnexp.config.names import DIVERGED, FAILED, PRUNED, TAG_REPLICATE, TAG_STAGE, TAG_STATUS, TAG_STUDY, TAG_TRIAL
-from nnexp.search.backend import Heartbeat, finished_trials, make_storage, open_study
+from nnexp.search.backend import Heartbeat, finished_trials, make_storage, open_study, set_user_attrs
 from nnexp.search.stage_plan import StagePlan
 from nnexp.tracking.storelock import sqlite_lock
 
@@ -73,8 +73,6 @@ def _trial_jobs(trial, plan: StagePlan) -> list:
 
     params = {name: _suggest(trial, name, dist) for name, dist in plan.space.items()}
     c = trial_config(plan, params)
-    trial.set_user_attr("eta_used", c.eta)
-    trial.set_user_attr("lmbda_used", c.lmbda)
 
     def pruning(record, net):
         acc = record.validation_accuracy
@@ -100,16 +98,17 @@ def _trial_jobs(trial, plan: StagePlan) -> list:
             parent_record=plan.parent_record, run_dir=run_dir,
             observers=[pruning] if plan.replicates == 1 else [], run_name=name, score_test=plan.score_test,
             on_start=(lambda rid: trial.set_user_attr("mlflow_run_id", rid)) if r == 0 else None))
-    trial.set_user_attr("run_dir", run_dirs[0])  # the run's local record: record/ in there
+    attrs = {"eta_used": c.eta, "lmbda_used": c.lmbda,
+             "run_dir": run_dirs[0]}  # the run's local record: record/ in there
     if plan.replicates > 1:
-        trial.set_user_attr("seeds", [j.config.seed for j in jobs])
+        attrs["seeds"] = [j.config.seed for j in jobs]
+    set_user_attrs(trial, attrs)
     return jobs
 
 
 def _trial_failed(trial, exc: BaseException) -> BaseException:
     """A trial that could not be trained is data for the study (told FAIL), not the end of it."""
-    trial.set_user_attr(TAG_STATUS, FAILED)
-    trial.set_user_attr("reason", f"{type(exc).__name__}: {exc}"[:500])
+    set_user_attrs(trial, {TAG_STATUS: FAILED, "reason": f"{type(exc).__name__}: {exc}"[:500]})
     return exc
 
 
@@ -122,21 +121,20 @@ def _trial_value(trial, c: RunConfig, results: list) -> float:
     statuses = [r.status for r in results]
     status = next((s for s in statuses if s in (PRUNED, DIVERGED)), statuses[0])
     values = [h.best_validation_accuracy or 0.0 for h in hs]
-    trial.set_user_attr(TAG_STATUS, status)
-    trial.set_user_attr("reason", "; ".join(dict.fromkeys(h.reason for h in hs if h.reason))[:500])
-    trial.set_user_attr("images", max((h.records[-1].images_seen if h.records else 0) for h in hs))
-    trial.set_user_attr("train_seconds", sum(h.train_seconds for h in hs) / len(hs))
     curves = [_curve(h) if h.records else [] for h in hs]
-    trial.set_user_attr("curve", mean_curve(curves) if len(curves) > 1 else curves[0])
+    attrs = {TAG_STATUS: status,
+             "reason": "; ".join(dict.fromkeys(h.reason for h in hs if h.reason))[:500],
+             "images": max((h.records[-1].images_seen if h.records else 0) for h in hs),
+             "train_seconds": sum(h.train_seconds for h in hs) / len(hs),
+             "curve": mean_curve(curves) if len(curves) > 1 else curves[0]}
     tests = [r.test_accuracy for r in results if r.test_accuracy is not None]
     if tests and "test_accuracy" not in c.monitor.metrics:
-        trial.set_user_attr("test_accuracy", sum(tests) / len(tests))
+        attrs["test_accuracy"] = sum(tests) / len(tests)
     if len(results) > 1:
-        trial.set_user_attr("replicate_values", values)
-        trial.set_user_attr("replicate_curves", curves)
-        trial.set_user_attr("replicate_statuses", statuses)
+        attrs.update(replicate_values=values, replicate_curves=curves, replicate_statuses=statuses)
         if tests:
-            trial.set_user_attr("test_accuracies", tests)
+            attrs["test_accuracies"] = tests
+    set_user_attrs(trial, attrs)
     if status == PRUNED:
         raise optuna.TrialPruned(hs[0].reason)
     return sum(values) / len(values)
