@@ -13,8 +13,16 @@ LONGEST_FIRST = ("test_study.py", "test_run.py", "test_report.py", "test_resume.
                  "test_notebooks.py")
 
 
+#: the slow part (``-m slow``, run by .ci/run with ``-n 3 --dist load``: its tests wait on servers,
+#: heartbeats and killed processes, so a third worker fills the idle core), files by their
+#: longest test, measured: the long ones start first
+SLOW_LONGEST_FIRST = ("test_resume.py", "test_reproduction.py", "test_asha.py", "test_tracking.py", "test_pbt.py",
+                      "test_study.py", "test_report.py", "test_scheduling.py", "test_population.py")
+
+
 def pytest_collection_modifyitems(session, config, items):
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    slow = config.getoption("markexpr", "").strip() == "slow"  # (deselection by -m comes after this hook)
+    rank = {name: i for i, name in enumerate(SLOW_LONGEST_FIRST if slow else LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's tests keep their order
 
 
