@@ -676,3 +676,24 @@ def test_tuning_never_scores_the_test_set_and_the_mini_batch_runs_train_alone(di
     assert len(alone) == 3 * len(digits_study.decisions["mini_batch"]["means"])
     assert {r.data.tags["nnexp.population_size"] for r in alone} == {"1"}
     assert {r.data.params["monitor.validation_sample"] for r in alone} == {"None"}
+
+
+def test_a_trials_attributes_are_written_in_one_transaction_all_or_none(tmp_path):
+    """search.backend.set_user_attrs: every attribute in the storage and on the live trial, as
+    trial.set_user_attr would leave them; one that cannot be stored (not JSON) leaves none of
+    them (one transaction), and a finished trial takes none."""
+    from nnexp.search.backend import make_storage, set_user_attrs
+
+    storage = make_storage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    study = optuna.create_study(study_name="s", storage=storage)
+    trial = study.ask()
+    attrs = {"status": "completed", "curve": [[10, 0.5, 2.3, 0.9]], "images": 1197}
+    set_user_attrs(trial, attrs)
+    assert trial.user_attrs == attrs == optuna.load_study(study_name="s", storage=storage).trials[0].user_attrs
+    with pytest.raises(TypeError):
+        set_user_attrs(trial, {"reason": "first", "bad": object()})  # the second cannot be stored
+    assert optuna.load_study(study_name="s", storage=storage).trials[0].user_attrs == attrs  # nor the first
+    study.tell(trial, 0.9)
+    with pytest.raises(RuntimeError):  # Optuna's UpdateFinishedTrialError
+        set_user_attrs(trial, {"late": 1})
+    assert "late" not in optuna.load_study(study_name="s", storage=storage).trials[0].user_attrs

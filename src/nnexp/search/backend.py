@@ -74,9 +74,11 @@ def set_user_attrs(trial, attrs: dict) -> None:
     Optuna writes each user attribute in a transaction of its own (a read, an upsert, a commit):
     10 attributes took 25 ms on SQLite, 8 ms in one transaction (measured), and a trial's outcome
     has up to 10. The storage is always :func:`make_storage`'s (Optuna wraps it in a cache that
-    passes attribute writes through)."""
+    passes attribute writes through). It relies on Optuna's RDB internals (a session, the write of
+    one attribute without its commit): every study test goes through it."""
     storage = getattr(trial.storage, "_backend", trial.storage)
     storage.set_trial_user_attrs(trial._trial_id, attrs)
+    trial._cached_frozen_trial.user_attrs.update(attrs)  # what trial.user_attrs reads, as set_user_attr keeps it
 
 
 def make_storage(url: str, heartbeat: int = 10, grace: int = 30, *, opened: bool = False):
