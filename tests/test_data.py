@@ -500,38 +500,82 @@ def test_import_is_light():
 # --------------------------------------------------------------------------- the decoded-array cache
 
 
+def _cache_folders(tmp_path) -> dict[str, Path]:
+    """The array cache's folders by kind: "raw" (decoded bytes) or a dtype's name (scaled splits)."""
+    folders = sorted((tmp_path / "cache" / "arrays").iterdir())
+    return {("raw" if f.name.count("-") == 1 else f.name.rsplit("-", 1)[1]): f for f in folders}
+
+
+def _mapped_from(a: np.ndarray) -> str | None:
+    """The file ``a`` is a memory-mapped view of (None for an array in the process's memory)."""
+    name = getattr(a.base, "filename", None)
+    return None if name is None else str(name)
+
+
 def test_a_dataset_is_decoded_once_then_read_from_the_array_cache(tmp_path, monkeypatch):
     d = make_fake_dataset(tmp_path / "d")
-    first = data.load("mnist", d)  # decodes the IDX files and keeps the arrays
-    (folder,) = (tmp_path / "cache" / "arrays").iterdir()
-    assert sorted(p.name for p in folder.iterdir()) == ["complete", "test_images.npy", "test_labels.npy",
-                                                         "train_images.npy", "train_labels.npy"]
+    first = data.load("mnist", d)  # decodes the IDX files, keeps the bytes and the scaled splits
+    folders = _cache_folders(tmp_path)
+    assert sorted(folders) == ["float64", "raw"]
+    assert sorted(p.name for p in folders["raw"].iterdir()) == ["complete", "test_images.npy", "test_labels.npy",
+                                                                 "train_images.npy", "train_labels.npy"]
+    assert sorted(p.name for p in folders["float64"].iterdir()) == [
+        "complete", "test_x.npy", "test_y.npy", "train_x.npy", "train_y.npy", "validation_x.npy", "validation_y.npy"]
+    images = np.random.default_rng(123).integers(0, 256, (10_004, 4), dtype=np.uint8)  # as written to d
+    np.testing.assert_array_equal(first.train.x, images[:4] / 255.0)
+    np.testing.assert_array_equal(first.validation.x, images[4:] / 255.0)
 
     def no_decoding(path):
         raise AssertionError(f"{path} decoded again")
 
     monkeypatch.setattr(data.loaders, "read_idx", no_decoding)
     again = data.load("mnist", d)  # from the cache: read_idx would fail
-    for a, b in ((first.train, again.train), (first.validation, again.validation), (first.test, again.test)):
+    for part in ("train", "validation", "test"):
+        a, b = getattr(first, part), getattr(again, part)
         assert np.array_equal(a.x, b.x) and np.array_equal(a.y, b.y)
-        assert b.x.dtype == np.float64 and b.y.dtype == np.int64 and b.x.flags.writeable
+        assert b.x.dtype == np.float64 and b.y.dtype == np.int64
+        assert _mapped_from(b.x) == str(folders["float64"] / f"{part}_x.npy")  # mapped, not scaled again
+        assert not a.x.flags.writeable and not b.x.flags.writeable  # shared arrays: never written
+    single = data.load("mnist", d, dtype=np.float32)  # another dtype: scaled from the kept bytes
+    np.testing.assert_array_equal(single.train.x, np.divide(images[:4], 255, dtype=np.float32))
+    assert sorted(_cache_folders(tmp_path)) == ["float32", "float64", "raw"]
     monkeypatch.undo()
     monkeypatch.setenv("NNEXP_CACHE_DIR", str(tmp_path / "cache"))
-    other = data.load("mnist", make_fake_dataset(tmp_path / "e", n_test=4))  # other files: another key
-    assert len(other.test) == 4 and len(list((tmp_path / "cache" / "arrays").iterdir())) == 2
+    other = data.load("mnist", make_fake_dataset(tmp_path / "e", n_test=4))  # other files: other keys
+    assert len(other.test) == 4 and len(list((tmp_path / "cache" / "arrays").iterdir())) == 5
 
 
-def test_a_damaged_array_cache_is_decoded_again_with_one_warning(tmp_path, caplog):
+def test_a_loaded_splits_evaluation_form_is_made_once_per_machine(tmp_path):
+    from nnexp.engine.network import EvaluationSet
+    from nnexp.train import evaluation_form
+
+    d = make_fake_dataset(tmp_path / "d")
+    split = data.load("mnist", d).validation
+    made = evaluation_form(split)  # made now, and kept under the split's key
+    assert evaluation_form(split) is made  # within a process: one object per split
+    read = evaluation_form(data.load("mnist", d).validation)  # a split loaded later reads it back
+    fresh = EvaluationSet(np.array(read.source))  # the independent expectation, made from the pixels now
+    np.testing.assert_array_equal(read.xt, fresh.xt)
+    assert (read.cols is None) == (fresh.cols is None)
+    (kept,) = [f for f in (tmp_path / "cache" / "arrays").iterdir() if f.name.endswith("-validation-evaluation")]
+    assert _mapped_from(read.xt) == str(kept / "xt.npy")  # a later split maps it
+    assert data.first_n(data.load("mnist", d).validation, 3).key is None  # a subset has its own form, not kept
+
+
+@pytest.mark.parametrize("kind", ["raw", "float64"])
+def test_a_damaged_array_cache_is_decoded_again_with_one_warning(tmp_path, caplog, kind):
     d = make_fake_dataset(tmp_path / "d")
     first = data.load("mnist", d)
-    (folder,) = (tmp_path / "cache" / "arrays").iterdir()
-    (folder / "train_images.npy").write_bytes(b"\x93NUMPY truncated")
+    folder = _cache_folders(tmp_path)[kind]
+    damaged = folder / ("train_images.npy" if kind == "raw" else "train_x.npy")
+    damaged.write_bytes(b"\x93NUMPY truncated")
     with caplog.at_level(logging.WARNING):
         again = data.load("mnist", d)
     warnings = [r.getMessage() for r in caplog.records if "array cache" in r.getMessage()]
     assert len(warnings) == 1 and warnings[0].startswith(f"ignoring the damaged array cache {folder}")
     assert np.array_equal(first.train.x, again.train.x)
-    assert np.load(folder / "train_images.npy").shape[0] == len(first.train) + len(first.validation)  # rewritten
+    assert np.load(damaged).shape[0] == (len(first.train) + len(first.validation) if kind == "raw"
+                                         else len(first.train))  # rewritten
 
 
 def test_digits_from_a_warm_cache_never_import_sklearn(tmp_path):

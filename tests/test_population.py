@@ -143,6 +143,9 @@ def test_evaluation_skipping_all_zero_columns_equals_the_dense_forward_pass():
     labels = rng.integers(0, 4, 500)
     prepared = EvaluationSet(x)
     assert prepared.xt.shape == (36, 500) and 0 not in prepared.cols and 39 not in prepared.cols
+    for block in (7, 256, 500, 4096):  # transposed block by block, the last block partial or not
+        np.testing.assert_array_equal(EvaluationSet(x, block=block).xt, x[:, prepared.cols].T)
+    np.testing.assert_array_equal(EvaluationSet(x[:, 2:39], block=7).xt, x[:, 2:39].T)
     for s in range(3):
         net = init_network([40, 6, 4], Streams.from_seed(s).init)
         acts, z = forward(net, x)  # the dense, untransposed reference

@@ -27,17 +27,21 @@ _COMPLETE = "complete"  # written last: the folder's arrays are all there
 
 
 def cached_arrays(key: str, decode: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """The arrays ``decode()`` returns, from the cache when they were decoded before (read-only,
-    memory-mapped), else decoded now and kept for the next process."""
+    """The arrays ``decode()`` returns (read-only), from the cache when they were decoded before
+    (memory-mapped), else decoded now and kept for the next process."""
     folder = cache_dir() / "arrays" / key
     if (folder / _COMPLETE).exists():
         try:
-            return {p.stem: np.load(p, mmap_mode="r", allow_pickle=False) for p in sorted(folder.glob("*.npy"))}
+            # plain read-only arrays over the mapping (not np.memmap: no subclass on every result)
+            return {p.stem: np.asarray(np.load(p, mmap_mode="r", allow_pickle=False))
+                    for p in sorted(folder.glob("*.npy"))}
         except (OSError, ValueError) as exc:
             logger.warning("ignoring the damaged array cache %s (%s): decoding the dataset again", folder, exc)
             shutil.rmtree(folder, ignore_errors=True)
     arrays = decode()
     _keep(folder, arrays)
+    for a in arrays.values():
+        a.flags.writeable = False  # as read back: arrays shared through the cache are never written
     return arrays
 
 

@@ -62,13 +62,9 @@ def _load_idx_dataset(name: str, paths: dict[str, Path], source: Path, dtype: np
         return {"train_images": train_images, "train_labels": train_labels, "test_images": test_images,
                 "test_labels": test_labels}
 
-    def split(images: np.ndarray, labels: np.ndarray) -> Split:
-        x = np.divide(images, 255, dtype=dtype)  # new C-contiguous array, exact division
-        return Split(x=x, y=labels.astype(np.int64))
-
     # decoded once per machine: the key is the files' SHA-256s, read back memory-mapped
-    raw = cached_arrays(f"{name}-{hashlib.sha256(''.join(f.sha256 for f in files).encode()).hexdigest()[:16]}",
-                        decode)
+    key = f"{name}-{hashlib.sha256(''.join(f.sha256 for f in files).encode()).hexdigest()[:16]}"
+    raw = cached_arrays(key, decode)
     train_images, train_labels = raw["train_images"], raw["train_labels"]
     n_validation = CATALOG[name].n_validation  # taken from the end of the training file (the book's split)
     n_train = train_images.shape[0] - n_validation
@@ -77,15 +73,27 @@ def _load_idx_dataset(name: str, paths: dict[str, Path], source: Path, dtype: np
             f"{paths['train-images-idx3-ubyte.gz']}: {train_images.shape[0]} training images, "
             f"need more than {n_validation} for the validation split"
         )
-    train = split(train_images[:n_train], train_labels[:n_train])
-    validation = split(train_images[n_train:], train_labels[n_train:])
-    del train_images
-    test = split(raw["test_images"], raw["test_labels"])
-    if test.x.shape[1] != train.x.shape[1]:
+    if raw["test_images"].shape[1] != train_images.shape[1]:
         raise IdxFormatError(
-            f"{paths['t10k-images-idx3-ubyte.gz']}: images of {test.x.shape[1]} pixels, "
-            f"but the training images have {train.x.shape[1]}"
+            f"{paths['t10k-images-idx3-ubyte.gz']}: images of {raw['test_images'].shape[1]} pixels, "
+            f"but the training images have {train_images.shape[1]}"
         )
+    parts = {"train": (train_images[:n_train], train_labels[:n_train]),
+             "validation": (train_images[n_train:], train_labels[n_train:]),
+             "test": (raw["test_images"], raw["test_labels"])}
+
+    def scaled() -> dict[str, np.ndarray]:
+        out = {}
+        for part, (images, labels) in parts.items():
+            out[f"{part}_x"] = np.divide(images, 255, dtype=dtype)  # (n, n_in), exact division
+            out[f"{part}_y"] = labels.astype(np.int64)  # (n,)
+        return out
+
+    # the splits in this dtype, scaled once per machine too: a process maps them (shared with
+    # the other processes of a sweep through the page cache) instead of allocating and scaling
+    key = f"{key}-{dtype.name}"
+    arrays = cached_arrays(key, scaled)
+    train, validation, test = (Split(x=arrays[f"{p}_x"], y=arrays[f"{p}_y"], key=f"{key}-{p}") for p in parts)
     logger.info(
         "loaded %s from %s: %d train, %d validation, %d test, %s",
         name, source, len(train), len(validation), len(test), dtype,

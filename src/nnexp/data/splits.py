@@ -5,20 +5,25 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
 from nnexp.config.errors import DataError
+from nnexp.data.array_cache import cached_arrays
 
 
 @dataclass(frozen=True)
 class Split:
     """``x``: (n, n_in) floats in [0, 1]; ``y``: (n,) int64 labels. ``derived``: what users of
-    the split computed from it once and keep with it (e.g. training's evaluation form)."""
+    the split computed from it once and keep with it (e.g. training's evaluation form).
+    ``key``: the name of these very arrays in the array cache (a loaded dataset's split; None
+    for a subset), under which arrays computed from them are kept too (:meth:`kept`)."""
 
     x: np.ndarray
     y: np.ndarray
     derived: dict = field(default_factory=dict, compare=False, repr=False)
+    key: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         xs, ys = np.shape(self.x), np.shape(self.y)
@@ -27,6 +32,11 @@ class Split:
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
+
+    def kept(self, name: str, make: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """The arrays ``make()`` computes from this split, computed once per machine when the
+        split has a cache ``key`` (read back memory-mapped by later processes), else now."""
+        return make() if self.key is None else cached_arrays(f"{self.key}-{name}", make)
 
 
 @dataclass(frozen=True)

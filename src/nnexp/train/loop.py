@@ -513,11 +513,13 @@ class Population:
 
 def evaluation_form(split) -> EvaluationSet:
     """The split's inputs prepared for evaluation (``EvaluationSet``: MNIST's transposed pixels
-    without its all-zero columns, ~0.5 s for 50,000 images), made once per process and kept in
-    the split's ``derived`` cache: a sweep's worker makes it while the jobs are composed."""
+    without its all-zero columns), kept in the split's ``derived`` cache for the process and,
+    for a loaded dataset's split, in the array cache for the machine (``Split.kept``): later
+    processes map it instead of making it (0.2-0.9 s for 50,000 images here)."""
     nz = split.derived.get("evaluation_set")
     if nz is None or nz.source is not split.x:
-        nz = split.derived["evaluation_set"] = EvaluationSet(split.x)
+        parts = split.kept("evaluation", lambda: EvaluationSet(split.x).parts())
+        nz = split.derived["evaluation_set"] = EvaluationSet(split.x, parts=parts)
     return nz
 
 
