@@ -111,6 +111,52 @@ def test_a_pruned_member_stops_and_the_others_finish_as_they_would_alone():
         np.testing.assert_array_equal(nets[i].weights[0], ref_net.weights[0])
 
 
+@pytest.mark.parametrize("every, dropout, momentum", [(None, 0.0, 0.0), (40, 0.2, 0.5)])
+def test_a_member_handed_over_at_an_epoch_boundary_goes_on_alone_exactly_as_it_would_have(every, dropout,
+                                                                                           momentum):
+    """``release``: members leave the population with their state (to an idle process, in a
+    sweep) and, resumed alone from it, end with the history and weights of their single run;
+    the members left behind are unchanged too."""
+    from nnexp.train.checkpoint import MemberState
+
+    specs = [TrainSpec(epochs=5, mini_batch_size=10, eta=eta, lmbda=lmbda, dropout=dropout, momentum=momentum,
+                       schedule=HalveOnPlateau(patience=1 if every is None else 2, min_factor=1e-9),
+                       monitor=Monitor(metrics=ALL, every_images=every)) for _, eta, lmbda, _ in MEMBERS]
+    streams = [Streams.from_seed(seed) for seed, *_ in MEMBERS]
+    nets = [init_network([8, 10, 3], s.init, init=m[3]) for s, m in zip(streams, MEMBERS)]
+    asked, handed = [], {}
+
+    def release(left, epoch_seconds):
+        assert epoch_seconds > 0
+        asked.append(dict(left))
+        return [i for i in (1, 3) if left.get(i) == 3]  # after epoch 2 of 5
+
+    def released(i, state):
+        handed[i] = state
+
+    histories = fit_population(nets, TRAIN, specs, validation=VAL, test=TEST, streams=streams,
+                               release=release, released=released)
+    assert asked[0] == {0: 4, 1: 4, 2: 4, 3: 4} and sorted(handed) == [1, 3]  # asked from epoch 1 on
+    assert [set(a) for a in asked[2:]] == [{0, 2}, {0, 2}]  # then the members left, while two train
+    assert any(len({r.eta for r in h.records}) > 1 for h in histories)  # the schedule's state goes along too
+    for i, (seed, _, _, init) in enumerate(MEMBERS):
+        ref_net, ref = single(seed, init, specs[i])
+        if i in handed:
+            state = handed[i]
+            assert isinstance(state, MemberState) and state.position.epoch == 2 and not state.finished
+            assert histories[i].records[-1].epoch == 2  # its history here stops at the hand-over
+            s = Streams.from_seed(seed)
+            net = init_network([8, 10, 3], s.init, init=init)
+            (h,) = fit_population([net], TRAIN, [specs[i]], validation=VAL, test=TEST, streams=[s],
+                                  resume=[state])
+            assert h.train_seconds >= state.history.train_seconds > 0  # the time before goes on
+        else:
+            net, h = nets[i], histories[i]
+        assert_same_history(h, ref)
+        for w, rw in zip(net.weights + net.biases, ref_net.weights + ref_net.biases):
+            np.testing.assert_array_equal(w, rw)
+
+
 def test_incompatible_members_are_refused():
     streams = [Streams.from_seed(0), Streams.from_seed(1)]
     nets = [init_network([8, 10, 3], streams[0].init), init_network([8, 5, 3], streams[1].init)]
@@ -415,6 +461,80 @@ def test_a_killed_launcher_leaves_its_worker_to_record_its_group_and_exit(tmp_pa
     records = _records(uri)
     assert {eta: rec[4] for (eta, _), rec in records.items()} == {
         "0.1": "RUNNING", "0.2": "RUNNING", "0.3": "FINISHED", "0.4": "FINISHED"}
+
+
+HAND_OVER_SCRIPT = """
+import json, logging, os, sys, time
+from nnexp import runner
+
+def after_c_finished(uri):
+    \"\"\"Run a's observer: at its first evaluation, wait until run c (the worker's) is FINISHED
+    in the store; the worker idles from then on, while a and b have 299 epochs left.\"\"\"
+    seen = []
+
+    def observe(record, net):
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(uri)
+        deadline = time.monotonic() + 120  # a bound on a hang, not a timing assumption
+        while not seen and time.monotonic() < deadline:
+            exp = client.get_experiment_by_name("nnexp")
+            runs = exp and client.search_runs([exp.experiment_id], filter_string="attributes.run_name = 'c'")
+            if runs and runs[0].info.status == "FINISHED":
+                seen.append(True)
+            time.sleep(0.02)
+        return None
+    return observe
+
+if __name__ == "__main__":  # worker processes are spawned: the README's guard
+    logging.basicConfig(level=logging.INFO)
+    uri = sys.argv[1]
+    def job(name, eta, epochs):
+        return runner.compose(["dataset=digits", f"eta={eta}", f"epochs={epochs}", f"tracking.uri={uri}"]).with_(run_name=name)
+    jobs = [job("a", 0.1, 300).with_(observers=[after_c_finished(uri)]), job("b", 0.5, 300), job("c", 1.0, 3)]
+    results = runner.run_jobs(jobs, workers=2)
+    print(json.dumps({"pid": os.getpid(), "results": [[r.status, r.history.column("validation_accuracy"),
+                      r.network.weights[0].sum().item(), r.run_id] for r in results]}))
+"""
+
+
+def test_an_idle_worker_takes_over_half_of_the_launching_process_s_population(tmp_path):
+    """Three runs on two processes train as 2 + 1; once the worker's run ends, the launching
+    process hands one of its two over at an epoch's boundary (``runner.handover``). The run goes
+    on in the worker exactly as it would alone, as the same MLflow run: each evaluation logged
+    once, FINISHED, owned by the worker from then on, its population tags as they were, not
+    tagged resumed."""
+    import json
+    import subprocess
+    import sys
+
+    from mlflow.tracking import MlflowClient
+
+    from nnexp import runner
+
+    script = tmp_path / "sweep.py"
+    script.write_text(HAND_OVER_SCRIPT)
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    out = subprocess.run([sys.executable, str(script), uri], capture_output=True, text=True, cwd=tmp_path,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "a worker is idle: 1 of 2 runs go on there (eta=0.5 seed=0)" in out.stderr  # b: a has an observer
+    got = json.loads(out.stdout.splitlines()[-1])
+    (status, accuracies, weight_sum, run_id) = got["results"][1]
+    (alone,) = runner.execute(runner.compose(["dataset=digits", "eta=0.5", "epochs=300", "tracking=off"]))
+    assert [status, accuracies, weight_sum] == [alone.status, alone.history.column("validation_accuracy"),
+                                                alone.network.weights[0].sum().item()]
+    client = MlflowClient(uri)
+    run, a, c = (client.get_run(r[3]) for r in (got["results"][1], got["results"][0], got["results"][2]))
+    assert run.info.status == "FINISHED" and "nnexp.resumed" not in run.data.tags
+    assert a.data.tags["nnexp.pid"] == str(got["pid"]) != c.data.tags["nnexp.pid"]  # a here, c in the worker
+    assert run.data.tags["nnexp.pid"] == c.data.tags["nnexp.pid"]  # b ended in the worker
+    assert (run.data.tags["nnexp.population"], run.data.tags["nnexp.population_size"]) == (
+        a.data.tags["nnexp.population"], "2")  # it started with a
+    history = client.get_metric_history(run_id, "validation_accuracy")
+    assert sorted(m.step for m in history) == list(range(1, 301))  # every evaluation, once
+    assert [m.value for m in sorted(history, key=lambda m: m.step)] == accuracies
+    assert run.data.metrics["train_seconds"] > 0
 
 
 def test_the_memory_cap_splits_a_sweep_into_smaller_populations(tmp_path):

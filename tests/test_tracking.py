@@ -5,6 +5,7 @@ subprocess (killed and restarted), real SQLite files, real processes and signals
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -415,6 +416,31 @@ def test_a_live_run_of_this_host_is_not_reaped(workdir):
     finally:
         proc.kill()
         proc.communicate()
+
+
+def test_a_killed_owner_is_dead_before_it_is_reaped(tmp_path):
+    """A SIGKILLed process stays a zombie until its parent reaps it (a pool worker of a killed
+    launcher: until init does). Its record is then free to resume, not "being trained by process
+    N" (a killed report's run was trained again as a new run, in CI)."""
+    from nnexp.tracking.record import RunRecord, process_alive, process_start
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        start = process_start(child.pid)
+        assert start is not None and process_alive(child.pid, start)
+        rec = RunRecord.create(tmp_path / "run", uri=f"sqlite:///{tmp_path / 'm.db'}", experiment="e", run_name="r",
+                               params={}, tags={})
+        rec._append({"event": "resume", "from": "epoch 1", "time": 0, "host": socket.gethostname(),
+                     "pid": child.pid, "pid_start": start, "slurm_job": None})
+        assert rec.owner_alive()
+        child.kill()
+        wait_for(lambda: Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z",
+                 what="the killed child to be a zombie")  # killed, not reaped: its /proc entry is still there
+        assert process_start(child.pid) is None and not process_alive(child.pid, start)
+        assert not rec.owner_alive() and rec.claim("epoch 1")
+    finally:
+        child.kill()
+        child.wait()
 
 
 @pytest.mark.slow  # multi-process robustness: run by .ci/run

@@ -14,6 +14,7 @@ import sys
 import traceback
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Sequence
 
 from nnexp import tracking
@@ -25,6 +26,7 @@ from nnexp.config.names import (COMPLETED, DIVERGED, FAILED, KILLED, RUNNING, TA
                                 TAG_LINEAGE, TAG_POPULATION, TAG_POPULATION_SIZE, TAG_STATUS, TAG_SWEEP)
 from nnexp.runner.build import build_network, load_splits, train_spec
 from nnexp.runner.groups import check_compatible
+from nnexp.runner.handover import HandOver
 from nnexp.runner.interrupts import INTERRUPTIONS, Interrupts
 from nnexp.runner import resume
 from nnexp.runner.job import Job
@@ -130,7 +132,11 @@ def _open(tracker, splits, job: Job, earlier: resume.Earlier | None) -> None:
     if the store answers); or go on with the earlier run's record, as the same MLflow run."""
     if tracker is None:
         return
-    if earlier is not None:
+    if earlier is not None and earlier.handed:
+        if not earlier.record.claim(f"a hand-over at {earlier.where()}", handover=True):
+            raise RuntimeError(f"run {tracker.run_name} was handed over but another process owns it")
+        tracker.resume(earlier.record, earlier.where(), handover=True)
+    elif earlier is not None:
         tracker.resume(earlier.record, earlier.where())
         log.info("%s: resumed from %s", tracker.run_name, earlier.where())
     else:
@@ -194,7 +200,7 @@ def recorded_as(exc: BaseException, status: str) -> str:
 
 # -- executing ---------------------------------------------------------------------------------
 def execute(jobs: Sequence[Job] | Job, *, progress: bool = False, control=None,
-            refill: Callable[[], Job | None] | None = None, uploader=None) -> list[RunResult]:
+            refill: Callable[[], Job | None] | None = None, uploader=None, spare=None) -> list[RunResult]:
     """Train compatible jobs (see ``runner.groups.group_key``) as one population and track each.
 
     Raises NnexpError for bad data or config (before any run is created); KeyboardInterrupt /
@@ -207,7 +213,9 @@ def execute(jobs: Sequence[Job] | Job, *, progress: bool = False, control=None,
     one; their results follow the others', in the order they joined (successive halving with
     refill). Refilled runs keep no checkpoints. ``uploader``: what takes the runs' records to the
     store (default: a ``tracking.Uploader`` thread per population; ``tracking.UploadProcess``
-    keeps MLflow out of this process); it is closed when the runs end."""
+    keeps MLflow out of this process); it is closed when the runs end. ``spare``: a worker pool's
+    spare capacity (``runner.handover``): while a worker idles, half of the population goes on
+    there, each run as the same run (the worker tracks it from then on)."""
     jobs = [jobs] if isinstance(jobs, Job) else list(jobs)
     if jobs[0].fit is not None:
         (job,) = jobs  # never grouped: see sweep.run_jobs
@@ -227,10 +235,20 @@ def execute(jobs: Sequence[Job] | Job, *, progress: bool = False, control=None,
             groups.setdefault((0, 0) if e is None else e.position, []).append(i)
     for members in groups.values():
         trained = _train([jobs[i] for i in members], [earlier[i] for i in members], progress, control, members,
-                         uploader=uploader)
+                         uploader=uploader, spare=spare)
         for i, result in zip(members, trained):
             results[i] = result
     return results
+
+
+def continue_runs(handed: Sequence[tuple[Job, object, str | None]]) -> list[RunResult]:
+    """Runs handed over at one position by a process still training (``runner.handover``):
+    each record claimed (it is this process's run from now on), trained on from its state as
+    one population, tracked and checkpointed here; their results."""
+    from nnexp.tracking.record import RunRecord
+
+    earlier = [resume.Earlier(RunRecord(Path(d)) if d else None, state, handed=True) for _, state, d in handed]
+    return _train([job for job, _, _ in handed], earlier, progress=False)
 
 
 def _already_finished(job: Job, earlier: resume.Earlier) -> RunResult:
@@ -265,7 +283,7 @@ def _already_finished(job: Job, earlier: resume.Earlier) -> RunResult:
 
 def _train(jobs: list[Job], earlier: list[resume.Earlier | None], progress: bool, control=None,
            ids: list[int] | None = None, refill: Callable[[], Job | None] | None = None,
-           uploader=None) -> list[RunResult]:
+           uploader=None, spare=None) -> list[RunResult]:
     """Train and track jobs as one population (``earlier``: the runs each goes on with;
     ``control``, ``ids``: the population's controller and the members' names for it)."""
     splits, train, val, test = load_splits(jobs[0].config, progress=progress)
@@ -315,15 +333,35 @@ def _train(jobs: list[Job], earlier: list[resume.Earlier | None], progress: bool
                     done[i] = _finish(jobs[i], trackers[i], history, nets[i], test, artifacts[i])
                     recorded[i], trackers[i] = trackers[i], None  # recorded: an interruption leaves it alone
 
+            def detach(i: int) -> str | None:
+                """Member i's run goes on elsewhere: no longer uploaded, checkpointed or
+                recorded here; its record released (its directory returned)."""
+                with interrupts.deferred():
+                    tracker, trackers[i], savers[i] = trackers[i], None, None
+                    if tracker is None or tracker.record is None:
+                        return None
+                    uploader.forget(tracker.record)
+                    tracker.record.release("a worker of this process's pool")
+                    return str(tracker.record.dir.resolve())
+
+            handover = None
+            if (spare is not None and control is None and refill is None and len(jobs) > 1
+                    and isinstance(uploader, tracking.Uploader)):
+                handover = HandOver(list(jobs), spare, detach, continue_runs)
             with bar.logging():
                 fit_population(nets, train, specs, validation=val, test=test, streams=streams, observers=observers,
                                checkpoints=savers, resume=[e and e.state for e in earlier], control=control, ids=ids,
-                               refill=join if refill is not None else None, ended=ended)
+                               refill=join if refill is not None else None, ended=ended,
+                               release=handover and handover.release, released=handover and handover.released)
+                handed = handover.collect() if handover is not None else {}
+            done.update(handed)  # complete: tracked and summarised by the process that finished them
             bar.close()
             with interrupts.deferred():
                 uploader.close()
             results = [done[i] for i in range(len(jobs))]
             for i, (result, saver) in enumerate(zip(results, savers)):
+                if i in handed:
+                    continue
                 result.run_id = result.run_id or recorded[i] and recorded[i].run_id  # an UploadProcess: known now
                 result.summary = summary_line(result, _where(recorded[i]))
                 result.checkpoint_seconds = saver.seconds if saver else 0.0

@@ -92,6 +92,25 @@ def _call(fn: Callable, task: Any) -> Any:
         _WorkerState.busy.clear()
 
 
+class _Spare:
+    """The pool's workers as the launching process's own task sees them (``runner.handover``):
+    whether one is idle, and a way to give it work. ``pending()``: the pool's tasks not done."""
+
+    def __init__(self, executor: concurrent.futures.ProcessPoolExecutor, processes: int,
+                 pending: Callable[[], list[concurrent.futures.Future]]):
+        self.executor, self.processes, self.pending = executor, processes, pending
+        self.lent: list[concurrent.futures.Future] = []
+
+    def idle(self) -> bool:
+        """A worker has nothing to do: fewer tasks (queued or running) than workers."""
+        return sum(not f.done() for f in self.pending() + self.lent) < self.processes
+
+    def submit(self, fn: Callable[[Any], Any], arg: Any) -> concurrent.futures.Future:
+        future = self.executor.submit(_call, fn, arg)
+        self.lent.append(future)
+        return future
+
+
 class WorkerPool:
     """Worker processes for ``run``: spawned as soon as the pool is entered, so they start up
     (and ``warm`` up: imports, data) while this process still prepares the tasks.
@@ -152,11 +171,13 @@ class WorkerPool:
             self.interrupts.__exit__(kind, exc, tb)
         return False
 
-    def run(self, fn: Callable[[Any], Any], tasks: Sequence[Any],
-            on_done: Callable[[int, Any], None] | None = None) -> list[Any]:
+    def run(self, fn: Callable[..., Any], tasks: Sequence[Any],
+            on_done: Callable[[int, Any], None] | None = None, lend: bool = False) -> list[Any]:
         """``fn(task)`` for every task; each task's value, or the exception that ended it;
         ``on_done(index, outcome)`` as each one ends. ``fn`` must be a module-level function;
-        tasks are best given largest first."""
+        tasks are best given largest first. ``lend``: this process's own tasks are called as
+        ``fn(task, spare)``, ``spare`` the workers' spare capacity (None without workers), so
+        that they can hand work to a worker that became idle (``runner.handover``)."""
         outcomes: list[Any] = [None] * len(tasks)
 
         def settle(i: int, get: Callable[[], Any]) -> None:
@@ -170,18 +191,20 @@ class WorkerPool:
                 on_done(i, outcomes[i])
 
         if not self.executors or (self.local and len(tasks) <= 1):
+            spare = _Spare(self.executors[0], self.workers - 1, lambda: []) if self.executors and self.local else None
             with one_blas_thread():
                 for i, task in enumerate(tasks):
-                    settle(i, lambda task=task: fn(task))
+                    settle(i, lambda task=task: fn(task, spare) if lend else fn(task))
             return outcomes
         if not self.local:
             self._run_isolated(fn, tasks, settle)
             return outcomes
         futures = {self.executors[0].submit(_call, fn, tasks[i]): i for i in range(1, len(tasks))}
+        spare = _Spare(self.executors[0], self.workers - 1, lambda: list(futures))
         mine: int | None = 0
         with one_blas_thread():
             while mine is not None:
-                settle(mine, lambda i=mine: fn(tasks[i]))
+                settle(mine, lambda i=mine: fn(tasks[i], spare) if lend else fn(tasks[i]))
                 # the last task no worker has started yet is this process's next one
                 taken = next((f for f in reversed(list(futures)) if f.cancel()), None)
                 mine = futures.pop(taken) if taken is not None else None

@@ -56,10 +56,11 @@ def checkpointed(job: Job) -> bool:
 @dataclass
 class Earlier:
     """The run a job continues: its record, and the state to go on from (None: from the start;
-    ``state.finished``: it ended and is not trained again)."""
+    ``state.finished``: it ended and is not trained again), or the state of a run handed over."""
 
-    record: RunRecord
+    record: RunRecord | None  # None: an untracked run handed over
     state: MemberState | None
+    handed: bool = False  # handed over by a process still training (runner.handover), not resumed
 
     @property
     def finished(self) -> bool:

@@ -18,9 +18,10 @@ from nnexp.train import evaluation_form
 log = logging.getLogger("nnexp.population")
 
 
-def execute_group(jobs: Sequence[Job]) -> list:
-    """One population (a pool task): its results, each summary logged in one line."""
-    results = execute(list(jobs))
+def execute_group(jobs: Sequence[Job], spare=None) -> list:
+    """One population (a pool task): its results, each summary logged in one line. ``spare``
+    (the launching process's task): idle workers take over half of it (``runner.handover``)."""
+    results = execute(list(jobs), spare=spare)
     for r in results:
         log.info(r.summary)
     return results
@@ -66,9 +67,9 @@ def run_jobs(jobs: Sequence[Job], *, workers: int = 2, max_members: int = MAX_ME
     done = (lambda k, outcome: on_done(groups[k], outcome)) if on_done else None
     if pool is None:
         with WorkerPool(min(workers, max(1, len(tasks)))) as own:
-            outcomes = own.run(execute_group, tasks, done)
+            outcomes = own.run(execute_group, tasks, done, lend=True)
     else:
-        outcomes = pool.run(execute_group, tasks, done)
+        outcomes = pool.run(execute_group, tasks, done, lend=True)
     results: list[Any] = [None] * len(jobs)
     for g, outcome in zip(groups, outcomes):
         if isinstance(outcome, BaseException):

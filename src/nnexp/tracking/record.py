@@ -39,12 +39,16 @@ def now_ms() -> int:
 
 
 def process_start(pid: int) -> str | None:
-    """The kernel's start time of process ``pid`` (clock ticks since boot), or None if gone:
-    with the pid, it tells a live process from a new one that reused the pid."""
+    """The kernel's start time of process ``pid`` (clock ticks since boot), or None if gone or
+    dead (a zombie: killed, not yet reaped by its parent): with the pid, it tells a live process
+    from a new one that reused the pid."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
         return None
+    if len(fields) < 20 or fields[0] in ("Z", "X"):  # fields[0]: the state; a zombie writes nothing
+        return None
+    return fields[19]
 
 
 def this_process() -> dict[str, Any]:
@@ -124,17 +128,25 @@ class RunRecord:
         """The last event: the MLflow status (FINISHED, FAILED, KILLED)."""
         self._append({"event": "end", "status": status, "time": now_ms()})
 
-    def claim(self, where: str) -> bool:
-        """The run goes on in this process (after an ``end`` KILLED or FAILED, or none if its
-        process died): a ``resume`` event makes this process its owner, and the MLflow run
-        RUNNING again. Decided and written under the record's lock (a reaper ending it KILLED,
-        another process resuming it, waits); False if a live process owns it."""
+    def claim(self, where: str, handover: bool = False) -> bool:
+        """The run goes on in this process (after an ``end`` KILLED or FAILED, a ``release``, or
+        none if its process died): a ``resume`` event makes this process its owner, and the
+        MLflow run RUNNING again. Decided and written under the record's lock (a reaper ending it
+        KILLED, another process resuming it, waits); False if a live process owns it.
+        ``handover``: it was released to this process (not a resume: ``resumes`` skips it)."""
         with self.uploading():
             if not self.ended() and self.owner_alive():
                 return False
             self.mend()
-            self._append({"event": "resume", "from": where, "time": now_ms(), **this_process()})
+            self._append({"event": "resume", "from": where, "handover": handover, "time": now_ms(),
+                          **this_process()})
             return True
+
+    def release(self, to: str) -> None:
+        """This process stops writing the run, which goes on ``to`` (e.g. an idle worker): it
+        has no owner until a process claims it (``claim``)."""
+        with self.uploading():
+            self._append({"event": "release", "to": to, "time": now_ms(), **this_process()})
 
     # -- reading ---------------------------------------------------------------------------
     def events(self) -> list[dict]:
@@ -165,13 +177,16 @@ class RunRecord:
         return ev[-1]["status"] if ev and ev[-1]["event"] == "end" else None
 
     def owner(self) -> dict:
-        """The process that writes the record now: the last to start or resume it."""
-        return [e for e in self.events() if e["event"] in ("start", "resume")][-1]
+        """The process that writes the record now: the last to start or resume it (or, the last
+        event being a ``release``, the process that released it, which writes it no more)."""
+        return [e for e in self.events() if e["event"] in ("start", "resume", "release")][-1]
 
     def owner_alive(self) -> bool:
         """Whether the record's owner still runs: on this host, its process; on another, it is
         taken to, unless it was an earlier run of this very SLURM job (requeued: that one ended)."""
         o = self.owner()
+        if o["event"] == "release":  # handed over, not claimed yet: nobody writes it
+            return False
         if o.get("host") == socket.gethostname():
             return process_alive(int(o["pid"]), o.get("pid_start"))
         job = os.environ.get("SLURM_JOB_ID")
@@ -201,7 +216,7 @@ class RunRecord:
         return max(steps) if steps else None
 
     def resumes(self) -> int:
-        return sum(e["event"] == "resume" for e in self.events())
+        return sum(e["event"] == "resume" and not e.get("handover") for e in self.events())
 
     def state(self) -> dict:
         """The upload state: {"run_id": MLflow id, "uri": store, "done": events applied}."""

@@ -76,6 +76,12 @@ class Uploader:
     def is_down(self, record: RunRecord) -> bool:
         return record.start["uri"] in self.down
 
+    def forget(self, record: RunRecord) -> None:
+        """Stop uploading ``record``: another process goes on with it (its uploads go on from
+        where this one's stopped)."""
+        with self.busy:
+            self.records = [r for r in self.records if r.dir != record.dir]
+
     def start(self, record: RunRecord) -> None:
         """A new (or resumed) run's record: uploaded now if the store answers, then every few
         seconds while the run trains."""
@@ -131,15 +137,17 @@ class RunTracker:
             parent_run_id=self.parent_run_id, parent_record=self.parent_record)
         return self._upload_start(t0)
 
-    def resume(self, record: RunRecord, where: str) -> str | None:
+    def resume(self, record: RunRecord, where: str, handover: bool = False) -> str | None:
         """Go on with an earlier run's record, claimed by this process (``RunRecord.claim``):
         the same MLflow run, RUNNING again, tagged with its resumes. The evaluations its record
-        already holds are not logged twice (a resumed run computes them again, bit for bit)."""
+        already holds are not logged twice (a resumed run computes them again, bit for bit).
+        ``handover``: the run was handed to this process while it trained (``runner.handover``):
+        its tags stay as they are."""
         t0 = time.perf_counter()
         self.record = record
         self.logged_through = record.last_step()
-        # this job's tags (its population, a retried study trial's number), RUNNING and resumed
-        record.tags({**self.tags, TAG_STATUS: RUNNING, TAG_RESUMED: f"{record.resumes()}, last from {where}"})
+        if not handover:  # this job's tags (its population, a retried study trial's number), RUNNING and resumed
+            record.tags({**self.tags, TAG_STATUS: RUNNING, TAG_RESUMED: f"{record.resumes()}, last from {where}"})
         return self._upload_start(t0)
 
     def _upload_start(self, t0: float) -> str | None:

@@ -25,6 +25,7 @@ exactly through JSON.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import zlib
@@ -73,6 +74,10 @@ class MemberState:
     slot: Path | None = None  # the file it was read from
     lmbda: float | None = None  # the current lambda (a piecewise schedule changes it)
     next_point: int = 0  # the first point of a piecewise schedule not yet applied
+
+    def copy(self) -> "MemberState":
+        """A copy that owns its arrays and history (a state handed to another process)."""
+        return copy.deepcopy(self)
 
     def restore_streams(self, streams: Streams) -> None:
         for name in STREAMS:

@@ -153,7 +153,7 @@ class _Loop:
     of each row), shrinking as members finish (``compact``)."""
 
     def __init__(self, nets, train, specs, validation, test, streams, observers, resume=None, checkpoints=None,
-                 control=None, ids=None, refill=None, ended=None):
+                 control=None, ids=None, refill=None, ended=None, release=None, released=None):
         dtype = nets[0].dtype
         self.x = np.ascontiguousarray(train.x, dtype=dtype)  # (n, n_in)
         labels = np.asarray(train.y)
@@ -179,6 +179,7 @@ class _Loop:
         self.ids = list(range(len(nets)) if ids is None else ids)  # the members' names for the controller
         self.refill = refill  # at an epoch's boundary, a finished member's row takes the member this gives
         self.ended = ended  # called with (member, its History) as each member ends
+        self.release, self.released = release, released  # hand-over at an epoch's boundary (release_members)
         if control is not None:
             for m in self.members:
                 m.varied = True
@@ -368,23 +369,43 @@ class _Loop:
         """Each member's state into its checkpoint (if it keeps one): ``position`` for a member
         that goes on, None for one that has ended (its final parameters)."""
         for i in which:
-            save = self.checkpoints[i]
-            if save is None:
-                continue
+            if self.checkpoints[i] is not None:
+                self.checkpoints[i](self.state_of(i, position))
+
+    def state_of(self, i: int, position: Position | None) -> MemberState:
+        """Member ``i``'s state at ``position`` (None: its end). Its arrays are views into the
+        stack, to be saved at once (``MemberState.copy`` keeps them)."""
+        m = self.members[i]
+        velocities = None
+        if m.active and self.stepper.vel_w is not None:
+            r = self.row_of(i)
+            velocities = ([v[r] for v in self.stepper.vel_w], [v[r] for v in self.stepper.vel_b])
+        mid_epoch = position is not None and position.offset > 0
+        return MemberState(position=position or Position(-1, 0, self.images_seen, 0),
+                           weights=m.net.weights, biases=m.net.biases, velocities=velocities,
+                           best_params=m.best_params, eta=m.eta, lmbda=m.lmbda, next_point=m.next_point,
+                           since_best=m.since_best,
+                           since_best_sched=m.since_best_sched, history=m.history,
+                           streams=stream_states(m.streams),
+                           epoch_shuffle=self.epoch_shuffle.get(i) if mid_epoch else None,
+                           finished=position is None)
+
+    def release_members(self, position: Position) -> None:
+        """At an epoch's boundary, with two members or more training: the members ``release`` picks
+        (given each training member's epochs left, and the seconds the last epoch took) leave the
+        population without ending, each handed with its state to
+        ``released(member, state)``, to go on elsewhere exactly as it would have here (e.g. in a
+        process that became idle: ``runner.sweep``)."""
+        active = self.active_members()
+        if len(active) < 2:  # a member alone is not handed over: it would only move
+            return
+        left = {i: self.members[i].spec.epochs - (position.epoch - self.members[i].start_epoch) for i in active}
+        for i in self.release(left, self.now - self.epoch_began):
             m = self.members[i]
-            velocities = None
-            if m.active and self.stepper.vel_w is not None:
-                r = self.row_of(i)
-                velocities = ([v[r] for v in self.stepper.vel_w], [v[r] for v in self.stepper.vel_b])
-            mid_epoch = position is not None and position.offset > 0
-            save(MemberState(position=position or Position(-1, 0, self.images_seen, 0),
-                             weights=m.net.weights, biases=m.net.biases, velocities=velocities,
-                             best_params=m.best_params, eta=m.eta, lmbda=m.lmbda, next_point=m.next_point,
-                             since_best=m.since_best,
-                             since_best_sched=m.since_best_sched, history=m.history,
-                             streams=stream_states(m.streams),
-                             epoch_shuffle=self.epoch_shuffle.get(i) if mid_epoch else None,
-                             finished=position is None))
+            m.history.train_seconds = self.now - m.joined_at  # its time so far: the rest adds to it
+            state = self.state_of(i, position).copy()
+            m.active = False  # not finished: no outcome, no final checkpoint here
+            self.released(i, state)
 
     # -- training -----------------------------------------------------------------------------
     def masks(self, mb: int) -> list[np.ndarray] | None:
@@ -404,7 +425,7 @@ class _Loop:
     def run(self) -> list[History]:
         self.now = time.perf_counter()  # the time of the last training step (see finish)
         for m in self.members:
-            m.joined_at = self.now
+            m.joined_at = self.now - m.history.train_seconds  # a member handed over goes on with its time
         every, mb = self.spec.monitor.every_images, self.spec.mini_batch_size
         first, next_eval = self.start, self.start.next_eval
         epoch = first.epoch
@@ -416,6 +437,9 @@ class _Loop:
                     if epoch - m.start_epoch >= m.spec.epochs:
                         self.finish(i, None)
                 self.refill_rows(epoch)
+                if self.release is not None and self.control is None and epoch > first.epoch:
+                    self.release_members(Position(epoch, 0, self.images_seen, next_eval))
+                self.epoch_began = self.now
                 if not self.active_members():
                     break
                 self.compact()
@@ -544,7 +568,9 @@ def fit_population(nets: Sequence[Network], train, specs: Sequence[TrainSpec], *
                    control: Callable[[Population], None] | None = None,
                    ids: Sequence[int] | None = None,
                    refill: Callable[[], tuple | None] | None = None,
-                   ended: Callable[[int, History], None] | None = None) -> list[History]:
+                   ended: Callable[[int, History], None] | None = None,
+                   release: Callable[[dict[int, int], float], Sequence[int]] | None = None,
+                   released: Callable[[int, MemberState], None] | None = None) -> list[History]:
     """Train K compatible networks (``population_key``) by mini-batch SGD, in place, as one
     batched computation; one History per member, each exactly the one it would have alone.
     Never raises on divergence: that member's outcome is "diverged" instead.
@@ -559,7 +585,11 @@ def fit_population(nets: Sequence[Network], train, specs: Sequence[TrainSpec], *
     row takes the member ``refill()`` gives, (net, spec, streams, observers), as long as it gives
     one (successive halving with refill); the histories of the members that joined follow the
     others', in the order they joined. ``ended``: called with (member, its History) as each
-    member ends (its network then holds its final parameters), e.g. to record it at once."""
+    member ends (its network then holds its final parameters), e.g. to record it at once.
+    ``release``: at each epoch's boundary (not the first), given {member: epochs left} for the
+    members training and the last epoch's seconds, the members to hand over: each leaves the population with its state,
+    given to ``released(member, state)``; resumed alone from that state it trains exactly on
+    (its history returned here stops at the hand-over; not with ``control``)."""
     check_population(nets, train, specs, validation)
     if resume is not None:
         if any(s is not None and s.finished for s in resume):
@@ -569,7 +599,7 @@ def fit_population(nets: Sequence[Network], train, specs: Sequence[TrainSpec], *
             raise ValueError("the members of a resumed population must all resume from the same position")
     observers = observers or [() for _ in nets]
     return _Loop(nets, train, specs, validation, test, streams, observers, resume, checkpoints, control, ids,
-                 refill, ended).run()
+                 refill, ended, release, released).run()
 
 
 def fit(net: Network, train, spec: TrainSpec, *, validation=None, test=None, streams: Streams | None = None,
