@@ -424,7 +424,7 @@ def test_a_killed_owner_is_dead_before_it_is_reaped(tmp_path):
     N" (a killed report's run was trained again as a new run, in CI)."""
     from nnexp.tracking.record import RunRecord, process_alive, process_start
 
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    child = subprocess.Popen(["sleep", "60"])
     try:
         start = process_start(child.pid)
         assert start is not None and process_alive(child.pid, start)
