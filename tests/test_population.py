@@ -463,6 +463,61 @@ def test_a_killed_launcher_leaves_its_worker_to_record_its_group_and_exit(tmp_pa
         "0.1": "RUNNING", "0.2": "RUNNING", "0.3": "FINISHED", "0.4": "FINISHED"}
 
 
+def test_runs_handed_to_a_worker_that_fails_go_on_in_the_launching_process(tmp_path, monkeypatch):
+    """``runner.handover``'s fallback: the worker given the runs fails (here: its future holds the
+    pool's BrokenProcessPool at once). The launching process claims the released records back and
+    trains the runs on itself from the states it handed over: each run ends as it would have,
+    FINISHED, every evaluation logged once, one warning line."""
+    import concurrent.futures
+    import logging
+    from concurrent.futures.process import BrokenProcessPool
+
+    from mlflow.tracking import MlflowClient
+
+    from nnexp import runner
+
+    class BrokenWorker:  # the pool's spare capacity, as WorkerPool.run(lend=True) gives it, with a worker that died
+        def __init__(self):
+            self.submitted = []
+
+        def idle(self):
+            return not self.submitted
+
+        def submit(self, fn, arg):
+            self.submitted.append(arg)
+            future = concurrent.futures.Future()
+            future.set_exception(BrokenProcessPool("a worker died"))
+            return future
+
+    from nnexp.runner import handover
+
+    monkeypatch.setattr(handover, "MIN_SECONDS_LEFT", 0.0)  # digits' epochs take milliseconds: any time left will do
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    jobs = [runner.compose(["dataset=digits", f"eta={eta}", "epochs=6", f"tracking.uri={uri}"]) for eta in (0.1, 0.5)]
+    spare = BrokenWorker()
+    warnings = []
+    handler = logging.Handler()
+    handler.emit = lambda record: warnings.append(record.getMessage()) if record.levelno >= logging.WARNING else None
+    logging.getLogger("nnexp.population").addHandler(handler)
+    try:
+        results = runner.execute(jobs, spare=spare)
+    finally:
+        logging.getLogger("nnexp.population").removeHandler(handler)
+    (handed,) = spare.submitted
+    assert [(job.config.eta, state.position.epoch) for job, state, _ in handed] == [(0.1, 1)]  # after epoch 1
+    assert warnings == ["the worker given 1 run(s) failed (a worker died): they go on in this process"]
+    client = MlflowClient(uri)
+    for eta, result in zip((0.1, 0.5), results):
+        (alone,) = runner.execute(runner.compose(["dataset=digits", f"eta={eta}", "epochs=6", "tracking=off"]))
+        assert result.history.column("validation_accuracy") == alone.history.column("validation_accuracy")
+        np.testing.assert_array_equal(result.network.weights[0], alone.network.weights[0])
+        run = client.get_run(result.run_id)
+        assert run.info.status == "FINISHED" and "nnexp.resumed" not in run.data.tags
+        steps = [m.step for m in client.get_metric_history(result.run_id, "validation_accuracy")]
+        assert sorted(steps) == list(range(1, 7))
+
+
 HAND_OVER_SCRIPT = """
 import json, logging, os, sys, time
 from nnexp import runner

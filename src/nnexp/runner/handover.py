@@ -90,7 +90,7 @@ class HandOver:
             try:
                 results = future.result()
             except Exception as exc:  # noqa: BLE001 - the worker died or failed: the runs go on here
-                log.warning("the worker given %d runs failed (%s): they go on in this process", len(batch),
+                log.warning("the worker given %d run(s) failed (%s): they go on in this process", len(batch),
                             str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
                 results = self.continue_runs([self.handed[k] for k in batch])
             out.update(zip(batch, results))
