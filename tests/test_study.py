@@ -492,6 +492,31 @@ def test_hopeless_trials_are_pruned_by_the_default_median_pruner(workdir):
         assert 1 <= len(client.get_metric_history(run.info.run_id, "validation_accuracy")) < 6
 
 
+def test_the_pruner_stops_a_trial_at_any_evaluation_but_its_last(workdir):
+    """A trial below the pruner's bar is pruned at an evaluation before its last; at its last it
+    completes (it ends there anyway). The median pruner of the test above pruned a trial at its
+    last evaluation (6 of 6) when the other trials' last values happened to be in first."""
+    from nnexp import runner
+    from nnexp.search.stage_plan import StagePlan
+    from nnexp.search.trials import _trial_jobs
+    from nnexp.train import PRUNED, Record
+
+    storage = f"sqlite:///{workdir / 'optuna.db'}"
+    base = runner.compose(["dataset=digits", "epochs=3", "tracking=off"]).config
+    plan = StagePlan(study="s", stage="stage", storage=storage, base=base,
+                     space={"eta": {"low": 0.01, "high": 10.0, "log": True}})
+    from nnexp.search.backend import make_storage
+
+    study = optuna.create_study(study_name="s/stage", storage=make_storage(storage), direction="maximize",
+                                pruner=optuna.pruners.ThresholdPruner(lower=0.99))  # below 0.99: prune
+    trial = study.ask()
+    (observer,) = _trial_jobs(trial, plan)[0].observers
+    for epoch, expected in ((1, PRUNED), (2, PRUNED), (3, None)):
+        record = Record(epoch=epoch, images_seen=1197 * epoch, eta=0.1, epoch_seconds=0.1, validation_accuracy=0.5)
+        assert observer(record, None) == expected
+    assert sorted(study.trials[0].intermediate_values) == [1197, 2394, 3591]  # every evaluation reported
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM])  # Ctrl-C is a KeyboardInterrupt already; SIGTERM needed the fix
 def test_an_interrupted_study_exits_130_in_one_line_and_a_rerun_resumes(workdir, signum):
     storage = f"sqlite:///{workdir / 'optuna.db'}"

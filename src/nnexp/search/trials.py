@@ -69,7 +69,9 @@ def mean_curve(curves: list[list]) -> list[list]:
 
 def _trial_jobs(trial, plan: StagePlan) -> list:
     """The trial's jobs, one per seed replicate: run config, tags, MLflow run name, and (a single
-    replicate only) the pruning observer that reports validation accuracy at every evaluation."""
+    replicate only) the pruning observer that reports validation accuracy at every evaluation and
+    prunes at any but the last (a trial at its end completes: pruning it would stop nothing, and
+    whether the median then counts the other trials' last values depends on timing)."""
 
     params = {name: _suggest(trial, name, dist) for name, dist in plan.space.items()}
     c = trial_config(plan, params)
@@ -79,6 +81,8 @@ def _trial_jobs(trial, plan: StagePlan) -> list:
         if acc is None:
             return None
         trial.report(acc, record.images_seen)
+        if record.epoch >= c.total_epochs:  # its last evaluation: it ends here anyway, COMPLETE with its value
+            return None
         return PRUNED if plan.prune and trial.should_prune() else None
 
     pruning.__name__ = "the Optuna pruner"
