@@ -545,7 +545,8 @@ if __name__ == "__main__":  # worker processes are spawned: the README's guard
     logging.basicConfig(level=logging.INFO)
     uri = sys.argv[1]
     def job(name, eta, epochs):
-        return runner.compose(["dataset=digits", f"eta={eta}", f"epochs={epochs}", f"tracking.uri={uri}"]).with_(run_name=name)
+        overrides = ["dataset=digits", f"eta={eta}", f"epochs={epochs}", f"tracking.uri={uri}"]
+        return runner.compose(overrides).with_(run_name=name)
     jobs = [job("a", 0.1, 250).with_(observers=[after_c_finished(uri)]), job("b", 0.5, 250), job("c", 1.0, 3)]
     results = runner.run_jobs(jobs, workers=2)
     print(json.dumps({"pid": os.getpid(), "results": [[r.status, r.history.column("validation_accuracy"),
@@ -556,10 +557,10 @@ if __name__ == "__main__":  # worker processes are spawned: the README's guard
 def test_run_jobs_as_a_python_call_and_an_idle_worker_takes_over_half_of_a_population(tmp_path):
     """The README's Python API, ``runner.run_jobs(jobs, workers=2)`` from a script: three runs on
     two processes train as 2 + 1, each to exactly what ``runner.execute`` gives it alone in this
-    process (checked for the two that ran in the worker). Once the worker's run ends, the launching process hands one of its two over at an
-    epoch's boundary (``runner.handover``): it goes on in the worker as the same MLflow run, each
-    evaluation logged once, FINISHED, owned by the worker from then on, its population tags as
-    they were, not tagged resumed."""
+    process (checked for the two that ran in the worker). Once the worker's run ends, the
+    launching process hands one of its two over at an epoch's boundary (``runner.handover``): it
+    goes on in the worker as the same MLflow run, each evaluation logged once, FINISHED, owned by
+    the worker from then on, its population tags as they were, not tagged resumed."""
     import json
     import subprocess
     import sys

@@ -26,7 +26,7 @@ from nnexp.config.names import (COMPLETED, DIVERGED, FAILED, KILLED, RUNNING, TA
                                 TAG_LINEAGE, TAG_POPULATION, TAG_POPULATION_SIZE, TAG_STATUS, TAG_SWEEP)
 from nnexp.runner.build import build_network, load_splits, train_spec
 from nnexp.runner.groups import check_compatible
-from nnexp.runner.handover import HandOver
+from nnexp.runner.handover import Handed, HandOver
 from nnexp.runner.interrupts import INTERRUPTIONS, Interrupts
 from nnexp.runner import resume
 from nnexp.runner.job import Job
@@ -241,7 +241,7 @@ def execute(jobs: Sequence[Job] | Job, *, progress: bool = False, control=None,
     return results
 
 
-def continue_runs(handed: Sequence[tuple[Job, object, str | None]]) -> list[RunResult]:
+def continue_runs(handed: Sequence[Handed]) -> list[RunResult]:
     """Runs handed over at one position by a process still training (``runner.handover``):
     each record claimed (it is this process's run from now on), trained on from its state as
     one population, tracked and checkpointed here; their results."""

@@ -67,8 +67,9 @@ class HandOver:
         ``MIN_EPOCHS_LEFT`` and ``MIN_SECONDS_LEFT`` of training), when a worker is idle."""
         if not self.spare.idle():
             return []
-        candidates = sorted((i for i, n in left.items() if n >= MIN_EPOCHS_LEFT and n * epoch_seconds >= MIN_SECONDS_LEFT
-                             and eligible(self.jobs[i])), key=lambda i: (-left[i], i))
+        worth = [i for i, n in left.items()
+                 if n >= MIN_EPOCHS_LEFT and n * epoch_seconds >= MIN_SECONDS_LEFT and eligible(self.jobs[i])]
+        candidates = sorted(worth, key=lambda i: (-left[i], i))
         self._batch = candidates[:len(left) // 2]
         if self._batch:
             log.info("a worker is idle: %d of %d runs go on there (%s)", len(self._batch), len(left),
@@ -95,4 +96,3 @@ class HandOver:
                 results = self.continue_runs([self.handed[k] for k in batch])
             out.update(zip(batch, results))
         return out
-
