@@ -383,8 +383,10 @@ def test_a_sigkilled_run_is_ended_killed_with_its_metrics_by_the_next_command(wo
                             stderr=subprocess.PIPE, text=True, env=env)
     path = wait_for(lambda: records(workdir), what="the run's record")[0]
     wait_for(lambda: len(epochs_recorded(path)) >= 5, what="training")
+    uploader = upload_process_of(proc.pid)
     proc.kill()
     proc.communicate(timeout=60)
+    wait_for(lambda: not alive(uploader), what="its upload process to upload what it holds and end")
     recorded = epochs_recorded(path)
     _, (r,) = runs_of(uri)
     assert r.info.status == "RUNNING"  # what the store believes until someone looks
@@ -604,3 +606,82 @@ def test_a_run_created_just_before_a_crash_is_found_again_not_duplicated(tmp_pat
     (run,) = client.search_runs([exp])
     assert run.info.run_id == run_id == rec.run_id() and run.info.status == "FINISHED"
     assert run.data.metrics == {"validation_accuracy": 0.5} and run.data.params == {"eta": "0.5"}
+
+
+# -- a sweep's one upload process ------------------------------------------------------------------
+def alive(pid: int) -> bool:
+    from nnexp.cli.callbacks import _alive
+
+    return _alive(pid)
+
+
+def upload_process_of(pid: int) -> int | None:
+    """The upload process among ``pid``'s children (its command line names the module)."""
+    from nnexp.cli.callbacks import child_processes
+
+    for kid in child_processes(pid):
+        try:
+            if b"nnexp.tracking.upload_process" in Path(f"/proc/{kid}/cmdline").read_bytes():
+                return kid
+        except OSError:
+            pass
+    return None
+
+
+def test_no_process_of_a_population_sweep_imports_mlflow_one_upload_process_uploads_every_run(workdir):
+    """The launching process and its pool worker train without MLflow (``-X importtime``, which
+    spawned workers inherit, lists every module each imported): the sweep's one upload process
+    opens the store and uploads the parent and every run. Fails if any training process uploads
+    its own runs (it imports MLflow then)."""
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    out = subprocess.run([sys.executable, "-X", "importtime", "-m", "nnexp.run", "-m", *DIGITS, "epochs=3",
+                          "eta=0.5,1,3", "seed=0,1"], cwd=workdir, env={**os.environ, "MLFLOW_TRACKING_URI": uri},
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    imported = [line.split("|")[-1].strip() for line in out.stderr.splitlines() if line.startswith("import time:")]
+    assert imported.count("nnexp.train.loop") == 2  # both training processes reported their imports
+    assert not [m for m in imported if m.split(".")[0] in ("mlflow", "sqlalchemy", "alembic")]
+    assert "6 jobs in 2 population(s) (3, 3) on 2 process(es)" in out.stderr + out.stdout
+    client, runs = runs_of(uri)
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(children) == 6 and {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert len({r.data.tags["nnexp.pid"] for r in children}) == 2  # trained in two processes, uploaded by a third
+    for r in children:
+        assert [m.step for m in client.get_metric_history(r.info.run_id, "validation_accuracy")] == [1, 2, 3]
+    best = max(children, key=lambda r: r.data.metrics["best_validation_accuracy"])
+    assert parent.data.tags["nnexp.best_child"] == best.info.run_id
+
+
+def test_a_sweep_whose_upload_process_is_killed_uploads_its_runs_from_the_training_processes(workdir):
+    """The upload process SIGKILLed while both populations train (each run's record holds an
+    evaluation: its start was sent): each population finds it gone when it next asks (at its
+    end), says so in one line and uploads its own runs; every run ends FINISHED with each of its
+    evaluations logged once, the parent with its best child."""
+    uri, epochs = f"sqlite:///{workdir / 'mlflow.db'}", 300
+    proc = subprocess.Popen([sys.executable, "-m", "nnexp.run", "-m", *DIGITS, f"epochs={epochs}", "eta=0.5,1,2,3"],
+                            cwd=workdir, env={**os.environ, "MLFLOW_TRACKING_URI": uri},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        paths = wait_for(lambda: len(records(workdir)) == 5 and records(workdir), what="the records")
+        runs = [p for p in paths if events(p)[0]["params"]]  # (the parent has no params)
+        wait_for(lambda: all(epochs_recorded(p) for p in runs), what="all four runs training")
+        uploader = upload_process_of(proc.pid)
+        assert uploader is not None
+        os.kill(uploader, signal.SIGKILL)
+        assert all(len(epochs_recorded(p)) < epochs for p in runs)  # killed while they train
+        out, err = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0 and "Traceback" not in err, err[-3000:]
+    gone = [line for line in (out + err).splitlines() if "the upload process is gone" in line]
+    assert len(gone) == 2, gone  # one line per population
+    client, found = runs_of(uri)
+    children = [r for r in found if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == 4 and {r.info.status for r in found} == {"FINISHED"}
+    for r in children:
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "validation_accuracy")]
+        assert steps == list(range(1, epochs + 1))
+    (parent,) = [r for r in found if "mlflow.parentRunId" not in r.data.tags]
+    assert parent.data.tags["nnexp.best_child"] in {r.info.run_id for r in children}

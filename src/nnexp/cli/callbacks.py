@@ -6,6 +6,7 @@ every launcher's workers inherit (basic: same process; joblib: spawned afterward
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import signal
@@ -22,7 +23,7 @@ from omegaconf import DictConfig
 
 from nnexp import tracking
 from nnexp.config.names import (PARENT_ENV, PARENT_RECORD_ENV, SWEEP_ENV, TAG_EXPERIMENT, TAG_SWEEP,
-                                TAG_SWEEP_OVERRIDES)
+                                TAG_SWEEP_OVERRIDES, UPLOADS_ENV)
 from nnexp.runner import resume
 
 log = logging.getLogger(__name__)
@@ -75,16 +76,17 @@ class SweepTracking(Callback):
         # pickles the launcher, and with it this callback)
         self.config: DictConfig | None = None
         self.previous: dict = {}
-        self.opening: threading.Thread | None = None  # opens the store beside the jobs' start
+        self.uploads: tracking.UploadProcess | None = None  # uploads every run of the sweep on this host
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "opening": None}  # a thread is not pickled (it stays in this process)
+        return {**self.__dict__, "uploads": None}  # a process handle is not pickled (it stays in this process)
 
     def _interrupted(self, signum, frame) -> None:
         for handler_signal in self.previous:
             signal.signal(handler_signal, signal.SIG_IGN)  # a second Ctrl-C does not cut this short
         warnings.filterwarnings("ignore", message=".*resource_tracker")  # the pool's helper ends with it
-        kids = [pid for pid in child_processes(os.getpid()) if not _is_helper(pid)]
+        uploads = self.uploads.proc.pid if self.uploads is not None else None  # ends last, on its own
+        kids = [pid for pid in child_processes(os.getpid()) if not _is_helper(pid) and pid != uploads]
         for pid in kids:
             try:
                 os.kill(pid, signal.SIGTERM)
@@ -94,13 +96,15 @@ class SweepTracking(Callback):
         while time.time() < deadline and any(_alive(pid) for pid in kids) and self._runs_still_running():
             time.sleep(0.2)
         for pid in child_processes(os.getpid()):  # idle pool workers and helpers that outlive their jobs
-            if _alive(pid):
+            if pid != uploads and _alive(pid):
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
         what = "the running jobs ended KILLED, with their metrics so far" if kids else ""
         end_interrupted_sweep(self.config, what)
+        if self.uploads is not None:
+            self.uploads.close()
         logging.shutdown()
         sys.stdout.flush()
         os._exit(130)
@@ -139,23 +143,29 @@ class SweepTracking(Callback):
                       TAG_SWEEP_OVERRIDES: " ".join(config.hydra.overrides.task)[:4000]}, upload=False)
             resume.remember_record(key, parent.record)
         self.parent_record = os.environ[PARENT_RECORD_ENV] = parent.record_dir
-        # opening the store (importing MLflow: ~1.5 s) and uploading the parent run happen beside
-        # the jobs' start, off the sweep's critical path; a job finds its parent by its record
-        # (one uploader at a time per record, across processes)
-        self.opening = threading.Thread(target=_open_store, args=(uri, config.tracking.experiment, parent, sweep_id),
-                                        name="nnexp-open-store", daemon=True)
-        self.opening.start()
+        # one process opens the store (imports MLflow: ~1.6 s of CPU), uploads the parent run and
+        # every run of the sweep on this host (tracking.upload_process): no training process
+        # imports MLflow; a job finds its parent by its record
+        try:
+            self.uploads = tracking.UploadProcess(uri, config.tracking.experiment)
+        except OSError as exc:
+            log.warning("no upload process (%s): each process of the sweep uploads its own runs", exc)
+            return
+        os.environ[UPLOADS_ENV] = self.uploads.address
+        atexit.register(self.uploads.close)  # also when the sweep ends otherwise (an error, Ctrl-C)
+        uploads = self.uploads.client()
+        uploads.start(parent.record, wait=False)  # uploaded while the jobs start
+        uploads.close()
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         for s, handler in self.previous.items():
             signal.signal(s, handler)
-        if self.opening is not None:
-            self.opening.join()
         sweep_id = os.environ.get(SWEEP_ENV)
         if self.parent_record:
-            parent = tracking.ParentRun.of_record(Path(self.parent_record))
-            log.info("sweep %s: %s", sweep_id, parent.end_sweep("FINISHED"))
-        for name in (PARENT_ENV, PARENT_RECORD_ENV, SWEEP_ENV):
+            log.info("sweep %s: %s", sweep_id, end_sweep(self.parent_record, "FINISHED"))
+        if self.uploads is not None:
+            self.uploads.close()
+        for name in (PARENT_ENV, PARENT_RECORD_ENV, SWEEP_ENV, UPLOADS_ENV):
             os.environ.pop(name, None)
 
 
@@ -170,11 +180,13 @@ def resumed_parent(key: str):
     return tracking.ParentRun.of_record(record.dir)
 
 
-def _open_store(uri: str, experiment: str, parent, sweep_id: str) -> None:
-    """A sweep's store opened (dead runs of this host ended) and its parent run uploaded; one line."""
-    tracking.prepare_store(uri, experiment)
-    parent.upload_start()
-    log.info("sweep %s: %s", sweep_id, parent.location)
+def end_sweep(record_dir: str, status: str) -> str:
+    """End the sweep's parent run (``ParentRun.end_sweep``), in the sweep's upload process if it
+    has one (this process never imports MLflow then); one line on what is where."""
+    uploads = tracking.uploader()
+    if isinstance(uploads, tracking.UploadClient):
+        return uploads.end_sweep(record_dir, status)
+    return tracking.ParentRun.of_record(Path(record_dir)).end_sweep(status)
 
 
 def end_interrupted_sweep(config: DictConfig, what: str = "", status: str = "KILLED") -> None:
@@ -183,12 +195,14 @@ def end_interrupted_sweep(config: DictConfig, what: str = "", status: str = "KIL
     with ``what`` (e.g. what happened to the job that was running). ``status`` FAILED: the sweep
     could not start its jobs (``what`` says why)."""
     record = os.environ.get(PARENT_RECORD_ENV)
-    for name in (PARENT_ENV, PARENT_RECORD_ENV, SWEEP_ENV):
-        os.environ.pop(name, None)
     head = (f"interrupted: {what}; " if what else "interrupted: ") if status == "KILLED" else f"{what}; "
-    if record and config.get("tracking", {}).get("enabled", False):
-        parent = tracking.ParentRun.of_record(Path(record))
-        if not parent.record.ended():
-            log.error("%ssweep ended, %s", head, parent.end_sweep(status))
-            return
-    log.error("%ssweep ended", head)
+    try:
+        if record and config.get("tracking", {}).get("enabled", False):
+            parent = tracking.ParentRun.of_record(Path(record))
+            if not parent.record.ended():
+                log.error("%ssweep ended, %s", head, end_sweep(record, status))
+                return
+        log.error("%ssweep ended", head)
+    finally:
+        for name in (PARENT_ENV, PARENT_RECORD_ENV, SWEEP_ENV, UPLOADS_ENV):
+            os.environ.pop(name, None)

@@ -40,6 +40,7 @@ TIMING_METRICS = ("epoch_seconds", "train_seconds")
 PARENT_ENV = "NNEXP_PARENT_RUN_ID"
 SWEEP_ENV = "NNEXP_SWEEP_ID"
 PARENT_RECORD_ENV = "NNEXP_PARENT_RECORD"  # the parent run's local record (when the store is down)
+UPLOADS_ENV = "NNEXP_UPLOADS"  # the socket of the sweep's upload process (tracking.upload_process)
 
 # -- where a run is recorded (tags set on every run; see nnexp.record) ---------------------------
 TAG_RECORD_ID = "nnexp.record_id"

@@ -144,7 +144,7 @@ def _open(tracker, splits, job: Job, earlier: resume.Earlier | None) -> None:
         tracker.log_dataset(splits)
     if resume.checkpointed(job):
         resume.remember(job, tracker.record)
-    if job.on_start and tracker.run_id:
+    if job.on_start and tracker.started():
         job.on_start(tracker.run_id)
 
 
@@ -259,11 +259,11 @@ def _already_finished(job: Job, earlier: resume.Earlier) -> RunResult:
     net = build_network(job.config, Streams.from_seed(job.config.seed))
     net.set_params(state.weights, state.biases)
     if earlier.record.end_status() != "FINISHED":
-        uploader = tracking.Uploader()
+        uploader = tracking.uploader()
         tracker = new_tracker(job, uploader)
         with Interrupts() as interrupts, interrupts.deferred():
             tracker.resume(earlier.record, "its end")
-            if job.on_start and tracker.run_id:
+            if job.on_start and tracker.started():
                 job.on_start(tracker.run_id)
             result = _finish(job, tracker, state.history, net, test,
                              {"config.yaml": job.resolved_yaml} if job.resolved_yaml else {})
@@ -290,7 +290,7 @@ def _train(jobs: list[Job], earlier: list[resume.Earlier | None], progress: bool
     streams = [Streams.from_seed(j.config.seed) for j in jobs]
     nets = [build_network(j.config, s) for j, s in zip(jobs, streams)]
     specs = [train_spec(j.config) for j in jobs]
-    uploader = uploader or tracking.Uploader()  # the population's runs reach the store off the training path
+    uploader = uploader or tracking.uploader()  # the population's runs reach the store off the training path
     population = (uuid.uuid4().hex[:12], len(jobs))
     trackers = [new_tracker(j, uploader, population) for j in jobs]
     artifacts = [{"config.yaml": j.resolved_yaml} if j.resolved_yaml else {} for j in jobs]
@@ -345,8 +345,7 @@ def _train(jobs: list[Job], earlier: list[resume.Earlier | None], progress: bool
                     return str(tracker.record.dir.resolve())
 
             handover = None
-            if (spare is not None and control is None and refill is None and len(jobs) > 1
-                    and isinstance(uploader, tracking.Uploader)):
+            if spare is not None and control is None and refill is None and len(jobs) > 1:
                 handover = HandOver(list(jobs), spare, detach, continue_runs)
             with bar.logging():
                 fit_population(nets, train, specs, validation=val, test=test, streams=streams, observers=observers,
@@ -362,7 +361,7 @@ def _train(jobs: list[Job], earlier: list[resume.Earlier | None], progress: bool
             for i, (result, saver) in enumerate(zip(results, savers)):
                 if i in handed:
                     continue
-                result.run_id = result.run_id or recorded[i] and recorded[i].run_id  # an UploadProcess: known now
+                result.run_id = result.run_id or recorded[i] and recorded[i].run_id  # an upload process's: known now
                 result.summary = summary_line(result, _where(recorded[i]))
                 result.checkpoint_seconds = saver.seconds if saver else 0.0
             return results
@@ -380,14 +379,14 @@ def _execute_fit(job: Job) -> RunResult:
     """A run that is not a network on a dataset (``job.fit``), tracked like one: its record first,
     its curve through the observers, its summary metrics and status at the end, KILLED or FAILED
     when interrupted."""
-    uploader = tracking.Uploader()
+    uploader = tracking.uploader()
     tracker = new_tracker(job, uploader)
     with Interrupts() as interrupts:
         try:
             with interrupts.deferred():
                 if tracker is not None:
                     tracker.start()
-                    if job.on_start and tracker.run_id:
+                    if job.on_start and tracker.started():
                         job.on_start(tracker.run_id)
             history, summary = job.fit(job, [interrupts.guard(tracker.observe)] if tracker else [])
             result = RunResult(history.outcome, history, tracker.run_id if tracker else None)

@@ -4,9 +4,11 @@ each population executed and tracked (``execute``)."""
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any, Callable, Sequence
 
 from nnexp import tracking
+from nnexp.config.names import UPLOADS_ENV
 from nnexp.config.run_schema import RunConfig
 from nnexp.runner.build import load_splits
 from nnexp.runner.execute import execute
@@ -33,7 +35,7 @@ def warm_up(config: RunConfig | None) -> None:
     import nnexp.runner.execute  # noqa: F401
 
     if config is not None:
-        if config.tracking.enabled:
+        if config.tracking.enabled and UPLOADS_ENV not in os.environ:  # else the sweep's upload process does
             tracking.preload()
         try:
             _, train, validation, test = load_splits(config)

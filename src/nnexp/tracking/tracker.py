@@ -50,6 +50,8 @@ class Uploader:
         self.thread: threading.Thread | None = None
 
     def add(self, record: RunRecord) -> None:
+        if any(r.dir == record.dir for r in self.records):  # handed over and back, or sent twice
+            return
         self.records.append(record)
         if self.thread is None:
             self.thread = threading.Thread(target=self._loop, name="nnexp-uploader", daemon=True)
@@ -72,6 +74,10 @@ class Uploader:
                 del self.down[uri]
                 log.warning("tracking store %s answers again: the runs kept meanwhile are uploaded", redact(uri))
             return True
+
+    def flush(self, record: RunRecord) -> None:
+        """Return once what the record holds is in the store (or the store did not take it)."""
+        self.upload_now(record)
 
     def is_down(self, record: RunRecord) -> bool:
         return record.start["uri"] in self.down
@@ -152,7 +158,7 @@ class RunTracker:
 
     def _upload_start(self, t0: float) -> str | None:
         self.uploader = self.uploader or Uploader()
-        self.uploader.start(self.record)  # an UploadProcess returns at once: the run id comes later
+        self.uploader.start(self.record)  # an upload process's client returns at once: the run id comes later
         self.seconds_in_tracking += time.perf_counter() - t0
         return self.run_id
 
@@ -160,6 +166,13 @@ class RunTracker:
     def run_id(self) -> str | None:
         """The MLflow run id, once the run exists in the store."""
         return self.record.run_id() if self.record else None
+
+    def started(self) -> str | None:
+        """The MLflow run id once the start is in the store, waiting for it if another process
+        uploads it (None: the store did not take it)."""
+        if self.run_id is None:
+            self.uploader.flush(self.record)
+        return self.run_id
 
     def observe(self, record, net=None) -> None:
         """Training-loop observer: the evaluation's metrics, appended to the record."""
