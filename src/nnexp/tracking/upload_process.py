@@ -119,7 +119,7 @@ class UploadClient:
         try:
             self.io.write("\t".join((verb, *args)) + "\n")
             self.io.flush()
-            if verb in ("start",):
+            if verb == "start":  # no reply
                 return ""
             reply = self.io.readline()
             if reply:
@@ -158,9 +158,6 @@ class UploadClient:
         if self.own is not None:
             self.own.forget(record)
 
-    def is_down(self, record: RunRecord) -> bool:
-        return False
-
     def close(self) -> None:
         """Return once each record is in the store, as far as the store takes it."""
         for record in self.records:
@@ -168,7 +165,10 @@ class UploadClient:
         if self.own is not None:
             self.own.close()
         self.records = []
-        self.io.close()
+        try:
+            self.io.close()
+        except OSError:  # gone meanwhile: nothing was left to send
+            pass
         self.sock.close()
 
     def end_sweep(self, record_dir: str, status: str) -> str:
