@@ -524,7 +524,7 @@ from nnexp import runner
 
 def after_c_finished(uri):
     \"\"\"Run a's observer: at its first evaluation, wait until run c (the worker's) is FINISHED
-    in the store; the worker idles from then on, while a and b have 249 epochs left.\"\"\"
+    in the store; the worker idles from then on, while a and b have 149 epochs left.\"\"\"
     seen = []
 
     def observe(record, net):
@@ -547,7 +547,7 @@ if __name__ == "__main__":  # worker processes are spawned: the README's guard
     def job(name, eta, epochs):
         overrides = ["dataset=digits", f"eta={eta}", f"epochs={epochs}", f"tracking.uri={uri}"]
         return runner.compose(overrides).with_(run_name=name)
-    jobs = [job("a", 0.1, 250).with_(observers=[after_c_finished(uri)]), job("b", 0.5, 250), job("c", 1.0, 3)]
+    jobs = [job("a", 0.1, 150).with_(observers=[after_c_finished(uri)]), job("b", 0.5, 150), job("c", 1.0, 3)]
     results = runner.run_jobs(jobs, workers=2)
     print(json.dumps({"pid": os.getpid(), "results": [[r.status, r.history.column("validation_accuracy"),
                       r.network.weights[0].sum().item(), r.run_id] for r in results]}))
@@ -579,7 +579,7 @@ def test_run_jobs_as_a_python_call_and_an_idle_worker_takes_over_half_of_a_popul
     got = json.loads(out.stdout.splitlines()[-1])
     # b (handed over) and c (the worker's own) against their runs alone; a, trained where it began
     # as a member of a population, is as test_scheduling's runs
-    for (status, accuracies, weight_sum, _), (eta, epochs) in zip(got["results"][1:], ((0.5, 250), (1.0, 3))):
+    for (status, accuracies, weight_sum, _), (eta, epochs) in zip(got["results"][1:], ((0.5, 150), (1.0, 3))):
         (alone,) = runner.execute(runner.compose(["dataset=digits", f"eta={eta}", f"epochs={epochs}", "tracking=off"]))
         assert [status, accuracies, weight_sum] == [alone.status, alone.history.column("validation_accuracy"),
                                                     alone.network.weights[0].sum().item()]
@@ -593,7 +593,7 @@ def test_run_jobs_as_a_python_call_and_an_idle_worker_takes_over_half_of_a_popul
         a.data.tags["nnexp.population"], "2")  # it started with a
     assert c.data.tags["nnexp.population_size"] == "1" and c.data.tags["nnexp.population"] != a.data.tags["nnexp.population"]
     history = client.get_metric_history(run_id, "validation_accuracy")
-    assert sorted(m.step for m in history) == list(range(1, 251))  # every evaluation, once
+    assert sorted(m.step for m in history) == list(range(1, 151))  # every evaluation, once
     assert [m.value for m in sorted(history, key=lambda m: m.step)] == accuracies
     assert run.data.metrics["train_seconds"] > 0
 

@@ -659,7 +659,7 @@ def test_a_sweep_whose_upload_process_is_killed_uploads_its_runs_from_the_traini
     evaluation: its start was sent): each population finds it gone when it next asks (at its
     end), says so in one line and uploads its own runs; every run ends FINISHED with each of its
     evaluations logged once, the parent with its best child."""
-    uri, epochs = f"sqlite:///{workdir / 'mlflow.db'}", 300
+    uri, epochs = f"sqlite:///{workdir / 'mlflow.db'}", 100
     proc = subprocess.Popen([sys.executable, "-m", "nnexp.run", "-m", *DIGITS, f"epochs={epochs}", "eta=0.5,1,2,3"],
                             cwd=workdir, env={**os.environ, "MLFLOW_TRACKING_URI": uri},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
