@@ -39,6 +39,8 @@ from nnexp.tracking.storelock import absolute_url
 
 log = logging.getLogger("nnexp.tracking")
 
+FOLDER_PREFIX = "nnexp-uploads-"  # a temporary folder holding the upload process's socket
+
 
 def _ignore_interruptions() -> None:
     """In the child before it runs Python: an ignored signal stays ignored (Python installs its
@@ -53,7 +55,7 @@ class UploadProcess:
     given is uploaded as far as the store takes it, and it has ended."""
 
     def __init__(self, uri: str, experiment: str) -> None:
-        self.folder = Path(tempfile.mkdtemp(prefix="nnexp-uploads-"))
+        self.folder = Path(tempfile.mkdtemp(prefix=FOLDER_PREFIX))
         self.address = str(self.folder / "socket")
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -254,10 +256,13 @@ def main(argv: list[str] | None = None) -> None:
     opened.set()
     for _ in sys.stdin:  # the lifeline: until the launching process closes it, or dies
         pass
+    folder = Path(listener.getsockname()).parent  # (the launching process may be gone: removed here too)
     listener.shutdown(socket.SHUT_RDWR)  # no new clients; those still training (the workers of a
     with connected:  # launching process killed) are served until they end
         connected.wait_for(lambda: clients[0] == 0)
     uploads.close()
+    if folder.name.startswith(FOLDER_PREFIX):
+        shutil.rmtree(folder, ignore_errors=True)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)  # everything is in the store or the records: MLflow's exit handlers took 0.8 s (measured)
