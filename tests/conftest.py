@@ -173,6 +173,13 @@ def alive(pid: int) -> bool:
         return False
 
 
+def store_created(uri: str) -> bool:
+    """Whether the SQLite store ``uri`` exists: nnexp creates it whole (a copy of an empty store,
+    moved into place). A test that polls a store while nnexp runs opens it only then: an MLflow
+    client would create it itself, racing nnexp's creation ("table ... already exists")."""
+    return not uri.startswith("sqlite:///") or Path(uri.removeprefix("sqlite:///")).is_file()
+
+
 def in_store(record_dir: Path) -> str | None:
     """The MLflow run id of a run's record once the store has the run (its upload state says
     so; the state is written just before the run is created, without an id), else None."""

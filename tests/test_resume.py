@@ -12,13 +12,16 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import assert_same_outcome, run_outcome
+from conftest import assert_same_outcome, run_outcome, store_created
 from nnexp.train import checkpoint
 
 LONG = ["dataset=digits", "epochs=80"]  # seconds of training: there is time to kill it mid-way
 
 
 def runs_in(uri: str) -> list:
+    """The store's runs (none while nnexp has not created it: see ``store_created``)."""
+    if not store_created(uri):
+        return []
     client = MlflowClient(uri)
     return client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=100)
 

@@ -14,7 +14,7 @@ import pytest
 from hydra import compose, initialize_config_module
 from mlflow.tracking import MlflowClient
 
-from conftest import free_port, in_store
+from conftest import free_port, in_store, store_created
 from nnexp.config.run_schema import to_run_config
 from nnexp.config.errors import ConfigError
 from nnexp.runner import check_overrides
@@ -213,6 +213,8 @@ def wait_for_metrics(uri: str, n: int, runs: int = 1, timeout: float = 60) -> No
     deadline = time.time() + timeout
     while time.time() < deadline:
         try:
+            if not store_created(uri):
+                raise FileNotFoundError(uri)
             client, found = all_runs(uri)
             counts = [len(client.get_metric_history(r.info.run_id, "validation_accuracy")) for r in found]
             if sum(c >= n for c in counts) >= runs:
