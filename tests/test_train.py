@@ -173,7 +173,11 @@ def test_evaluation_every_k_images_spanning_epochs_ends_with_a_final_evaluation(
                      monitor=Monitor(metrics=("validation_accuracy",), every_images=700))
     _, h = run(spec)
     assert [r.images_seen for r in h.records] == [700, 1400, 1500]
-    assert sum(r.epoch_seconds for r in h.records) == pytest.approx(h.train_seconds, rel=0.5)
+    # each record's clock: the training steps since the evaluation before (evaluations not counted):
+    # each above zero, together within the run's wall time. (It compared the sum with the wall time
+    # within 50% and failed in CI: an 8 ms run, whose three evaluations took most of it under load.)
+    seconds = [r.epoch_seconds for r in h.records]
+    assert all(t > 0 for t in seconds) and sum(seconds) <= h.train_seconds + 1e-9
 
 
 # -- checkpoints and resume -------------------------------------------------------------------------
