@@ -710,3 +710,15 @@ def test_a_single_run_never_imports_mlflow_its_upload_process_does_and_says_so_i
     (log_file,) = [p for p in down.rglob("*.log")]
     said = [line for line in log_file.read_text().splitlines() if "does not answer" in line]
     assert len(said) == 1 and "kept locally" in out.stdout + out.stderr
+
+
+def test_a_tracked_run_with_a_missing_data_directory_ends_in_one_line(tmp_path):
+    """The run fails before training (no data): one line, exit 2, and the process ends. (It waited
+    forever once: its upload process waited for the run's connection, which only the run's end
+    closed.)"""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    out = subprocess.run([sys.executable, "-m", "nnexp.run", f"dataset.data_dir={tmp_path / 'none'}"], cwd=tmp_path,
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert [line for line in out.stderr.splitlines() if line.strip()] == [
+        f"nnexp.run: error: data_dir {tmp_path / 'none'} does not exist or is not a directory"]

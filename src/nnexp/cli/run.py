@@ -56,10 +56,12 @@ def run_job(cfg: DictConfig) -> float | None:
             uploads = tracking.UploadProcess(tracking.resolve_uri(job.config.tracking.uri), job.config.tracking.experiment)
         except OSError as exc:
             log.warning("no upload process (%s): this process uploads the run", exc)
+    client = uploads.client() if uploads is not None else None
     try:
-        return _execute(cfg, job, multirun, launcher, uploads.client() if uploads else None)
-    finally:
-        if uploads is not None:
+        return _execute(cfg, job, multirun, launcher, client)
+    finally:  # the client too (a run that failed before training never closed it): the upload
+        if uploads is not None:  # process ends once its clients have
+            client.close()
             uploads.close()
 
 
