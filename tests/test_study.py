@@ -671,12 +671,26 @@ def test_a_study_from_python_decides_as_the_same_study_from_the_command_line(tmp
     assert bad.returncode != 0 and "unknown key 'study.n_trial' (did you mean 'n_trials'?)" in bad.stderr
 
 
-def test_a_study_uses_every_core_by_default_and_one_line_for_one_replicate(workdir):
+def test_a_study_uses_every_core_by_default_none_imports_mlflow_and_one_line_for_one_replicate(workdir):
+    """A worker process per core; the study's one upload process uploads its parent run and every
+    trial's run: neither the launching process nor a worker imports MLflow (``-X importtime``,
+    which spawned workers inherit). Fails if any of them uploads (it imports MLflow then)."""
     storage = f"sqlite:///{workdir / 'optuna.db'}"
-    out = nnexp("nnexp.study", *FAST, "study.stop_after=eta_threshold", "tracking=off")
-    assert out.returncode == 0, out.stderr
-    pids = {t.user_attrs["worker_pid"] for t in stage(storage, "broad_strategy/eta_threshold").trials}
+    out = subprocess.run([sys.executable, "-X", "importtime", "-m", "nnexp.study", *FAST,
+                          "study.stop_after=eta_threshold"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    imported = [line.split("|")[-1].strip() for line in out.stderr.splitlines() if line.startswith("import time:")]
+    # the launching process and each worker reported their imports
+    assert imported.count("nnexp.train.loop") == 1 + min(len(os.sched_getaffinity(0)), 6)
+    assert not [m for m in imported if m.split(".")[0] == "mlflow"]
+    trials = stage(storage, "broad_strategy/eta_threshold").trials
+    pids = {t.user_attrs["worker_pid"] for t in trials}
     assert len(pids) == min(len(os.sched_getaffinity(0)), 6)  # a worker process per core (6 decades)
+    _, kids, (parent,) = children()
+    assert parent.info.run_id == stage(storage, "broad_strategy").user_attrs["mlflow_parent_run_id"]  # resumable
+    assert len(kids) == 3 * len(trials) and {r.info.status for r in kids} == {"FINISHED"}
+    assert {r.data.tags["mlflow.parentRunId"] for r in kids} == {parent.info.run_id}
+    assert {int(r.data.tags["nnexp.pid"]) for r in kids} == pids  # trained in the workers, uploaded by a third
     one = nnexp("nnexp.study", *FAST, "study.replicates=1", "tracking=off")
     assert one.returncode != 0 and len(one.stderr.strip().splitlines()) == 1
     assert "study.replicates must be >= 2 for the broad strategy" in one.stderr

@@ -654,6 +654,42 @@ def test_no_process_of_a_population_sweep_imports_mlflow_one_upload_process_uplo
     assert parent.data.tags["nnexp.best_child"] == best.info.run_id
 
 
+RUN_JOBS_SCRIPT = """
+import json, os, sys
+from nnexp import runner
+
+if __name__ == "__main__":  # worker processes are spawned: the README's guard
+    jobs = [runner.compose(["dataset=digits", "epochs=3", f"eta={eta}", f"tracking.uri={sys.argv[1]}"])
+            for eta in (0.5, 1, 2, 3)]
+    results = runner.run_jobs(jobs, workers=2, max_members=2)
+    print(json.dumps({"pid": os.getpid(), "runs": [r.run_id for r in results]}))
+"""
+
+
+def test_run_jobs_from_python_uploads_through_one_upload_process_no_training_process_imports_mlflow(workdir):
+    """``runner.run_jobs`` (the Python API, the report) starts an upload process as a sweep does:
+    its worker trains from its first epoch without importing MLflow (a report's worker spent
+    5 s of a loaded machine on it before its first epoch), and neither does the launching
+    process. Fails if any training process uploads (it imports MLflow then)."""
+    import json
+
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    (workdir / "jobs.py").write_text(RUN_JOBS_SCRIPT)
+    out = subprocess.run([sys.executable, "-X", "importtime", "jobs.py", uri], cwd=workdir, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    imported = [line.split("|")[-1].strip() for line in out.stderr.splitlines() if line.startswith("import time:")]
+    assert imported.count("nnexp.train.loop") == 2  # both training processes reported their imports
+    assert not [m for m in imported if m.split(".")[0] in ("mlflow", "sqlalchemy", "alembic")]
+    got = json.loads(out.stdout.splitlines()[-1])
+    client, runs = runs_of(uri)
+    assert sorted(r.info.run_id for r in runs) == sorted(got["runs"])
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert len({r.data.tags["nnexp.pid"] for r in runs}) == 2  # two populations, two processes
+    for r in runs:
+        assert [m.step for m in client.get_metric_history(r.info.run_id, "validation_accuracy")] == [1, 2, 3]
+
+
 def test_a_sweep_whose_upload_process_is_killed_uploads_its_runs_from_the_training_processes(workdir):
     """The upload process SIGKILLed while both populations train (each run's record holds an
     evaluation: its start was sent): each population finds it gone when it next asks (at its

@@ -3,6 +3,7 @@ each population executed and tracked (``execute``)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from typing import Any, Callable, Sequence
@@ -67,11 +68,14 @@ def run_jobs(jobs: Sequence[Job], *, workers: int = 2, max_members: int = MAX_ME
              ", ".join(str(len(g)) for g in groups), min(workers, len(groups)))
     tasks = [[jobs[i] for i in g] for g in groups]
     done = (lambda k, outcome: on_done(groups[k], outcome)) if on_done else None
-    if pool is None:
-        with WorkerPool(min(workers, max(1, len(tasks)))) as own:
-            outcomes = own.run(execute_group, tasks, done, lend=True)
-    else:
-        outcomes = pool.run(execute_group, tasks, done, lend=True)
+    tracked = next((j.config.tracking for j in jobs if j.config.tracking.enabled), None)
+    # one upload process for every run (none if a sweep's serves them): no worker imports MLflow
+    with tracking.serving(tracking.resolve_uri(tracked.uri), tracked.experiment) if tracked else contextlib.nullcontext():
+        if pool is None:
+            with WorkerPool(min(workers, max(1, len(tasks)))) as own:
+                outcomes = own.run(execute_group, tasks, done, lend=True)
+        else:
+            outcomes = pool.run(execute_group, tasks, done, lend=True)
     results: list[Any] = [None] * len(jobs)
     for g, outcome in zip(groups, outcomes):
         if isinstance(outcome, BaseException):

@@ -10,8 +10,10 @@ The study's plots are drawn by the report: ``nnexp.report.study_plots.draw_study
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
+import threading
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -132,6 +134,39 @@ def run(overrides: Sequence[str] = (), *, workers: int | None = None,
                      command="python -m nnexp.study " + " ".join(overrides))
 
 
+def _open_parent(ctx: Context, meta, uri: str, uploads, run_dir: Path | None, experiment: str | None):
+    """The study's MLflow parent run (``ctx.parent``). ``uploads``: the study's upload process's
+    client, which uploads it (None: this process does, the store prepared first). A new parent
+    is uploaded while the study goes on, and its id kept in the study's storage once known (the
+    returned thread, to join): a resumed study continues its parent run."""
+    base = ctx.base
+    if uploads is None:
+        tracking.prepare_store(uri, base.tracking.experiment)
+    known = meta.user_attrs.get("mlflow_parent_run_id")
+    later = uploads is not None and not known
+    ctx.parent = tracking.ParentRun(uri, base.tracking.experiment, name=f"study {ctx.name}",
+                                    run_dir=run_dir or tracking.default_run_dir(), run_id=known, uploader=uploads,
+                                    upload=not later,
+                                    tags={TAG_STUDY: ctx.name, TAG_STAGE: "study", TAG_EXPERIMENT: experiment or "none"})
+    if not later:
+        if ctx.parent.run_id and not known:
+            meta.set_user_attr("mlflow_parent_run_id", ctx.parent.run_id)
+        return None
+
+    def remember() -> None:  # the upload process imports MLflow and opens the store meanwhile
+        client = tracking.uploader()  # a connection of this thread's own
+        try:
+            client.upload_now(ctx.parent.record)
+        finally:
+            client.close()
+        if ctx.parent.run_id:
+            meta.set_user_attr("mlflow_parent_run_id", ctx.parent.run_id)
+
+    thread = threading.Thread(target=remember, name="nnexp-study-parent", daemon=True)
+    thread.start()
+    return thread
+
+
 def run_study(cfg: DictConfig, workers: int | None = None, *, experiment: str | None = None,
               command: str = "", run_dir: Path | None = None, draw: Callable[[Path], Any] | None = None) -> Context:
     """The study of a composed config (see ``compose_study``); ``experiment``: the preset it was
@@ -159,39 +194,43 @@ def run_study(cfg: DictConfig, workers: int | None = None, *, experiment: str | 
         ctx.n_stage = ctx.count_images(settings.stripped.classes)
     make_storage(storage_url)  # create the schema once, before any worker starts
     meta = meta_study(ctx)
-    if base.tracking.enabled:
-        uri = tracking.resolve_uri(base.tracking.uri)
-        tracking.prepare_store(uri, base.tracking.experiment)
-        known = meta.user_attrs.get("mlflow_parent_run_id")  # a resumed study continues its parent run
-        run_dir = run_dir or tracking.default_run_dir()
-        ctx.parent = tracking.ParentRun(uri, base.tracking.experiment, name=f"study {name}", run_dir=run_dir,
-                                        run_id=known, tags={TAG_STUDY: name, TAG_STAGE: "study",
-                                                            TAG_EXPERIMENT: experiment or "none"})
-        if ctx.parent.run_id and not known:
-            meta.set_user_attr("mlflow_parent_run_id", ctx.parent.run_id)
-    load_decisions(ctx)
-    stop_after = settings.stop_after
-    log.info("study %s (%s): storage %s, %d worker(s), full problem %d images%s", name, settings.kind,
-             tracking.redact(storage_url), ctx.workers, ctx.n_full,
-             f", stripped problem {ctx.n_stage} images" if ctx.n_stage else "")
     strategy = {"broad_strategy": broad_strategy, "sampler": sampler_study, "pbt": pbt_study,
                 "asha": asha_study}[settings.kind]
-    if ctx.workers > 1:  # the worker processes start once, and import and load the data meanwhile
-        from nnexp.runner import INTERRUPTIONS, WorkerPool, warm_up
+    with contextlib.ExitStack() as stack:
+        uploads = None
+        uri = tracking.resolve_uri(base.tracking.uri)
+        if base.tracking.enabled and ctx.workers > 1:  # one process opens the store and uploads the parent
+            uploads = stack.enter_context(tracking.serving(uri, base.tracking.experiment))  # run and every
+            # trial's: neither this process nor a worker imports MLflow (~1.6 s of CPU each); with one
+            # worker (this process), uploading from here costs the same import and no process
+        pool = None
+        if ctx.workers > 1:  # the worker processes start now, and import and load the data meanwhile
+            from nnexp.runner import WorkerPool, warm_up
 
-        pool = WorkerPool(ctx.workers, local=False, warm=warm_up, warm_with=base)
+            pool = WorkerPool(ctx.workers, local=False, warm=warm_up, warm_with=base)
+        from nnexp.runner import INTERRUPTIONS
+
         try:
-            with pool as ctx.pool:
-                strategy(ctx, stop_after)
+            with pool or contextlib.nullcontext() as ctx.pool:
+                parent_known = None
+                if base.tracking.enabled:
+                    parent_uploads = stack.enter_context(contextlib.closing(uploads.client())) if uploads else None
+                    parent_known = _open_parent(ctx, meta, uri, parent_uploads, run_dir, experiment)
+                load_decisions(ctx)
+                log.info("study %s (%s): storage %s, %d worker(s), full problem %d images%s", name, settings.kind,
+                         tracking.redact(storage_url), ctx.workers, ctx.n_full,
+                         f", stripped problem {ctx.n_stage} images" if ctx.n_stage else "")
+                strategy(ctx, settings.stop_after)
+                if parent_known is not None:
+                    parent_known.join()
         except INTERRUPTIONS:
-            fail_orphaned_trials(storage_url, pool.terminated)
+            if pool is not None:
+                fail_orphaned_trials(storage_url, pool.terminated)
             raise
         finally:
             ctx.pool = None
-    else:
-        strategy(ctx, stop_after)
-    if "final" in ctx.decisions:
-        write_outputs(ctx, command, draw)
-    elif ctx.parent:
-        ctx.parent.end("FINISHED")
+        if "final" in ctx.decisions:
+            write_outputs(ctx, command, draw)
+        elif ctx.parent:
+            ctx.parent.end("FINISHED")
     return ctx

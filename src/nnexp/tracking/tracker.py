@@ -102,6 +102,8 @@ class Uploader:
             for record in list(self.records):
                 if not record.uploaded():
                     ok = self.upload_now(record) and ok
+                elif record.ended():  # every event in the store, the last its end: nothing more comes
+                    self.forget(record)  # (an upload process serves hundreds of a study's runs)
             delay = FLUSH_SECONDS if ok else min(2 * delay, MAX_RETRY_SECONDS)
 
     def close(self) -> None:
@@ -239,12 +241,14 @@ class ParentRun:
     """A sweep's or a study's parent run: a local record like any run's, uploaded at each step
     (start, decisions, end) when the store answers. ``run_id``: continue that existing run
     (a resumed study); ``upload`` False: the caller uploads the start (``upload_start``), e.g.
-    in the background while the sweep's jobs start (children find their parent by its record)."""
+    in the background while the sweep's jobs start (children find their parent by its record);
+    ``uploader``: what uploads it (default: from this process; an ``UploadClient``: the upload
+    process of a study)."""
 
     def __init__(self, uri: str, experiment: str, *, name: str, tags: dict[str, str], run_dir: Path,
-                 run_id: str | None = None, upload: bool = True) -> None:
+                 run_id: str | None = None, upload: bool = True, uploader=None) -> None:
         self.uri, self.experiment = uri, experiment
-        self.uploader = Uploader()
+        self.uploader = uploader or Uploader()
         self.record = RunRecord.create(run_dir, uri=uri, experiment=experiment, run_name=name, params={},
                                        tags=tags, run_id=run_id)
         self.logged: set[str] = set()  # params are immutable: each is logged once

@@ -22,6 +22,7 @@ records the interruption, then closes it).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -149,10 +150,14 @@ class UploadClient:
         else:
             self._ask("start", str(record.dir.resolve()))
 
+    def upload_now(self, record: RunRecord) -> bool:
+        """Upload what the record holds now; whether the store took it."""
+        reply = None if self.own is not None else self._ask("flush", str(record.dir.resolve()))
+        return self.own.upload_now(record) if reply is None else reply == "1"
+
     def flush(self, record: RunRecord) -> None:
         """Return once what the record holds is in the store (or the store did not take it)."""
-        if self.own is not None or self._ask("flush", str(record.dir.resolve())) is None:
-            self.own.upload_now(record)
+        self.upload_now(record)
 
     def forget(self, record: RunRecord) -> None:
         """Another process goes on with the run (and uploads it): not waited for here."""
@@ -197,6 +202,30 @@ def uploader():
         except OSError:
             pass
     return Uploader()
+
+
+@contextlib.contextmanager
+def serving(uri: str, experiment: str):
+    """While the block runs, an upload process for the runs of this process and of those it
+    starts on this host (a study's workers, ``runner.run_jobs``'s): they find it through
+    ``NNEXP_UPLOADS`` (``uploader()``). None if one already serves them (a sweep's), or if it
+    cannot start (each process then uploads its own runs). Start it once the store exists (its
+    first opener creates it): two processes creating one SQLite store at once collide."""
+    if os.environ.get(UPLOADS_ENV):
+        yield None
+        return
+    try:
+        process = UploadProcess(uri, experiment)
+    except OSError as exc:
+        log.warning("no upload process (%s): each process uploads its own runs", exc)
+        yield None
+        return
+    os.environ[UPLOADS_ENV] = process.address
+    try:
+        yield process
+    finally:
+        os.environ.pop(UPLOADS_ENV, None)
+        process.close()
 
 
 def main(argv: list[str] | None = None) -> None:
