@@ -198,7 +198,7 @@ def run_study(cfg: DictConfig, workers: int | None = None, *, experiment: str | 
                 "asha": asha_study}[settings.kind]
     with contextlib.ExitStack() as stack:
         uploads = None
-        uri = tracking.resolve_uri(base.tracking.uri)
+        uri = tracking.resolve_uri(base.tracking.uri) if base.tracking.enabled else ""
         if base.tracking.enabled and ctx.workers > 1:  # one process opens the store and uploads the parent
             uploads = stack.enter_context(tracking.serving(uri, base.tracking.experiment))  # run and every
             # trial's: neither this process nor a worker imports MLflow (~1.6 s of CPU each); with one
