@@ -187,7 +187,8 @@ def test_a_population_job_preempted_on_submitit_is_requeued_and_ends_the_sweep_w
     batched population). The job's process gets the preemption signal (USR2, as SLURM sends it)
     mid-way and the launching process is SIGKILLed: submitit requeues the job, which goes on with
     each run from its checkpoint, and, finishing the sweep's last run, ends the sweep's parent run
-    (best child and all). Each run ends bit-for-bit as the local population launcher's."""
+    (best child and all), though a process of this host found its launcher gone and ended it
+    KILLED meanwhile. Each run ends bit-for-bit as the local population launcher's."""
     from conftest import descendants
 
     runs = ["-m", *LONG, "eta=0.1,0.5,3.0", "hydra.launcher.workers=1"]
@@ -211,6 +212,13 @@ def test_a_population_job_preempted_on_submitit_is_requeued_and_ends_the_sweep_w
     launcher.wait()
     launcher.stderr.close()
     uri = f"sqlite:///{cut / 'mlflow.db'}"
+    from nnexp.tracking import reap_dead_runs
+
+    deadline = time.time() + 120
+    while not [r for r in runs_in(uri) if "nnexp.config_hash" not in r.data.tags]:  # the parent is in the store
+        assert time.time() < deadline, "the sweep's upload process never uploaded its parent run"
+        time.sleep(0.1)
+    reap_dead_runs(uri)  # a command on this host (in CI, the sweep's own upload process) ends it KILLED
     deadline = time.time() + 300  # a hang guard only: the job's end is the observed event
     while not [r for r in runs_in(uri) if "nnexp.config_hash" not in r.data.tags and r.info.status == "FINISHED"]:
         assert time.time() < deadline, "the requeued job did not end the sweep"

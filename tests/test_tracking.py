@@ -445,6 +445,51 @@ def test_a_killed_owner_is_dead_before_it_is_reaped(tmp_path):
         child.wait()
 
 
+PARENT_SCRIPT = """
+import sys
+from pathlib import Path
+from nnexp.tracking import ParentRun
+uri, root = sys.argv[1], Path(sys.argv[2])
+for name in ("reaped", "ended"):  # a sweep's parent run each, uploaded; this process then exits
+    parent = ParentRun(uri, "nnexp", name=name, tags={"nnexp.sweep": name}, run_dir=root / name)
+    if name == "ended":
+        parent.end("FINISHED")
+"""
+
+
+def test_a_sweeps_parent_reaped_while_its_cluster_jobs_go_on_is_ended_by_the_job_that_finishes_it(tmp_path):
+    """The launching process of a submitit sweep is gone (SIGKILL, a closed laptop) and a
+    command on the host ends its RUNNING parent run KILLED; the job that finishes the sweep's
+    last run then ends it FINISHED, the reaper's tags gone (in CI, a sweep's own upload process,
+    opening the store after its launcher was killed, reaped the parent and the sweep never
+    ended). A parent its own process ended stays as it is."""
+    from nnexp.tracking import ParentRun, reap_dead_runs
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    made = subprocess.run([sys.executable, "-c", PARENT_SCRIPT, uri, str(tmp_path)], capture_output=True, text=True,
+                          timeout=120)
+    assert made.returncode == 0, made.stderr
+    client, found = runs_of(uri)
+    ids = {r.info.run_name: r.info.run_id for r in found}
+    assert {r.info.run_name: r.info.status for r in found} == {"reaped": "RUNNING", "ended": "FINISHED"}
+    assert reap_dead_runs(uri) == [ids["reaped"]]
+    reaped = client.get_run(ids["reaped"])
+    assert reaped.info.status == "KILLED" and "nnexp.reaped" in reaped.data.tags
+
+    line = ParentRun.of_record(tmp_path / "reaped" / "record").end_sweep("FINISHED")
+    assert line == f"0 runs; parent run {ids['reaped']} ({uri})", line  # (no child run here)
+    ended = client.get_run(ids["reaped"])
+    assert ended.info.status == "FINISHED" and ended.info.end_time >= reaped.info.end_time
+    assert not {"nnexp.reaped", "nnexp.status"} & set(ended.data.tags), ended.data.tags
+    assert ParentRun.of_record(tmp_path / "reaped" / "record").end_sweep("FINISHED").startswith("ended already")
+
+    before = client.get_run(ids["ended"])
+    assert ParentRun.of_record(tmp_path / "ended" / "record").end_sweep("KILLED").startswith("ended already")
+    after = client.get_run(ids["ended"])
+    assert (after.info.status, after.info.end_time, after.data.tags) == ("FINISHED", before.info.end_time,
+                                                                          before.data.tags)
+
+
 @pytest.mark.slow  # multi-process robustness: run by .ci/run
 # -- a study whose store goes away --------------------------------------------------------------------
 def test_a_study_whose_server_goes_away_mid_trial_makes_up_no_value(workdir, server):

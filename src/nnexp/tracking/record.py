@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from nnexp.config.names import TAG_REAPED
 from nnexp.tracking.storelock import absolute_url
 
 EVENTS, ARTIFACTS, STATE = "events.jsonl", "artifacts", "store.json"
@@ -137,10 +138,13 @@ class RunRecord:
         with self.uploading():
             if not self.ended() and self.owner_alive():
                 return False
-            self.mend()
-            self._append({"event": "resume", "from": where, "handover": handover, "time": now_ms(),
-                          **this_process()})
+            self.reopen(where, handover)
             return True
+
+    def reopen(self, where: str, handover: bool = False) -> None:
+        """Append the ``resume`` event (for a caller holding ``uploading``: see ``claim``)."""
+        self.mend()
+        self._append({"event": "resume", "from": where, "handover": handover, "time": now_ms(), **this_process()})
 
     def release(self, to: str) -> None:
         """This process stops writing the run, which goes on ``to`` (e.g. an idle worker): it
@@ -170,6 +174,13 @@ class RunRecord:
     def ended(self) -> bool:
         ev = self.events()
         return bool(ev) and ev[-1]["event"] == "end"
+
+    def reaped(self) -> bool:
+        """Ended KILLED by another process that found its owner gone (``reap_dead_runs``), not by
+        its owner: the tags of its last stretch (since its start or resume) say so."""
+        ev = self.events()
+        since = max((i for i, e in enumerate(ev) if e["event"] in ("start", "resume")), default=0)
+        return self.ended() and any(e["event"] == "tags" and TAG_REAPED in e["tags"] for e in ev[since:])
 
     def end_status(self) -> str | None:
         """The MLflow status the record ended with (None while it has not ended)."""

@@ -302,11 +302,14 @@ class ParentRun:
     def end_sweep(self, status: str) -> str:
         """End a sweep's parent run, once (another process may have ended it: a cluster job that
         finished the sweep's last run), with its best child as a metric and a tag when the store
-        answers; one line on what is where."""
+        answers; one line on what is where. Reaped meanwhile (ended KILLED by a process that found
+        the launching process gone while the sweep's cluster jobs went on): it runs again, and ends."""
         line = ""
         with self.record.uploading():  # held while deciding and writing: one process ends it
-            if self.record.ended():
+            if self.record.ended() and not self.record.reaped():
                 return f"ended already (by the process that finished its last run); {self.location}"
+            if self.record.ended():
+                self.record.reopen("its sweep's last run ended")
             if self.run_id:
                 try:
                     line, best = children_summary(self.uri, self.run_id)

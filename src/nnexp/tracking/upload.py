@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from nnexp.config.names import (TAG_DATASET_SHA256, TAG_ERROR, TAG_HOST, TAG_PID, TAG_PID_START, TAG_REAPED,
-                                TAG_RECORD_DIR, TAG_RECORD_ID)
+                                TAG_RECORD_DIR, TAG_RECORD_ID, TAG_STATUS)
 from nnexp.tracking.record import ARTIFACTS, STATE, RunRecord
 from nnexp.tracking.storelock import absolute_url
 from nnexp.tracking.store import client, experiment_id, git_commit
@@ -133,13 +133,14 @@ def _apply(c, record: RunRecord, run_id: str, events: list[dict], i: int) -> int
 
 
 def _resume(c, run_id: str, ev: dict) -> None:
-    """The run is RUNNING again, owned by the resuming process; what said it had ended goes."""
+    """The run is RUNNING again, owned by the resuming process; what said it had ended (and how)
+    goes."""
     from mlflow.entities import RunTag
 
     c.update_run(run_id, status="RUNNING")
     c.log_batch(run_id, tags=[RunTag(TAG_HOST, ev["host"]), RunTag(TAG_PID, str(ev["pid"])),
                               RunTag(TAG_PID_START, str(ev.get("pid_start") or ""))])
-    stale = set(c.get_run(run_id).data.tags) & {TAG_ERROR, TAG_REAPED}
+    stale = set(c.get_run(run_id).data.tags) & {TAG_ERROR, TAG_REAPED, TAG_STATUS}
     for tag in stale:
         c.delete_tag(run_id, tag)
 
