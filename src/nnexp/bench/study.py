@@ -3,10 +3,9 @@
 The broad strategy, TPE with median pruning, TPE with Hyperband pruning, random search,
 population-based training (``study=pbt``: its members train on until the budget is spent) and
 successive halving with refill (``study=asha``), each with 3 study seeds (1 with --quick); every
-other method gets the broad strategy's tuning wall clock (same seed) as its budget (--quick: at
-most ``QUICK_BUDGET_S``). Reported: anytime curves (best validation accuracy found so far against
-wall seconds, drawn by ``nnexp.report.figures``) and the final choice's test accuracy over its
-seeds.
+other method gets the broad strategy's tuning wall clock (same seed) as its budget. Reported: anytime curves (best validation accuracy found so far
+against wall seconds, drawn by ``nnexp.report.figures``) and the final choice's test accuracy
+over its seeds.
 """
 
 from __future__ import annotations
@@ -40,8 +39,6 @@ QUICK_BROAD_STRATEGY = ["study.eta.epochs=2", "study.eta.decades=[0.01,0.1,1.0,1
                         "study.mini_batch.epochs=1", "study.mini_batch.sizes=[5,10]"]
 QUICK_SAMPLER = ["study.epochs=6"]
 QUICK_COMMON = ["study.patience=3", "study.replicates=2", "tracking.enabled=false"]
-#: --quick: a sampler's budget at most (a smoke test of each method, not a comparison)
-QUICK_BUDGET_S = 3.0
 ANYTIME_PNG = "bench_study_anytime.png"  # written in the working directory
 
 
@@ -163,8 +160,7 @@ def study_section(bench: Bench) -> Table:
                 extra = bench.data_overrides() + quick_overrides(bench, method) + limit
                 r = study_result(method, seed, Path(tmp), bench.workers, extra)
                 results[method].append(r)
-                if method == "broad_strategy":
-                    budget = min(r["tuning_s"], QUICK_BUDGET_S) if bench.quick else r["tuning_s"]
+                budget = r["tuning_s"] if method == "broad_strategy" else budget
                 rows.append(study_row(method, seed, r))
                 bench.progress(row_line(rows[-1]))
     broad = results.get("broad_strategy") or []
@@ -178,8 +174,7 @@ def study_section(bench: Bench) -> Table:
                                  f"(full problem), {len(seeds)} study seed(s)")
     return Table(f"Studies on {bench.dataset}: broad strategy vs TPE (median, Hyperband pruning), random "
                  f"search, population-based training and successive halving with refill at equal wall clock ({bench.workers} worker(s); "
-                 + (f"budget: the broad strategy's tuning time, mean {budget:.0f} s"
-                    + (f"; --quick: at most {QUICK_BUDGET_S:g} s)" if bench.quick else ")") if budget is not None
+                 + (f"budget: the broad strategy's tuning time, mean {budget:.0f} s)" if budget is not None
                     else "no broad strategy run: each method's own default budget)"),
                  ("study", "seed", "tuning s", "trials", "longest trial s", "last ask s", "best val found", "eta/lambda/mb",
                   "final val acc",
