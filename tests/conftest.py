@@ -15,29 +15,28 @@ LONGEST_FIRST = ("test_study.py", "test_run.py", "test_report.py", "test_resume.
 
 #: the slow part (``-m slow``, run by .ci/run with ``-n 3 --dist load``: its tests wait on servers,
 #: heartbeats and killed processes, so a third worker fills the idle core), test by test, longest
-#: first (wall seconds in that run, measured): xdist hands them out in this order, so no long test
-#: starts last. (By file, the 385 s lambda-stage test started at 181 s and the 82 s overfitting one
-#: at 652 s: the suite took 771 s on 1,130 CPU seconds.) Tests not listed go last.
+#: first (wall seconds in a run of the suite, measured): xdist hands them out in this order, so no
+#: long test starts last. (By file, the 385 s lambda-stage test started at 181 s and the 82 s
+#: overfitting one at 652 s: the suite took 771 s on 1,130 CPU seconds.) Tests not listed go last.
 SLOW_LONGEST_FIRST = (
-    "test_the_lambda_stage_decides_on_a_signal_it_can_show",
+    "test_the_lambda_stage_decides_on_a_signal_it_can_show",  # 197 s
     "test_chapter3_regularized_network_reaches_the_books_accuracy",
-    "test_one_line_when_the_server_goes_away_and_one_when_it_is_back",
-    "test_pbt_on_mnist_finds_a_schedule_whose_replay_reaches_the_floor",
-    "test_the_more_data_figure_on_two_sizes_has_the_books_svm_numbers",
-    "test_a_killed_reports_runs_resume_when_the_report_is_run_again",
-    "test_a_study_whose_server_goes_away_mid_trial_makes_up_no_value",
     "test_chapter1_network_reaches_the_books_accuracy",
-    "test_a_server_killed_mid_run_loses_nothing_and_sync_uploads_the_run_once",
-    "test_asha_on_mnist_chooses_a_configuration_above_the_floor",
-    "test_a_killed_studys_grid_trials_resume_as_the_same_runs_and_the_stage_decides_the_same",
+    "test_pbt_on_mnist_finds_a_schedule_whose_replay_reaches_the_floor",
     "test_overfitting_figures_on_mnist",
+    "test_a_killed_studys_grid_trials_resume_as_the_same_runs_and_the_stage_decides_the_same",
+    "test_asha_on_mnist_chooses_a_configuration_above_the_floor",
+    "test_the_more_data_figure_on_two_sizes_has_the_books_svm_numbers",  # 73 s
+    "test_a_killed_reports_runs_resume_when_the_report_is_run_again",
+    "test_a_server_killed_mid_run_loses_nothing_and_sync_uploads_the_run_once",
+    "test_a_study_whose_server_goes_away_mid_trial_makes_up_no_value",
     "test_a_sweep_whose_server_is_killed_is_synced_parent_and_children_nested",
-    "test_a_server_down_from_the_start_gets_the_run_at_sync_time",
-    "test_a_worker_killed_mid_trial_is_failed_by_heartbeat_and_retried_from_its_checkpoint",  # 4 of ~55 s
-    "test_a_killed_launcher_leaves_its_worker_to_record_its_group_and_exit",
-    "test_a_slow_store_never_holds_training_back_and_gets_every_metric",
-    "test_an_mlflow_server_on_postgresql_records_runs_and_sweeps_over_http",
+    "test_mnist_sweep_records_are_identical_through_the_basic_and_the_default_launcher",
     "test_regularized_full_preset_through_the_cli",
+    "test_one_line_when_the_server_goes_away_and_one_when_it_is_back",  # 35 s
+    "test_a_population_job_preempted_on_submitit_is_requeued_and_ends_the_sweep_with_its_launcher_gone",
+    "test_a_slow_store_never_holds_training_back_and_gets_every_metric",
+    "test_a_worker_killed_mid_trial_is_failed_by_heartbeat_and_retried_from_its_checkpoint",  # 4 of 23-31 s
 )
 
 

@@ -429,15 +429,20 @@ def test_a_killed_launcher_leaves_its_worker_to_record_its_group_and_exit(tmp_pa
     from pathlib import Path
 
     uri = f"sqlite:///{tmp_path / 'm.db'}"
-    proc = subprocess.Popen([sys.executable, "-m", "nnexp.run", "-m", "dataset=digits", "epochs=1500",
+    # 300 epochs: when the worker's two runs hold their first evaluation in their records, the
+    # launcher's pair stood at epoch 25-54 (measured, three CPU hogs beside it or not)
+    proc = subprocess.Popen([sys.executable, "-m", "nnexp.run", "-m", "dataset=digits", "epochs=300",
                              "eta=0.1,0.2,0.3,0.4", "hydra/launcher=population", f"tracking.uri={uri}"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
 
+    def evaluated() -> int:  # the sweep's runs whose local record holds an evaluation
+        return sum('"event":"metrics"' in p.read_text() for p in tmp_path.glob("multirun/*/*/*/record/events.jsonl"))
+
     try:
         deadline = time.time() + 120
-        while time.time() < deadline and _runs_with_metrics(tmp_path / "m.db") < 4 and proc.poll() is None:
-            time.sleep(0.2)
-        assert _runs_with_metrics(tmp_path / "m.db") == 4 and proc.poll() is None
+        while time.time() < deadline and evaluated() < 4 and proc.poll() is None:
+            time.sleep(0.05)
+        assert evaluated() == 4 and proc.poll() is None
         kids = [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
     finally:
         proc.kill()

@@ -57,12 +57,15 @@ def test_regularized_full_preset_through_the_cli(shared_data_dir, tmp_path):
 def test_the_more_data_figure_on_two_sizes_has_the_books_svm_numbers(shared_data_dir, tmp_path):
     """python -m nnexp.report more_data --sizes 100,1000 on MNIST: the figure's table scores the
     SVM as fig/more_data.py ran it (svm.SVC() with its day's gamma = 1/784) on final validation
-    accuracy, within 3 points of the book's; today's default SVM is another model."""
+    accuracy, within 3 points of the book's; today's default SVM is another model. The networks
+    train on 300,000 images, not the figure's 1.5 million (measured on 100 images: 67.1% best
+    validation accuracy against 69.6%; the book: 69.09%): the SVM is what this test reproduces."""
     import json
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = subprocess.run([sys.executable, "-m", "nnexp.report", "more_data", "--sizes", "100,1000",
-                          "-o", f"dataset.data_dir={shared_data_dir}", "--tracking-uri", uri],
+                          "-o", f"dataset.data_dir={shared_data_dir}", "-o", "budget_images=300000",
+                          "--tracking-uri", uri],
                          capture_output=True, text=True, cwd=tmp_path, timeout=900)
     assert out.returncode == 0, out.stdout + out.stderr
     section = json.loads((tmp_path / "reports" / "more_data.json").read_text())

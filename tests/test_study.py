@@ -349,7 +349,7 @@ def test_a_worker_killed_mid_trial_is_failed_by_heartbeat_and_retried_from_its_c
     storage = (f"sqlite:///{workdir / 'optuna.db'}" if backend == "sqlite"
                else request.getfixturevalue("postgres")(f"killed_{kind}_{population}"))
     proc = subprocess.Popen([sys.executable, "-m", "nnexp.study", *tpe(
-        f"study={kind}", "study.n_trials=4", "study.epochs=400", "study.patience=1000", "study.pruner=none",
+        f"study={kind}", "study.n_trials=4", "study.epochs=150", "study.patience=1000", "study.pruner=none",
         "study.heartbeat_seconds=1", "study.grace_seconds=3", f"study.population={population}",
         f"study.storage={storage}",
         "~study.space", "+study.space={eta:{low:0.05,high:1.0,log:true},lmbda:{low:0.1,high:10.0,log:true}}"),
