@@ -423,6 +423,46 @@ def test_a_live_run_of_this_host_is_not_reaped(workdir):
         proc.communicate()
 
 
+def test_the_socket_folder_of_an_upload_process_killed_with_its_sweep_is_removed_by_the_next_one(workdir):
+    """SIGKILL to a run's process group (a killed job, a closed terminal) kills its upload process
+    too, and no clean-up runs: its socket's folder stays in the temporary directory. The next
+    upload process of the host removes it once it is a minute old, and leaves a folder whose
+    socket is listened on, and one younger than a minute."""
+    from nnexp.tracking.upload_process import FOLDER_PREFIX, STALE_SECONDS
+
+    tmp = workdir / "tmp"
+    tmp.mkdir()
+    env = {**os.environ, "TMPDIR": str(tmp), "MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlflow.db'}"}
+    proc = subprocess.Popen([sys.executable, "-m", "nnexp.run", *DIGITS, "epochs=100000"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    try:
+        path = wait_for(lambda: records(workdir), what="the run's record")[0]
+        wait_for(lambda: len(epochs_recorded(path)) >= 1 and upload_process_of(proc.pid), what="training")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    (killed,) = tmp.glob(FOLDER_PREFIX + "*")
+    assert (killed / "socket").exists()  # left behind
+    live, young = tmp / f"{FOLDER_PREFIX}live", tmp / f"{FOLDER_PREFIX}young"
+    live.mkdir()
+    young.mkdir()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(live / "socket"))
+    listener.listen(1)
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead.bind(str(young / "socket"))  # bound, nobody listening: as the killed one's
+    dead.close()
+    a_minute_ago = time.time() - STALE_SECONDS - 1
+    for folder in (killed, live):
+        os.utime(folder, (a_minute_ago, a_minute_ago))
+    try:
+        out = run("nnexp.run", *DIGITS, "epochs=1", env=env)
+    finally:
+        listener.close()
+    assert out.returncode == 0, out.stderr
+    assert sorted(p.name for p in tmp.glob(FOLDER_PREFIX + "*")) == sorted([live.name, young.name])
+
+
 def test_a_killed_owner_is_dead_before_it_is_reaped(tmp_path):
     """A SIGKILLed process stays a zombie until its parent reaps it (a pool worker of a killed
     launcher: until init does). Its record is then free to resume, not "being trained by process

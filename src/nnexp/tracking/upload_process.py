@@ -17,7 +17,9 @@ them). ``end_sweep`` ends a sweep's parent run there. The process runs the same 
 any other (one warning line per outage) and relays its log lines to the launching process's log.
 Its stdin is its lifeline: when the launching process closes it, or dies, every record is
 uploaded once more and the process ends. It ignores Ctrl-C and SIGTERM (the launching process
-records the interruption, then closes it).
+records the interruption, then closes it). Killed with its launching process (SIGKILL to the
+group: no clean-up runs), it leaves its socket's folder behind: the next upload process on the
+host removes such folders (``remove_stale_folders``).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 from nnexp.config.names import UPLOADS_ENV
@@ -41,6 +44,38 @@ from nnexp.tracking.storelock import absolute_url
 log = logging.getLogger("nnexp.tracking")
 
 FOLDER_PREFIX = "nnexp-uploads-"  # a temporary folder holding the upload process's socket
+STALE_SECONDS = 60.0  # a folder this old whose socket nobody listens on is a killed process's
+
+
+def remove_stale_folders(root: Path | None = None, older_than: float = STALE_SECONDS) -> list[Path]:
+    """Remove the socket folders that upload processes killed with their launching process left
+    in ``root`` (the temporary directory): this user's, older than ``older_than`` seconds (a
+    folder is bound within microseconds of its creation), whose socket no process listens on.
+    Returns the folders removed."""
+    removed = []
+    for folder in Path(root or tempfile.gettempdir()).glob(FOLDER_PREFIX + "*"):
+        try:
+            st = folder.stat()
+        except OSError:  # removed meanwhile
+            continue
+        if st.st_uid != os.getuid() or time.time() - st.st_mtime < older_than or _listened_on(folder / "socket"):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed
+
+
+def _listened_on(address: Path) -> bool:
+    """Does a process listen on the Unix socket at ``address``? (A live upload process takes the
+    probe for a client that sent nothing and left.)"""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(address))
+        return True
+    except OSError:  # no socket there, or nobody listening (refused)
+        return False
+    finally:
+        probe.close()
 
 
 def _ignore_interruptions() -> None:
@@ -56,6 +91,7 @@ class UploadProcess:
     given is uploaded as far as the store takes it, and it has ended."""
 
     def __init__(self, uri: str, experiment: str) -> None:
+        remove_stale_folders()
         self.folder = Path(tempfile.mkdtemp(prefix=FOLDER_PREFIX))
         self.address = str(self.folder / "socket")
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
