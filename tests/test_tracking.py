@@ -427,7 +427,8 @@ def test_the_socket_folder_of_an_upload_process_killed_with_its_sweep_is_removed
     """SIGKILL to a run's process group (a killed job, a closed terminal) kills its upload process
     too, and no clean-up runs: its socket's folder stays in the temporary directory. The next
     upload process of the host removes it once it is a minute old, and leaves a folder whose
-    socket is listened on, and one younger than a minute."""
+    socket is listened on (one whose backlog is full too: a process stopped, not dead), and one
+    younger than a minute."""
     from nnexp.tracking.upload_process import FOLDER_PREFIX, STALE_SECONDS
 
     tmp = workdir / "tmp"
@@ -443,24 +444,30 @@ def test_the_socket_folder_of_an_upload_process_killed_with_its_sweep_is_removed
         proc.wait()
     (killed,) = tmp.glob(FOLDER_PREFIX + "*")
     assert (killed / "socket").exists()  # left behind
-    live, young = tmp / f"{FOLDER_PREFIX}live", tmp / f"{FOLDER_PREFIX}young"
-    live.mkdir()
-    young.mkdir()
+    live, full, young = (tmp / f"{FOLDER_PREFIX}{name}" for name in ("live", "full", "young"))
+    for folder in (live, full, young):
+        folder.mkdir()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(live / "socket"))
     listener.listen(1)
+    stopped = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stopped.bind(str(full / "socket"))
+    stopped.listen(0)  # never accepts: one connection fills its backlog
+    waiting = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    waiting.connect(str(full / "socket"))
     dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     dead.bind(str(young / "socket"))  # bound, nobody listening: as the killed one's
     dead.close()
     a_minute_ago = time.time() - STALE_SECONDS - 1
-    for folder in (killed, live):
+    for folder in (killed, live, full):
         os.utime(folder, (a_minute_ago, a_minute_ago))
     try:
         out = run("nnexp.run", *DIGITS, "epochs=1", env=env)
     finally:
-        listener.close()
+        for s in (listener, stopped, waiting):
+            s.close()
     assert out.returncode == 0, out.stderr
-    assert sorted(p.name for p in tmp.glob(FOLDER_PREFIX + "*")) == sorted([live.name, young.name])
+    assert sorted(p.name for p in tmp.glob(FOLDER_PREFIX + "*")) == sorted([live.name, full.name, young.name])
 
 
 def test_a_killed_owner_is_dead_before_it_is_reaped(tmp_path):

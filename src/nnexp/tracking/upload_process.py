@@ -69,8 +69,11 @@ def _listened_on(address: Path) -> bool:
     """Does a process listen on the Unix socket at ``address``? (A live upload process takes the
     probe for a client that sent nothing and left.)"""
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)  # never blocks: a full backlog (a process stopped, not dead) is EAGAIN
     try:
         probe.connect(str(address))
+        return True
+    except (BlockingIOError, TimeoutError):  # a full backlog: someone listens, but accepts no more now
         return True
     except OSError:  # no socket there, or nobody listening (refused)
         return False
