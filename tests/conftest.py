@@ -13,20 +13,28 @@ LONGEST_FIRST = ("test_study.py", "test_run.py", "test_report.py", "test_resume.
                  "test_notebooks.py")
 
 
-#: the slow part (``-m slow``, run by .ci/run with ``-n 3 --dist load``: its tests wait on servers,
-#: heartbeats and killed processes, so a third worker fills the idle core: 509 s, 0.6% of the CPU
-#: idle, against 525 s and 5.3% with two workers, measured), test by test, longest
-#: first (wall seconds in a run of the suite, measured): xdist hands them out in this order, so no
-#: long test starts last. (By file, the 385 s lambda-stage test started at 181 s and the 82 s
-#: overfitting one at 652 s: the suite took 771 s on 1,130 CPU seconds.) Tests not listed go last.
+#: the slow part (``-m slow``, run by .ci/run with ``-n 3 --dist loadgroup --no-loadscope-reorder``):
+#: the MNIST tests, the multi-process robustness tests, and every test that costs 12 CPU seconds
+#: or more (measured), which keeps the default suite under 5 minutes on two cores. Its tests wait on
+#: servers, heartbeats and killed processes, so a third worker fills the idle core (509 s, 0.6% of
+#: the CPU idle, against 525 s and 5.3% with two workers, measured). Tests that share a module
+#: fixture carry one ``xdist_group``: one worker runs them, so the fixture is built once. Test by
+#: test (a group where its first member comes), longest first (wall seconds in a run of the suite,
+#: measured): xdist hands them out in this order, so no long test starts last. (By file, the 385 s
+#: lambda-stage test started at 181 s and the 82 s overfitting one at 652 s: the suite took 771 s
+#: on 1,130 CPU seconds.) Tests not listed go last.
 SLOW_LONGEST_FIRST = (
     "test_the_lambda_stage_decides_on_a_signal_it_can_show",  # 197 s
+    "test_a_run_the_report_launched_gives_exactly_the_plain_run_of_its_job",  # the report_store group
     "test_chapter3_regularized_network_reaches_the_books_accuracy",
     "test_chapter1_network_reaches_the_books_accuracy",
     "test_pbt_on_mnist_finds_a_schedule_whose_replay_reaches_the_floor",
     "test_overfitting_figures_on_mnist",
     "test_a_killed_studys_grid_trials_resume_as_the_same_runs_and_the_stage_decides_the_same",
     "test_asha_on_mnist_chooses_a_configuration_above_the_floor",
+    "test_a_sweep_through_another_launcher_gives_each_run_exactly_its_plain_run",  # plain_digits group
+    "test_the_study_section_compares_six_methods_at_equal_wall_clock",  # the bench_study group
+    "test_a_pbt_study_is_bit_identical_when_killed_and_resumed",  # the pbt_whole group
     "test_the_more_data_figure_on_two_sizes_has_the_books_svm_numbers",  # 73 s
     "test_a_killed_reports_runs_resume_when_the_report_is_run_again",
     "test_a_server_killed_mid_run_loses_nothing_and_sync_uploads_the_run_once",
@@ -35,13 +43,39 @@ SLOW_LONGEST_FIRST = (
     "test_mnist_sweep_records_are_identical_through_the_basic_and_the_default_launcher",
     "test_regularized_full_preset_through_the_cli",
     "test_one_line_when_the_server_goes_away_and_one_when_it_is_back",  # 35 s
+    "test_an_interrupted_study_exits_130_in_one_line_and_a_rerun_resumes",
+    "test_an_interrupted_asha_study_exits_130_in_one_line_and_a_rerun_completes",
+    "test_a_run_killed_with_sigkill_and_run_again_is_the_same_mlflow_run_bit_for_bit",
+    "test_every_section_prints_its_table_with_its_rows",
+    "test_run_jobs_as_a_python_call_and_an_idle_worker_takes_over_half_of_a_population",
+    "test_eta_is_readjusted_at_the_chosen_mini_batch_size_before_the_final_run",
+    "test_a_study_from_python_decides_as_the_same_study_from_the_command_line",
+    "test_two_studies_started_at_once_on_a_fresh_optuna_sqlite_storage",
     "test_a_population_job_preempted_on_submitit_is_requeued_and_ends_the_sweep_with_its_launcher_gone",
     "test_a_slow_store_never_holds_training_back_and_gets_every_metric",
     "test_a_worker_killed_mid_trial_is_failed_by_heartbeat_and_retried_from_its_checkpoint",  # 4 of 23-31 s
 )
 
 
+def name_the_xdist_groups(config, items) -> None:
+    """``--dist loadgroup`` runs the tests of one ``xdist_group`` on one worker by the suffix
+    ``@group`` each worker adds to their node ids. pytest-xdist 3.8 sets it on ``item._nodeid``,
+    which pytest 9.2 no longer reads (it reads ``item._id``): the suffix never showed and a group's
+    tests went to every worker, each building the group's module fixture again (measured: the
+    report's store built four times in one run of the slow part; and on a toy file, three tests of
+    one group ran on both workers, on one with this). The same suffix, where pytest 9.2 reads it."""
+    if not getattr(config.option, "loadgroup", False):  # set in xdist's workers under --dist loadgroup
+        return
+    from _pytest.nodeid import coerce_node_id
+
+    for item in items:
+        groups = sorted({str(m.args[0]) for m in item.iter_markers("xdist_group")})
+        if groups and "@" not in item.nodeid:
+            item._id = coerce_node_id(f"{item.nodeid}@{'_'.join(groups)}")
+
+
 def pytest_collection_modifyitems(session, config, items):
+    name_the_xdist_groups(config, items)
     if config.getoption("markexpr", "").strip() == "slow":  # (deselection by -m comes after this hook)
         rank = {name: i for i, name in enumerate(SLOW_LONGEST_FIRST)}
         items.sort(key=lambda item: rank.get(item.originalname, len(rank)))  # stable: the rest keep their order

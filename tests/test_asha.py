@@ -121,6 +121,7 @@ def test_an_asha_study_keeps_k_members_training_until_its_budget_and_prunes_into
     assert study.decisions["final"]["test_accuracy"] > 0.85
 
 
+@pytest.mark.slow  # 12+ CPU seconds: run by .ci/run
 def test_an_interrupted_asha_study_exits_130_in_one_line_and_a_rerun_completes(tmp_path):
     """SIGINT once 8 trials were told: exit 130, one line, every asked trial FAIL or finished
     in Optuna (none RUNNING), every run ended (KILLED or finished) in MLflow; run again, the

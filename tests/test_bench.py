@@ -74,7 +74,12 @@ def test_every_section_has_a_quick_check():
     assert set(QUICK_TABLES) == set(bench.SECTIONS)
 
 
-@pytest.mark.parametrize("name", list(bench.SECTIONS))
+#: the sections whose --quick run costs 12+ CPU seconds: run by .ci/run (-m slow)
+SLOW_SECTIONS = ("study", "study-population", "calibration", "sweep")
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=[pytest.mark.slow, pytest.mark.xdist_group(f"bench_{n}")])
+                                  if n in SLOW_SECTIONS else n for n in bench.SECTIONS])
 def test_every_section_prints_its_table_with_its_rows(quick_run, name):
     out, tables = quick_run(name)
     (table,) = tables
@@ -201,6 +206,8 @@ def test_hand_vectorised_epoch_equals_engine_steps(sizes):
     assert not np.allclose(hand.weights[0], init_network(sizes, np.random.default_rng(5)).weights[0])
 
 
+@pytest.mark.slow  # 12+ CPU seconds: run by .ci/run
+@pytest.mark.xdist_group("bench_study")  # with the section's table test: one worker runs the section once
 def test_the_study_section_compares_six_methods_at_equal_wall_clock(quick_run):
     """--only study --quick on digits: the broad strategy, TPE (median, Hyperband), random
     search, population-based training and successive halving with refill, each given the broad

@@ -133,6 +133,8 @@ def whole(tmp_path_factory):
     return d
 
 
+@pytest.mark.slow  # 12+ CPU seconds: run by .ci/run
+@pytest.mark.xdist_group("pbt_whole")  # one worker runs the study once
 def test_a_pbt_study_is_bit_identical_when_killed_and_resumed(whole, tmp_path):
     """SIGKILLed once its 8 members' records hold 20 evaluations (of 160) and checkpoints, and run
     again: every member resumes as the same MLflow run, and every member's records (scores, eta,
@@ -175,6 +177,8 @@ def test_a_pbt_study_is_bit_identical_when_killed_and_resumed(whole, tmp_path):
     assert len(runs) == 8 and all(r.info.status == "FINISHED" and "nnexp.resumed" in r.data.tags for r in runs)
 
 
+@pytest.mark.slow  # the whole PBT study (~12 CPU s) and its tests: run by .ci/run
+@pytest.mark.xdist_group("pbt_whole")  # one worker runs the study once
 def test_every_member_is_an_mlflow_run_with_its_schedule_and_lineage(whole):
     """Each member logs eta and lambda at every ready point, and its lineage tag lists the ready
     points where it took a donor's network, with the donor and the generation (as its Optuna
@@ -204,6 +208,8 @@ def test_every_member_is_an_mlflow_run_with_its_schedule_and_lineage(whole):
         assert f"]({png})" in log and (whole / "studies" / "pbt" / png).stat().st_size > 10_000
 
 
+@pytest.mark.slow  # the whole PBT study (~12 CPU s) and its tests: run by .ci/run
+@pytest.mark.xdist_group("pbt_whole")  # one worker runs the study once
 def test_the_schedule_replayed_from_the_root_seed_reproduces_the_member_curve(whole):
     """The best member's schedule (piecewise), replayed from its lineage's root seed by a plain
     run, reports at every ready point the scores its network had in the population, bit for bit."""

@@ -559,6 +559,7 @@ if __name__ == "__main__":  # worker processes are spawned: the README's guard
 """
 
 
+@pytest.mark.slow  # 12+ CPU seconds: run by .ci/run
 def test_run_jobs_as_a_python_call_and_an_idle_worker_takes_over_half_of_a_population(tmp_path):
     """The README's Python API, ``runner.run_jobs(jobs, workers=2)`` from a script: three runs on
     two processes train as 2 + 1, each to exactly what ``runner.execute`` gives it alone in this

@@ -42,6 +42,8 @@ def store(tmp_path_factory):
     os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 
+@pytest.mark.slow  # the report's store (~26 CPU s) and its tests: run by .ci/run
+@pytest.mark.xdist_group("report_store")  # one worker builds the store once
 def test_no_run_builds_every_figure_from_existing_runs(store):
     for png in store.glob("reports/*.png"):
         png.unlink()
@@ -73,6 +75,8 @@ def regularized_peak_from_the_store() -> str:
     return f"{statistics.mean(peaks):.2%} ± {statistics.stdev(peaks):.2%}"
 
 
+@pytest.mark.slow  # the report's store (~26 CPU s) and its tests: run by .ci/run
+@pytest.mark.xdist_group("report_store")  # one worker builds the store once
 def test_no_run_lists_missing_runs(store):
     out = report("regularized", "--seeds", "3", "--no-run", *SMALL, cwd=store)
     assert out.returncode == 1
@@ -81,11 +85,15 @@ def test_no_run_lists_missing_runs(store):
     assert "+experiment=regularized dataset=digits epochs=3 seed=2" in out.stdout
 
 
+@pytest.mark.slow  # the report's store (~26 CPU s) and its tests: run by .ci/run
+@pytest.mark.xdist_group("report_store")  # one worker builds the store once
 def test_a_bad_figure_name_is_one_line(store):
     out = report("overfiting", "--no-run", cwd=store)
     assert out.returncode == 2 and "unknown figure 'overfiting'" in out.stderr
 
 
+@pytest.mark.slow  # the report's store (~26 CPU s) and its tests: run by .ci/run
+@pytest.mark.xdist_group("report_store")  # one worker builds the store once
 def test_report_pages_show_the_paired_comparison(store):
     """The page's paired comparison recomputed from the store: per seed the peak test accuracy of
     each arm (its runs found by their config hash), their differences, mean, std and t-interval."""
@@ -149,6 +157,8 @@ def test_figure_functions_draw_the_expected_curves(tmp_path):
     assert figures.bars_figure(bars, tmp_path / "b.png", title="t").curves == {"bars": 2}
 
 
+@pytest.mark.slow  # the report's store (~26 CPU s) and its tests: run by .ci/run
+@pytest.mark.xdist_group("report_store")  # one worker builds the store once
 def test_report_figures_have_one_curve_per_arm(store):
     from nnexp.report import build_figure, find_runs, plan_jobs
 
@@ -162,6 +172,8 @@ def test_report_figures_have_one_curve_per_arm(store):
         assert set(section.curves.values()) == {n}, (name, section.curves)
 
 
+@pytest.mark.slow  # the report's store (~26 CPU s) and its tests: run by .ci/run
+@pytest.mark.xdist_group("report_store")  # one worker builds the store once
 def test_learning_slowdown_runs_show_the_slowdown(store):
     from mlflow.tracking import MlflowClient
 
@@ -182,6 +194,8 @@ def test_learning_slowdown_runs_show_the_slowdown(store):
     assert fall(quad, 150, 200) > 10 * fall(quad, 0, 50)
 
 
+@pytest.mark.slow  # the report's store (~26 CPU s) and its tests: run by .ci/run
+@pytest.mark.xdist_group("report_store")  # one worker builds the store once
 def test_the_page_renders_in_headless_chromium(store):
     chromium = "/usr/bin/chromium"
     if not Path(chromium).exists():
@@ -240,6 +254,8 @@ def book_neuron_costs(cost: str, w: float, b: float, eta: float, epochs: int) ->
     return out
 
 
+@pytest.mark.slow  # the report's store (~26 CPU s) and its tests: run by .ci/run
+@pytest.mark.xdist_group("report_store")  # one worker builds the store once
 def test_the_tracked_neuron_curves_are_the_books_neuron(store):
     from mlflow.tracking import MlflowClient
 
@@ -255,6 +271,8 @@ def test_the_tracked_neuron_curves_are_the_books_neuron(store):
         assert tracked == pytest.approx(expected, rel=1e-9, abs=1e-12), p
 
 
+@pytest.mark.slow  # the report's store (~26 CPU s) and its tests: run by .ci/run
+@pytest.mark.xdist_group("report_store")  # one worker builds the store once
 def test_the_report_with_no_figure_names_builds_every_figure_more_data_on_chosen_sizes(store):
     """Every figure of figures.yaml, full_data and more_data included, on digits with a small
     image budget; more_data on the training-set sizes asked for (--sizes), with both SVMs."""
@@ -372,6 +390,8 @@ def test_the_page_escapes_every_value(tmp_path):
     assert "[arm " + EVIL.replace("|", r"\|") + " s0](" in md and f"-o 'title={EVIL}'`" in md
 
 
+@pytest.mark.slow  # the report's store (~26 CPU s) and its tests: run by .ci/run
+@pytest.mark.xdist_group("report_store")  # one worker builds the store once
 def test_a_configuration_two_figures_share_is_run_once(store):
     """overfitting's lambda = 0 arm is regularized's too: one run per config hash in the store."""
     from collections import Counter
@@ -384,6 +404,8 @@ def test_a_configuration_two_figures_share_is_run_once(store):
     assert len(hashes) >= 27 and max(hashes.values()) == 1
 
 
+@pytest.mark.slow  # the report's store (~26 CPU s) and its tests: run by .ci/run
+@pytest.mark.xdist_group("report_store")  # one worker builds the store once
 def test_a_run_the_report_launched_gives_exactly_the_plain_run_of_its_job(store, tmp_path):
     """The README: a run's every metric and its final weights are bit-for-bit the same by the
     report as alone, in float64 and float32. multiple_eta's eta = 2.5 arm (a population of three

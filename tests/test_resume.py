@@ -85,6 +85,7 @@ def resumed_from(output: str) -> list[float]:
     return [float(e) for e in re.findall(r"resumed from epoch ([0-9.]+)", output)]
 
 
+@pytest.mark.slow  # 12+ CPU seconds: run by .ci/run
 def test_a_run_killed_with_sigkill_and_run_again_is_the_same_mlflow_run_bit_for_bit(tmp_path):
     """Killed after 10+ evaluations, the same command goes on from the checkpoint (not from the
     start), in the same MLflow run, and ends with the uninterrupted run's every metric (each
@@ -113,6 +114,7 @@ def test_a_run_killed_with_sigkill_and_run_again_is_the_same_mlflow_run_bit_for_
     assert len(runs_in(uri)) == 2
 
 
+@pytest.mark.slow  # 12+ CPU seconds: run by .ci/run
 def test_the_members_of_a_killed_population_resume_and_each_ends_as_if_never_stopped(tmp_path):
     """A sweep trained as one population of three (float32) is killed; re-run, every member goes
     on from its checkpoint and ends bit-for-bit as the uninterrupted sweep's run of its
@@ -148,7 +150,8 @@ def test_the_members_of_a_killed_population_resume_and_each_ends_as_if_never_sto
         assert_same_outcome(run_outcome(uri, run), run_outcome(whole, want[run.data.params["eta"]]))
 
 
-@pytest.mark.parametrize("damaged", [pytest.param("newest", marks=pytest.mark.slow), "both"])  # newest: also in test_train
+@pytest.mark.slow  # 12+ CPU seconds: run by .ci/run
+@pytest.mark.parametrize("damaged", ["newest", "both"])  # newest: also in test_train
 def test_a_damaged_checkpoint_is_one_line_and_the_run_goes_on_from_the_previous_or_from_the_start(tmp_path, damaged):
     """The newest checkpoint cut short (a process killed mid-write, a full disk): one warning line,
     and the run goes on from the previous checkpoint. Both damaged: one line, and the run trains

@@ -148,6 +148,8 @@ def plain_digits(tmp_path_factory):
     ("joblib", ["dtype=float64,float32", "seed=0,1"], 4),
     ("submitit_local", ["dtype=float64,float32", "seed=1"], 2),  # two jobs: submitit's are the slower to start
 ], ids=["joblib", "submitit_local"])
+@pytest.mark.slow  # 12+ CPU seconds with plain_digits: run by .ci/run
+@pytest.mark.xdist_group("plain_digits")  # one worker trains the plain runs once
 def test_a_sweep_through_another_launcher_gives_each_run_exactly_its_plain_run(store, plain_digits, launcher, sweep,
                                                                                 n_runs):
     """The README: a run's every metric and its final weights are bit-for-bit the same alone and
@@ -169,6 +171,7 @@ def test_a_sweep_through_another_launcher_gives_each_run_exactly_its_plain_run(s
         assert_same_outcome(run_outcome(store, got), want)
 
 
+@pytest.mark.slow  # 12+ CPU seconds: run by .ci/run
 def test_a_study_trial_gives_exactly_the_plain_run_of_its_configuration(tmp_path):
     """The README: bit-for-bit the same as a study trial, in float64 and float32. A random-search
     trial's run (its configuration read back from its MLflow params) against ``nnexp.run`` of that
@@ -674,6 +677,7 @@ def test_fashion_mnist_from_debians_package_trains_and_is_tracked(tmp_path, monk
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM])  # SIGINT takes the same handler in the launching process
+@pytest.mark.slow  # 12+ CPU seconds: run by .ci/run
 def test_an_interrupted_joblib_sweep_ends_every_run_killed_and_leaves_no_process(store, signum):
     _, err, workers = interrupt_sweep(store, "joblib", signum, started_runs=2)
     assert workers and "Warning" not in err, err

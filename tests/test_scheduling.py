@@ -121,7 +121,8 @@ def assert_same_records(basic: dict, pop: dict) -> None:
             np.testing.assert_array_equal(bw[name], pw[name])
 
 
-@pytest.mark.parametrize("dtype", ["float64", pytest.param("float32", marks=pytest.mark.slow)])
+@pytest.mark.slow  # 12+ CPU seconds: run by .ci/run
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_basic_and_population_launchers_record_identical_runs(tmp_path, dtype):
     regularization = "l1" if dtype == "float64" else "dropout"  # both kinds of step, one per dtype
     sweep = ["-m", "dataset=digits", "epochs=4", f"dtype={dtype}", "eta=0.4,1e5", "momentum=0,0.5",

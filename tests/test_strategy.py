@@ -95,7 +95,7 @@ def test_an_unresolved_comparison_trains_more_seeds_of_its_contenders_and_decide
     assert all(w["seeds"][f"{v:.6g}"] == 3 for v in grid.values if v not in grid.extended)
 
 
-@pytest.mark.parametrize("kind", ["lambda rung", "walk", "mini-batch"])
+@pytest.mark.parametrize("kind", ["lambda rung", "walk", pytest.param("mini-batch", marks=pytest.mark.slow)])  # 12+ CPU s: .ci/run
 def test_each_stage_kind_holds_its_null_false_decision_rate(kind):
     n = 600
     r = rates(kind, n, seed=11)

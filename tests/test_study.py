@@ -259,6 +259,7 @@ def tpe(*extra):
     return ["study=tpe", "dataset=digits", "study.epochs=5", "study.stop_after=search", *extra]
 
 
+@pytest.mark.slow  # 12+ CPU seconds: run by .ci/run
 def test_trials_trained_as_populations_match_trials_trained_one_by_one(workdir):
     """study.population=3: trials are asked three at a time and trained as one batched
     population; with the same sampler stream they get the values of one-by-one training."""
@@ -401,6 +402,7 @@ print(" ".join(str(ask_trial(study, url).number) for _ in range(100)))
 """
 
 
+@pytest.mark.slow  # 12+ CPU seconds: run by .ci/run
 def test_two_processes_never_pop_the_same_waiting_trial(workdir):
     # SQLite has no row locks: without nnexp's lock two workers pop (and train) the same
     # waiting trial now and then (measured: 3 of 80 trials) -- it failed CI as "Trial#3 has
@@ -417,7 +419,8 @@ def test_two_processes_never_pop_the_same_waiting_trial(workdir):
     assert {t.state for t in study.get_trials()} == {TrialState.RUNNING}
 
 
-@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])  # a server: slow part
+@pytest.mark.slow  # 12+ CPU seconds: run by .ci/run
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_two_workers_on_a_fresh_storage_lose_nothing(workdir, backend, request):
     if backend == "sqlite":
         url = shown = f"sqlite:///{workdir / 'optuna.db'}"
@@ -471,6 +474,7 @@ def test_study_settings_fill_defaults_from_the_schema():
     assert [r.name for r in s.ladder] == ["all_classes", "few_hidden", "full"]
 
 
+@pytest.mark.slow  # 12+ CPU seconds: run by .ci/run
 def test_hopeless_trials_are_pruned_by_the_default_median_pruner(workdir):
     """A space with hopeless learning rates (1e-5): once three trials have finished, a trial whose
     validation accuracy falls below the median at an evaluation is stopped: PRUNED in Optuna,
@@ -518,6 +522,7 @@ def test_the_pruner_stops_a_trial_at_any_evaluation_but_its_last(workdir):
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM])  # Ctrl-C is a KeyboardInterrupt already; SIGTERM needed the fix
+@pytest.mark.slow  # 12+ CPU seconds: run by .ci/run
 def test_an_interrupted_study_exits_130_in_one_line_and_a_rerun_resumes(workdir, signum):
     storage = f"sqlite:///{workdir / 'optuna.db'}"
     args = [sys.executable, "-m", "nnexp.study", *tpe("study.n_trials=4", "study.epochs=40", "study.pruner=none",
@@ -594,6 +599,7 @@ def test_a_sampler_study_ends_with_its_final_stage_on_the_best_trial(workdir, ki
     assert (workdir / "studies" / kind / "decisions.md").is_file()
 
 
+@pytest.mark.slow  # 12+ CPU seconds: run by .ci/run
 def test_a_choice_at_the_edge_of_the_values_tried_walks_on(workdir):
     """lambda started far too high (1000): a smaller value wins at the edge, so the walk tries
     one more decade beyond it, and the decision log says so."""
@@ -610,6 +616,7 @@ def test_a_choice_at_the_edge_of_the_values_tried_walks_on(workdir):
 
 
 
+@pytest.mark.slow  # 12+ CPU seconds: run by .ci/run
 def test_eta_is_readjusted_at_the_chosen_mini_batch_size_before_the_final_run(workdir):
     """Mini-batch 50 alone: eta scaled x5 from the stripped problem's is far too large for it on
     digits. The book: with the mini-batch size chosen, optimize the other hyper-parameters;
@@ -632,6 +639,7 @@ def test_eta_is_readjusted_at_the_chosen_mini_batch_size_before_the_final_run(wo
     assert f"chosen {d['eta_refine']['eta']:.4g} vs the stage's start {d['mini_batch']['eta']:.4g}: +" in md
 
 
+@pytest.mark.slow  # 12+ CPU seconds: run by .ci/run
 def test_a_study_from_python_decides_as_the_same_study_from_the_command_line(tmp_path):
     """``nnexp.search.run(overrides)`` from a script: the same override checks, the same trials and
     decisions, the same outputs (decision log with its plots, preset, reproduce command)."""
@@ -671,6 +679,7 @@ def test_a_study_from_python_decides_as_the_same_study_from_the_command_line(tmp
     assert bad.returncode != 0 and "unknown key 'study.n_trial' (did you mean 'n_trials'?)" in bad.stderr
 
 
+@pytest.mark.slow  # 12+ CPU seconds: run by .ci/run
 def test_a_study_uses_every_core_by_default_none_imports_mlflow_and_one_line_for_one_replicate(workdir):
     """A worker process per core; the study's one upload process uploads its parent run and every
     trial's run: neither the launching process nor a worker imports MLflow (``-X importtime``,

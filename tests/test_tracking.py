@@ -321,6 +321,7 @@ def start_commands(command: str, argvs: list[list[str]], barrier: Path, env: dic
                           barrier, env=env)
 
 
+@pytest.mark.slow  # 12+ CPU seconds: run by .ci/run
 def test_four_runs_started_at_once_on_a_fresh_sqlite_store_are_all_recorded(workdir, tmp_path_factory):
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
@@ -352,7 +353,7 @@ else:
 """
 
 
-@pytest.mark.parametrize("kind", ["mlflow", "optuna"])
+@pytest.mark.parametrize("kind", [pytest.param("mlflow", marks=pytest.mark.slow), "optuna"])  # mlflow: 12+ CPU s, .ci/run
 def test_four_processes_opening_a_fresh_sqlite_file_at_the_same_instant(workdir, kind, tmp_path_factory):
     """Four processes, released together once each has imported what it needs (observed: each one's
     ready file), create the same fresh store: all succeed and see one experiment (one study)."""
@@ -364,6 +365,7 @@ def test_four_processes_opening_a_fresh_sqlite_file_at_the_same_instant(workdir,
     assert len({o.strip() for o, _ in outs}) == 1  # one experiment (one study), the same for all
 
 
+@pytest.mark.slow  # 12+ CPU seconds: run by .ci/run
 def test_two_studies_started_at_once_on_a_fresh_optuna_sqlite_storage(workdir, tmp_path_factory):
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlflow.db'}"}
     args = ["study=tpe", "dataset=digits", "study.epochs=2", "study.n_trials=2",
@@ -785,6 +787,7 @@ def test_run_jobs_from_python_uploads_through_one_upload_process_no_training_pro
         assert [m.step for m in client.get_metric_history(r.info.run_id, "validation_accuracy")] == [1, 2, 3]
 
 
+@pytest.mark.slow  # 12+ CPU seconds: run by .ci/run
 def test_a_sweep_whose_upload_process_is_killed_uploads_its_runs_from_the_training_processes(workdir):
     """The upload process SIGKILLed while both populations train (each run's record holds an
     evaluation: its start was sent): each population finds it gone when it next asks (at its
